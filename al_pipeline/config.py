@@ -1,0 +1,235 @@
+"""The workspace config, resolved once from al.toml, the environment and flags.
+
+This is the only module that reads the environment. Everything else receives a
+:class:`Config` explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from al_pipeline.errors import ConfigError, WorkspaceExistsError, WorkspaceNotFoundError
+
+CONFIG_FILE = "al.toml"
+DATABASE_FILE = "state.sqlite3"
+WORKSPACE_ENV = "AL_WORKSPACE"
+_CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a command needs to know about its workspace.
+
+    Attributes:
+        root: The workspace folder (holds al.toml).
+        name: Human-readable workspace name (also the Label Studio project title).
+        classes: Class names, in label-index order.
+        backbone: Name of the backbone in the backbone registry.
+        image_size: Square input size in pixels fed to the backbone.
+        seed: Seed for every random choice (test split, selection, training).
+        max_pixels: Images with more pixels are rejected as decompression bombs.
+        near_duplicate_bits: Perceptual-hash Hamming distance at or below which two
+            images count as near-duplicates for the test split.
+        pools_dir: Default home of pools (crops from ``pool import-voc`` go here).
+        checkpoints_dir: Where per-round models are saved.
+        database: The SQLite state database.
+    """
+
+    root: Path
+    name: str
+    classes: tuple[str, ...]
+    backbone: str = "mobilenet_v2"
+    image_size: int = 224
+    seed: int = 0
+    max_pixels: int = 64_000_000
+    near_duplicate_bits: int = 6
+    pools_dir: Path = field(default=Path("pools"))
+    checkpoints_dir: Path = field(default=Path("checkpoints"))
+    database: Path = field(default=Path(DATABASE_FILE))
+
+    def __post_init__(self) -> None:
+        for name in ("pools_dir", "checkpoints_dir", "database"):
+            path = getattr(self, name)
+            if not path.is_absolute():
+                object.__setattr__(self, name, self.root / path)
+
+    def class_index(self, name: str) -> int:
+        """Return the label index of ``name`` or raise a clear error."""
+        from al_pipeline.errors import UnknownClassError
+
+        try:
+            return self.classes.index(name)
+        except ValueError:
+            raise UnknownClassError(
+                f"Unknown class '{name}'. This workspace's classes are: "
+                f"{', '.join(self.classes)}. Rename the folder or label, or create the "
+                "workspace with that class (al init --classes ...)."
+            ) from None
+
+
+def parse_classes(text: str) -> tuple[str, ...]:
+    """Parse a comma-separated class list and validate each name."""
+    classes = tuple(part.strip() for part in text.split(",") if part.strip())
+    if len(classes) < 2:
+        raise ConfigError(
+            f"Got classes '{text}': a classifier needs at least 2 classes. "
+            "Pass them comma-separated, e.g. --classes with_mask,without_mask"
+        )
+    for name in classes:
+        if not _CLASS_NAME.match(name):
+            raise ConfigError(
+                f"Class name '{name}' is not allowed: use letters, digits, '_' and '-', "
+                "starting with a letter or digit."
+            )
+    duplicates = sorted({c for c in classes if classes.count(c) > 1})
+    if duplicates:
+        raise ConfigError(f"Class names repeat: {', '.join(duplicates)}. List each class once.")
+    return classes
+
+
+def find_workspace(start: Path | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """Find the workspace: ``start`` if given, else ``$AL_WORKSPACE``, else upwards from cwd.
+
+    Raises:
+        WorkspaceNotFoundError: when no al.toml is found.
+    """
+    env = os.environ if env is None else env
+    if start is None and env.get(WORKSPACE_ENV):
+        start = Path(env[WORKSPACE_ENV])
+        if not (start / CONFIG_FILE).is_file():
+            raise WorkspaceNotFoundError(
+                f"${WORKSPACE_ENV} is '{start}', but there is no {CONFIG_FILE} there. "
+                f"Fix or unset ${WORKSPACE_ENV}, or run 'al init {start}'."
+            )
+        return start.resolve()
+    if start is not None:
+        if not (start / CONFIG_FILE).is_file():
+            raise WorkspaceNotFoundError(
+                f"No workspace at '{start}' (no {CONFIG_FILE}). Create one with "
+                f"'al init {start} --classes A,B' or pass the right --workspace."
+            )
+        return start.resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_FILE).is_file():
+            return folder
+    raise WorkspaceNotFoundError(
+        f"No workspace found in '{here}' or any folder above it. Create one with "
+        "'al init DIR --classes A,B', cd into it, or pass --workspace DIR."
+    )
+
+
+def load_config(root: Path) -> Config:
+    """Read ``root/al.toml`` into a :class:`Config`."""
+    path = root / CONFIG_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {path}: {exc.strerror}. Check its permissions.") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}). Fix the file by hand.") from exc
+    return _config_from_mapping(root, data, source=str(path))
+
+
+def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Config:
+    workspace = data.get("workspace", {})
+    model = data.get("model", {})
+    ingest = data.get("ingest", {})
+    paths = data.get("paths", {})
+    classes = workspace.get("classes")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ConfigError(
+            f"{source}: [workspace] classes must be a list of strings, got {classes!r}."
+        )
+    try:
+        return Config(
+            root=root,
+            name=str(workspace.get("name", root.name)),
+            classes=parse_classes(",".join(classes)),
+            backbone=str(model.get("backbone", Config.backbone)),
+            image_size=_positive_int(model.get("image_size", Config.image_size), "image_size"),
+            seed=int(workspace.get("seed", Config.seed)),
+            max_pixels=_positive_int(ingest.get("max_pixels", Config.max_pixels), "max_pixels"),
+            near_duplicate_bits=int(ingest.get("near_duplicate_bits", Config.near_duplicate_bits)),
+            pools_dir=Path(paths.get("pools", "pools")),
+            checkpoints_dir=Path(paths.get("checkpoints", "checkpoints")),
+            database=Path(paths.get("database", DATABASE_FILE)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}. Fix the value in the file.") from exc
+
+
+def _positive_int(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def resolve_config(
+    workspace: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Config:
+    """Resolve the config once: al.toml, then the environment, then flags.
+
+    Args:
+        workspace: ``--workspace`` flag, or None to search.
+        env: Environment mapping (defaults to ``os.environ``).
+        **overrides: Flag values; ``None`` means "not given".
+    """
+    config = load_config(find_workspace(workspace, env))
+    given = {key: value for key, value in overrides.items() if value is not None}
+    unknown = set(given) - set(Config.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"Unknown config override(s): {', '.join(sorted(unknown))}.")
+    return replace(config, **given) if given else config
+
+
+def render_toml(config: Config) -> str:
+    """Serialise a config as the al.toml text written by ``al init``."""
+    classes = ", ".join(f'"{c}"' for c in config.classes)
+
+    def rel(path: Path) -> str:
+        try:
+            return path.relative_to(config.root).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+    name = config.name.replace("\\", "\\\\").replace('"', '\\"')
+    return (
+        "# al-pipeline workspace. Edit by hand; every command reads it.\n"
+        "[workspace]\n"
+        f'name = "{name}"\n'
+        f"classes = [{classes}]\n"
+        f"seed = {config.seed}\n\n"
+        "[model]\n"
+        f'backbone = "{config.backbone}"\n'
+        f"image_size = {config.image_size}\n\n"
+        "[ingest]\n"
+        "# Images with more pixels are rejected as decompression bombs.\n"
+        f"max_pixels = {config.max_pixels}\n"
+        "# Perceptual-hash distance (of 64 bits) at which images count as near-duplicates.\n"
+        f"near_duplicate_bits = {config.near_duplicate_bits}\n\n"
+        "[paths]\n"
+        f'pools = "{rel(config.pools_dir)}"\n'
+        f'checkpoints = "{rel(config.checkpoints_dir)}"\n'
+        f'database = "{rel(config.database)}"\n'
+    )
+
+
+def new_config(root: Path, classes: tuple[str, ...], name: str | None = None) -> Config:
+    """Build the config for a new workspace at ``root`` (not yet written)."""
+    root = root.resolve()
+    if (root / CONFIG_FILE).exists():
+        raise WorkspaceExistsError(
+            f"'{root}' is already a workspace ({CONFIG_FILE} exists). Use it as it is, "
+            "or choose another folder."
+        )
+    return Config(root=root, name=name or root.name, classes=classes)

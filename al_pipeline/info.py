@@ -1,0 +1,83 @@
+"""What `al info` reports: versions, the Keras backend and the devices it sees."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import sys
+from dataclasses import dataclass, field
+
+PACKAGES = (
+    "al-pipeline",
+    "keras",
+    "tensorflow-cpu",
+    "tensorflow",
+    "jax",
+    "torch",
+    "modAL-python",
+    "scikit-learn",
+    "label-studio-sdk",
+    "label-studio",
+    "numpy",
+    "pandas",
+    "pillow",
+    "typer",
+)
+
+
+@dataclass(frozen=True)
+class Info:
+    """Environment facts."""
+
+    python: str
+    packages: dict[str, str]
+    backend: str
+    devices: list[str]
+    accelerator: str
+    workspace: dict[str, str] = field(default_factory=dict)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def devices() -> tuple[str, list[str]]:
+    """The Keras backend and the devices it will compute on (imports Keras: slow)."""
+    import keras
+
+    backend = keras.backend.backend()
+    found: list[str] = []
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        found = [f"{d.device_type}:{d.name}" for d in tf.config.list_physical_devices()]
+    elif backend == "jax":
+        import jax
+
+        found = [f"{d.platform.upper()}:{d}" for d in jax.devices()]
+    elif backend == "torch":
+        import torch
+
+        found = ["CPU"] + [
+            f"GPU:{torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())
+        ]
+    return backend, found
+
+
+def gather(workspace: dict[str, str] | None = None) -> Info:
+    backend, found = devices()
+    gpu = any(d.upper().startswith(("GPU", "CUDA")) for d in found)
+    return Info(
+        python=f"{platform.python_version()} ({sys.executable})",
+        packages=package_versions(),
+        backend=backend,
+        devices=found,
+        accelerator="GPU" if gpu else "CPU",
+        workspace=workspace or {},
+    )

@@ -1,0 +1,391 @@
+"""The SQLite state store: schema, migrations and every query.
+
+This is the only module that contains SQL. Writes happen inside :meth:`State.transaction`
+(``BEGIN IMMEDIATE`` ... ``COMMIT``), so a command killed at any point leaves the
+database as it was before the interrupted transaction, and re-running continues.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from al_pipeline.errors import StateError
+
+LABEL_SOURCES = ("import", "human", "oracle")
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the initial schema.
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE pools (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        root TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE items (
+        id INTEGER PRIMARY KEY,
+        pool_id INTEGER NOT NULL REFERENCES pools(id),
+        relpath TEXT NOT NULL,
+        sha256 TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        format TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        source TEXT,
+        status TEXT NOT NULL DEFAULT 'pool' CHECK (status IN ('pool', 'queued')),
+        split TEXT CHECK (split IN ('train', 'test')),
+        added_at TEXT NOT NULL,
+        UNIQUE (pool_id, relpath)
+    );
+    CREATE TABLE item_hashes (
+        item_id INTEGER PRIMARY KEY REFERENCES items(id),
+        canonical INTEGER NOT NULL,
+        probes BLOB NOT NULL
+    );
+    CREATE TABLE rounds (
+        id INTEGER PRIMARY KEY,
+        strategy TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('open', 'closed')),
+        params TEXT NOT NULL DEFAULT '{}',
+        opened_at TEXT NOT NULL,
+        closed_at TEXT
+    );
+    CREATE UNIQUE INDEX rounds_one_open ON rounds(status) WHERE status = 'open';
+    CREATE TABLE labels (
+        id INTEGER PRIMARY KEY,
+        item_id INTEGER NOT NULL REFERENCES items(id),
+        class_name TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('import', 'human', 'oracle')),
+        annotator TEXT,
+        external_id TEXT,
+        round_id INTEGER REFERENCES rounds(id),
+        created_at TEXT NOT NULL,
+        retired_at TEXT
+    );
+    CREATE INDEX labels_active ON labels(item_id) WHERE retired_at IS NULL;
+    CREATE TABLE queue (
+        round_id INTEGER NOT NULL REFERENCES rounds(id),
+        item_id INTEGER NOT NULL REFERENCES items(id),
+        position INTEGER NOT NULL,
+        predicted_class TEXT,
+        confidence REAL,
+        score REAL,
+        external_id TEXT,
+        state TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'labelled', 'returned', 'skipped')),
+        PRIMARY KEY (round_id, item_id)
+    );
+    CREATE TABLE checkpoints (
+        id INTEGER PRIMARY KEY,
+        tag TEXT NOT NULL UNIQUE,
+        round_id INTEGER REFERENCES rounds(id),
+        path TEXT NOT NULL,
+        backbone TEXT NOT NULL,
+        weights_digest TEXT NOT NULL,
+        image_size INTEGER NOT NULL,
+        labelled_count INTEGER NOT NULL,
+        meta TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE metrics (
+        id INTEGER PRIMARY KEY,
+        checkpoint_id INTEGER REFERENCES checkpoints(id),
+        round_id INTEGER REFERENCES rounds(id),
+        name TEXT NOT NULL,
+        value REAL,
+        data TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE VIEW current_labels AS
+        SELECT l.* FROM labels l
+        WHERE l.retired_at IS NULL
+          AND l.id = (SELECT MAX(id) FROM labels x
+                      WHERE x.item_id = l.item_id AND x.retired_at IS NULL);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def now() -> str:
+    """UTC timestamp in ISO 8601, as stored in every ``*_at`` column."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A registered pool: a named root folder."""
+
+    id: int
+    name: str
+    root: Path
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item about to be registered (its file has been validated)."""
+
+    relpath: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    format: str
+    width: int
+    height: int
+    label: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """What the database remembers of a file at a pool path."""
+
+    item_id: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class SplitCandidate:
+    """A labelled item as the test split sees it."""
+
+    item_id: int
+    path: Path
+    label: str
+    split: str | None
+    source: str | None
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """Counts for one pool and class (class ``None`` = unlabelled)."""
+
+    pool: str
+    class_name: str | None
+    items: int
+    train: int
+    test: int
+    queued: int
+
+
+class State:
+    """Handle on one workspace's state database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        except sqlite3.Error as exc:
+            raise StateError(f"Cannot open the state database {path}: {exc}.") from exc
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._migrate()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run a block atomically: all of its writes land, or none do."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @property
+    def version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        current = self.version
+        if current > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path} has schema version {current}, newer than this al-pipeline "
+                f"understands ({SCHEMA_VERSION}). Upgrade al-pipeline."
+            )
+        for number in range(current + 1, SCHEMA_VERSION + 1):
+            script = MIGRATIONS[number - 1]
+            self._db.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+
+    # -- meta ---------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- pools --------------------------------------------------------------------------
+
+    def pool(self, name: str) -> Pool | None:
+        row = self._db.execute("SELECT * FROM pools WHERE name = ?", (name,)).fetchone()
+        return None if row is None else Pool(row["id"], row["name"], Path(row["root"]))
+
+    def pools(self) -> list[Pool]:
+        rows = self._db.execute("SELECT * FROM pools ORDER BY id").fetchall()
+        return [Pool(r["id"], r["name"], Path(r["root"])) for r in rows]
+
+    def add_pool(self, name: str, root: Path) -> Pool:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO pools (name, root, created_at) VALUES (?, ?, ?)",
+                (name, str(root), now()),
+            )
+        return Pool(int(cursor.lastrowid or 0), name, root)
+
+    # -- items --------------------------------------------------------------------------
+
+    def known_files(self, pool_id: int) -> dict[str, KnownFile]:
+        rows = self._db.execute(
+            "SELECT id, relpath, size, mtime_ns FROM items WHERE pool_id = ?", (pool_id,)
+        )
+        return {r["relpath"]: KnownFile(r["id"], r["size"], r["mtime_ns"]) for r in rows}
+
+    def item_by_sha256(self, sha256: str) -> int | None:
+        row = self._db.execute("SELECT id FROM items WHERE sha256 = ?", (sha256,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def current_label(self, item_id: int) -> str | None:
+        row = self._db.execute(
+            "SELECT class_name FROM current_labels WHERE item_id = ?", (item_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def insert_items(self, db: sqlite3.Connection, pool_id: int, items: Sequence[NewItem]) -> None:
+        """Insert validated items (and their import labels) inside an open transaction."""
+        stamp = now()
+        for item in items:
+            cursor = db.execute(
+                "INSERT INTO items (pool_id, relpath, sha256, size, mtime_ns, format, width,"
+                " height, source, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    pool_id,
+                    item.relpath,
+                    item.sha256,
+                    item.size,
+                    item.mtime_ns,
+                    item.format,
+                    item.width,
+                    item.height,
+                    item.source,
+                    stamp,
+                ),
+            )
+            if item.label is not None:
+                self.insert_label(db, int(cursor.lastrowid or 0), item.label, "import")
+
+    def insert_label(
+        self,
+        db: sqlite3.Connection,
+        item_id: int,
+        class_name: str,
+        source: str,
+        annotator: str | None = None,
+        external_id: str | None = None,
+        round_id: int | None = None,
+    ) -> None:
+        """Record a label inside an open transaction; earlier labels stay as history."""
+        db.execute(
+            "INSERT INTO labels (item_id, class_name, source, annotator, external_id,"
+            " round_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (item_id, class_name, source, annotator, external_id, round_id, now()),
+        )
+
+    def item_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    # -- test split ---------------------------------------------------------------------
+
+    def split_candidates(self) -> list[SplitCandidate]:
+        """Every labelled item of the workspace, with its split (None = undecided)."""
+        rows = self._db.execute(
+            "SELECT i.id, i.relpath, i.split, i.source, p.root, l.class_name"
+            " FROM items i JOIN pools p ON p.id = i.pool_id"
+            " JOIN current_labels l ON l.item_id = i.id ORDER BY i.id"
+        )
+        return [
+            SplitCandidate(
+                r["id"], Path(r["root"]) / r["relpath"], r["class_name"], r["split"], r["source"]
+            )
+            for r in rows
+        ]
+
+    def near_dup_hashes(self, item_ids: Iterable[int]) -> dict[int, tuple[int, bytes]]:
+        wanted = list(item_ids)
+        found: dict[int, tuple[int, bytes]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self._db.execute(
+                f"SELECT * FROM item_hashes WHERE item_id IN ({marks})", chunk
+            ):
+                found[r["item_id"]] = (int(r["canonical"]), bytes(r["probes"]))
+        return found
+
+    def save_near_dup_hashes(self, hashes: dict[int, tuple[int, bytes]]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO item_hashes (item_id, canonical, probes) VALUES (?, ?, ?)",
+                [(item_id, canon, probes) for item_id, (canon, probes) in hashes.items()],
+            )
+
+    def assign_split(self, assignment: dict[int, str]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE items SET split = ? WHERE id = ? AND split IS NULL",
+                [(split, item_id) for item_id, split in assignment.items()],
+            )
+
+    # -- stats --------------------------------------------------------------------------
+
+    def pool_stats(self) -> list[PoolStats]:
+        rows = self._db.execute(
+            "SELECT p.name AS pool, l.class_name AS class_name, COUNT(*) AS items,"
+            " SUM(i.split IS NULL OR i.split = 'train') AS train,"
+            " SUM(i.split = 'test') AS test,"
+            " SUM(i.status = 'queued') AS queued"
+            " FROM items i JOIN pools p ON p.id = i.pool_id"
+            " LEFT JOIN current_labels l ON l.item_id = i.id"
+            " GROUP BY p.name, l.class_name ORDER BY p.id, l.class_name"
+        )
+        return [
+            PoolStats(
+                r["pool"],
+                r["class_name"],
+                r["items"],
+                r["train"] or 0,
+                r["test"] or 0,
+                r["queued"] or 0,
+            )
+            for r in rows
+        ]
+
+
+def open_state(path: Path) -> State:
+    """Open (creating and migrating as needed) the state database at ``path``."""
+    return State(path)

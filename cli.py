@@ -1,0 +1,354 @@
+"""`al`: the terminal front end of al-pipeline.
+
+Each command parses its options, calls one ``al_pipeline`` function and renders the
+result with rich. Library errors (``PipelineError``) become a one-paragraph message and
+exit code 1; ``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from al_pipeline import __version__
+from al_pipeline.config import Config, resolve_config
+from al_pipeline.errors import PipelineError
+
+app = typer.Typer(
+    name="al",
+    help="Active-learning labelling for image pools: score, select, label, retrain, repeat.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+pool_app = typer.Typer(
+    help="Load images into the workspace and inspect pools.", no_args_is_help=True
+)
+app.add_typer(pool_app, name="pool")
+
+out = Console()
+err = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclasses.dataclass
+class Globals:
+    """Options given before the command."""
+
+    workspace: Path | None = None
+    verbose: bool = False
+
+
+GLOBALS = Globals()
+
+
+def handles_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn a PipelineError into a message and exit code 1 (traceback with --verbose)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except PipelineError as exc:
+            if GLOBALS.verbose:
+                err.print(traceback.format_exc(), markup=False, highlight=False)
+            err.print(f"[bold red]Error:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def config_for(**overrides: Any) -> Config:
+    return resolve_config(GLOBALS.workspace, **overrides)
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+class BarProgress:
+    """Draws one rich progress bar per phase on stderr."""
+
+    def __init__(self) -> None:
+        self._bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        )
+        self._tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> BarProgress:
+        self._bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bars.stop()
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        if phase not in self._tasks:
+            self._tasks[phase] = self._bars.add_task(phase, total=total)
+        self._bars.update(self._tasks[phase], completed=done, total=total)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"al-pipeline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace",
+            "-w",
+            help="Workspace folder (default: search upwards "
+            "from the current folder, or $AL_WORKSPACE).",
+            show_default=False,
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Active-learning labelling for image pools: score, select, label, retrain, repeat."""
+    GLOBALS.workspace = workspace
+    GLOBALS.verbose = verbose
+
+
+@app.command()
+@handles_errors
+def info(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Package versions, the Keras backend, the devices it will use, and workspace paths."""
+    from al_pipeline.info import gather
+
+    workspace: dict[str, str] = {}
+    try:
+        config = config_for()
+        workspace = {
+            "root": str(config.root),
+            "database": str(config.database),
+            "pools": str(config.pools_dir),
+            "checkpoints": str(config.checkpoints_dir),
+            "classes": ", ".join(config.classes),
+            "backbone": config.backbone,
+        }
+    except PipelineError:
+        workspace = {}
+    facts = gather(workspace)
+    if as_json:
+        print_json(dataclasses.asdict(facts))
+        return
+    table = Table(show_header=False, box=None)
+    table.add_row("python", facts.python)
+    for name, version in facts.packages.items():
+        table.add_row(name, version)
+    table.add_row("keras backend", facts.backend)
+    table.add_row("devices", ", ".join(facts.devices) or "none found")
+    table.add_row("computes on", facts.accelerator)
+    for key, value in (facts.workspace or {"workspace": "none found here"}).items():
+        table.add_row(key, value)
+    out.print(table)
+
+
+@app.command()
+@handles_errors
+def init(
+    folder: Annotated[
+        Path, typer.Argument(help="Folder for the workspace (created if missing).")
+    ] = Path("."),
+    classes: Annotated[
+        str, typer.Option(help="Comma-separated class names, e.g. with_mask,without_mask.")
+    ] = ...,  # type: ignore[assignment]
+    name: Annotated[
+        str | None, typer.Option(help="Workspace name (default: the folder name).")
+    ] = None,
+) -> None:
+    """Create a workspace: al.toml, pools/, checkpoints/ and the state database."""
+    from al_pipeline.workspace import init_workspace
+
+    result = init_workspace(folder, classes, name)
+    config = result.config
+    out.print(f"Created workspace [bold]{config.name}[/] in {config.root}")
+    out.print(f"  classes: {', '.join(config.classes)}")
+    out.print(
+        f"  config: {config.root / 'al.toml'}  database: {config.database.name} "
+        f"(schema v{result.schema_version})"
+    )
+    out.print(f"Next: al -w {config.root} pool add PATH [--labelled]")
+
+
+@pool_app.command("add")
+@handles_errors
+def pool_add(
+    path: Annotated[Path, typer.Argument(help="Folder of images (walked recursively).")],
+    pool: Annotated[str | None, typer.Option(help="Pool name (default: the folder name).")] = None,
+    labelled: Annotated[
+        bool, typer.Option("--labelled", help="Each file's top-level subfolder is its class.")
+    ] = False,
+    test_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Move this share of labelled items into the held-out test set, "
+            "keeping near-duplicates together."
+        ),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write every file's outcome to this CSV file.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Register every image under PATH; bad files are reported, never fatal."""
+    from al_pipeline.ingest import add_folder
+    from al_pipeline.workspace import opened
+
+    config = config_for()
+    with opened(config) as state, BarProgress() as progress:
+        result = add_folder(
+            config,
+            state,
+            path,
+            pool_name=pool,
+            labelled=labelled,
+            test_fraction=test_fraction,
+            progress=progress,
+        )
+    render_ingest(result, report, as_json)
+
+
+@pool_app.command("import-voc")
+@handles_errors
+def pool_import_voc(
+    path: Annotated[Path, typer.Argument(help="Folder with VOC *.xml and their images.")],
+    pool: Annotated[str | None, typer.Option(help="Pool name (default: '<folder>-crops').")] = None,
+    margin: Annotated[
+        float, typer.Option(help="Grow each box by this share of its size on every side.")
+    ] = 0.15,
+    test_fraction: Annotated[
+        float | None,
+        typer.Option(help="Move this share of crops into the test set, by source photo."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write every file's outcome to this CSV file.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Crop every Pascal VOC box into a labelled pool (one class per box)."""
+    from al_pipeline.voc import import_voc
+    from al_pipeline.workspace import opened
+
+    config = config_for()
+    with opened(config) as state, BarProgress() as progress:
+        result = import_voc(
+            config,
+            state,
+            path,
+            pool_name=pool,
+            margin=margin,
+            test_fraction=test_fraction,
+            progress=progress,
+        )
+    render_ingest(result, report, as_json)
+
+
+def render_ingest(result: Any, report: Path | None, as_json: bool) -> None:
+    if report is not None:
+        result.write_csv(report)
+    counts = result.counts()
+    reasons = result.reasons()
+    if as_json:
+        print_json(
+            {
+                "pool": result.pool,
+                "root": str(result.root),
+                "counts": dict(counts),
+                "reasons": {f"{status}:{reason}": n for (status, reason), n in reasons.items()},
+                "labels_added": result.labels_added,
+                "split": dataclasses.asdict(result.split) if result.split else None,
+                "report": str(report) if report else None,
+            }
+        )
+        return
+    table = Table(title=f"Pool '{result.pool}' ({result.root})")
+    table.add_column("outcome")
+    table.add_column("reason")
+    table.add_column("files", justify="right")
+    for status in ("added", "already registered", "duplicate"):
+        table.add_row(status, "", str(counts.get(status, 0)))
+    for (status, reason), n in sorted(reasons.items()):
+        table.add_row(status, reason, str(n))
+    out.print(table)
+    if result.labels_added:
+        out.print(f"Labels added: {result.labels_added}")
+    if result.split:
+        s = result.split
+        out.print(
+            f"Test split: {s.test_total} test / {s.train_total} train labelled items "
+            f"({s.newly_test} newly test), {s.groups} groups, largest {s.largest_group}"
+        )
+    if report is not None:
+        out.print(f"Report: {report}")
+    elif counts.get("rejected"):
+        out.print("Pass --report FILE.csv to list each rejected file and why.")
+
+
+@pool_app.command("stats")
+@handles_errors
+def pool_stats(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Counts per pool and class: labelled, unlabelled, test and queued."""
+    from al_pipeline.workspace import opened
+
+    config = config_for()
+    with opened(config) as state:
+        rows = state.pool_stats()
+    if as_json:
+        print_json([dataclasses.asdict(r) for r in rows])
+        return
+    table = Table(title=f"Workspace '{config.name}'")
+    for column in ("pool", "class", "items", "train", "test", "queued"):
+        table.add_column(column, justify="left" if column in ("pool", "class") else "right")
+    for r in rows:
+        table.add_row(
+            r.pool,
+            r.class_name or "(unlabelled)",
+            str(r.items),
+            str(r.train),
+            str(r.test),
+            str(r.queued),
+        )
+    out.print(table)
+
+
+if __name__ == "__main__":
+    app()
