@@ -48,6 +48,9 @@ class Box:
     xmax: float
     ymax: float
 
+    def __str__(self) -> str:
+        return f"{self.label} box ({self.xmin:g},{self.ymin:g})-({self.xmax:g},{self.ymax:g})"
+
 
 class AnnotationError(Exception):
     """An XML file that cannot be read as a VOC annotation."""
@@ -212,7 +215,10 @@ def _crop_candidate(
         if crop is None:
             report.outcomes.append(
                 FileOutcome(
-                    where, REJECTED, "degenerate_box", f"box {box} is smaller than {MIN_SIDE} px"
+                    where,
+                    REJECTED,
+                    "degenerate_box",
+                    f"{box} is under {MIN_SIDE} px on a side",
                 )
             )
             return None

@@ -1,0 +1,102 @@
+"""The `al` command line: help, version, errors, JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from al_pipeline import __version__
+from al_pipeline.config import Config
+from cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_version_and_help(cli: CliRunner) -> None:
+    assert cli.invoke(app, ["--version"]).output.strip() == f"al-pipeline {__version__}"
+    result = cli.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("info", "init", "pool"):
+        assert command in result.output
+    pool_help = cli.invoke(app, ["pool", "--help"]).output
+    for command in ("add", "import-voc", "stats"):
+        assert command in pool_help
+
+
+def test_init_creates_a_workspace_and_refuses_a_second(cli: CliRunner, tmp_path: Path) -> None:
+    target = tmp_path / "ws"
+    result = cli.invoke(app, ["init", str(target), "--classes", "with_mask,without_mask"])
+    assert result.exit_code == 0, result.output
+    assert (target / "al.toml").is_file() and (target / "state.sqlite3").is_file()
+    assert (target / "pools").is_dir() and (target / "checkpoints").is_dir()
+    again = cli.invoke(app, ["init", str(target), "--classes", "a,b"])
+    assert again.exit_code == 1
+    assert "already a workspace" in again.output
+    assert "Traceback" not in again.output
+
+
+def test_user_errors_exit_1_with_a_message_and_traceback_only_when_verbose(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    result = cli.invoke(app, ["-w", str(tmp_path), "pool", "stats"])
+    assert result.exit_code == 1
+    assert "No workspace at" in result.output and "al init" in result.output
+    assert "Traceback" not in result.output
+    verbose = cli.invoke(app, ["-v", "-w", str(tmp_path), "pool", "stats"])
+    assert verbose.exit_code == 1 and "Traceback" in verbose.output
+
+
+def test_bad_classes_are_explained(cli: CliRunner, tmp_path: Path) -> None:
+    result = cli.invoke(app, ["init", str(tmp_path / "ws"), "--classes", "only_one"])
+    assert result.exit_code == 1
+    assert "at least 2 classes" in result.output
+    assert not (tmp_path / "ws" / "al.toml").exists()
+
+
+def test_pool_add_and_stats_json(
+    cli: CliRunner, workspace: Config, tmp_path: Path, make_images: Callable[..., list[Path]]
+) -> None:
+    make_images(tmp_path / "pool" / "with_mask", 4)
+    make_images(tmp_path / "pool" / "without_mask", 3, start=50)
+    make_images(tmp_path / "unlabelled", 5, start=100)
+    ws = ["-w", str(workspace.root)]
+    added = cli.invoke(app, [*ws, "pool", "add", str(tmp_path / "pool"), "--labelled", "--json"])
+    assert added.exit_code == 0, added.output
+    assert json.loads(added.stdout)["counts"] == {"added": 7}
+    cli.invoke(app, [*ws, "pool", "add", str(tmp_path / "unlabelled"), "--pool", "fresh"])
+    stats = json.loads(cli.invoke(app, [*ws, "pool", "stats", "--json"]).stdout)
+    by_class = {(r["pool"], r["class_name"]): r["items"] for r in stats}
+    assert by_class == {("pool", "with_mask"): 4, ("pool", "without_mask"): 3, ("fresh", None): 5}
+
+
+def test_missing_folder_is_a_clear_error(cli: CliRunner, workspace: Config) -> None:
+    result = cli.invoke(app, ["-w", str(workspace.root), "pool", "add", "/no/such/folder"])
+    assert result.exit_code == 1
+    assert "'/no/such/folder' does not exist" in result.output
+
+
+def test_info_json_reports_backend_and_devices(workspace: Config) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "-w", str(workspace.root), "info", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert facts["backend"] in ("tensorflow", "jax", "torch")
+    assert facts["accelerator"] in ("CPU", "GPU") and facts["devices"]
+    assert facts["packages"]["keras"].startswith("3.")
+    assert facts["workspace"]["classes"] == "with_mask, without_mask"
+
+
+def test_installed_al_command_runs() -> None:
+    al = Path(sys.executable).parent / "al"
+    result = subprocess.run([str(al), "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "pool" in result.stdout

@@ -1,0 +1,67 @@
+"""Config: al.toml round trip, workspace discovery, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from al_pipeline.config import (
+    Config,
+    find_workspace,
+    load_config,
+    parse_classes,
+    resolve_config,
+)
+from al_pipeline.errors import ConfigError, UnknownClassError, WorkspaceNotFoundError
+
+
+def test_toml_round_trip(workspace: Config) -> None:
+    loaded = load_config(workspace.root)
+    assert loaded == workspace
+    assert loaded.database == workspace.root / "state.sqlite3"
+
+
+def test_workspace_found_upwards_from_a_subfolder(
+    workspace: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deep = workspace.root / "pools" / "a" / "b"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert find_workspace(env={}) == workspace.root
+
+
+def test_workspace_from_environment(workspace: Config, tmp_path: Path) -> None:
+    assert find_workspace(env={"AL_WORKSPACE": str(workspace.root)}) == workspace.root
+    with pytest.raises(WorkspaceNotFoundError, match="AL_WORKSPACE"):
+        find_workspace(env={"AL_WORKSPACE": str(tmp_path / "nowhere")})
+
+
+def test_flags_override_the_file(workspace: Config) -> None:
+    config = resolve_config(workspace.root, env={}, image_size=160, backbone=None)
+    assert config.image_size == 160 and config.backbone == workspace.backbone
+    with pytest.raises(ConfigError, match="Unknown config override"):
+        resolve_config(workspace.root, env={}, colour="red")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("a", "at least 2"), ("a,a", "repeat"), ("a,b c", "not allowed"), ("a,../x", "not allowed")],
+)
+def test_bad_class_lists(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_classes(text)
+
+
+def test_unknown_class_lists_the_choices(workspace: Config) -> None:
+    with pytest.raises(UnknownClassError, match="with_mask, without_mask"):
+        workspace.class_index("cat")
+
+
+def test_broken_toml_names_the_file(workspace: Config) -> None:
+    (workspace.root / "al.toml").write_text("[workspace\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"al\.toml is not valid TOML"):
+        load_config(workspace.root)
+    (workspace.root / "al.toml").write_text("[model]\nimage_size = -3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="classes must be a list"):
+        load_config(workspace.root)
