@@ -255,3 +255,18 @@ def test_killed_process_resumes_without_duplicates_or_gaps(
             900,
             900,
         )
+
+
+@pytest.mark.integration
+def test_whole_real_set_registers_with_nothing_rejected(workspace: Config, state: State) -> None:
+    from tests.conftest import CHANDRIKADEB7, shared_or_skip
+
+    report = add_folder(workspace, state, shared_or_skip(CHANDRIKADEB7), labelled=True)
+    counts = report.counts()
+    assert counts["added"] == 3847
+    assert counts.get("rejected", 0) == 0
+    assert {o.path for o in report.outcomes if o.status == "ignored"} == {
+        "README.md",
+        "MANIFEST.tsv",
+    }
+    assert report.labels_added == 3847
