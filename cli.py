@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,9 @@ from rich.table import Table
 from al_pipeline import __version__
 from al_pipeline.config import Config, resolve_config
 from al_pipeline.errors import PipelineError
+
+# TensorFlow's C++ start-up chatter (CPU features, oneDNN) means nothing to a user.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 app = typer.Typer(
     name="al",
@@ -346,6 +350,194 @@ def pool_stats(
             str(r.train),
             str(r.test),
             str(r.queued),
+        )
+    out.print(table)
+
+
+def render_metrics(metrics: dict[str, Any], title: str) -> None:
+    summary = Table(title=title, show_header=False)
+    for key in ("count", "accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc"):
+        value = metrics.get(key)
+        summary.add_row(
+            key, "n/a" if value is None else f"{value:.4f}" if key != "count" else str(value)
+        )
+    out.print(summary)
+    per_class = Table(title="Per class")
+    for column in ("class", "precision", "recall", "f1", "support"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in metrics["per_class"].items():
+        per_class.add_row(
+            name,
+            f"{row['precision']:.3f}",
+            f"{row['recall']:.3f}",
+            f"{row['f1']:.3f}",
+            str(row["support"]),
+        )
+    out.print(per_class)
+    matrix = Table(title="Confusion matrix (rows: true, columns: predicted)")
+    matrix.add_column("")
+    for name in metrics["classes"]:
+        matrix.add_column(name, justify="right")
+    for name, row in zip(metrics["classes"], metrics["confusion_matrix"], strict=True):
+        matrix.add_row(name, *(str(v) for v in row))
+    out.print(matrix)
+
+
+@app.command()
+@handles_errors
+def train(
+    backbone: Annotated[str | None, typer.Option(help="Backbone (default: from al.toml).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="imagenet, none, or a path to a no-top .h5 file.")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs for the head.")] = 50,
+    fine_tune_layers: Annotated[
+        int,
+        typer.Option(
+            help="Also unfreeze the top K backbone layers and train on "
+            "augmented images (slow on a CPU)."
+        ),
+    ] = 0,
+    fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning.")] = 5,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: workspace seed).")] = None,
+    tag: Annotated[str | None, typer.Option(help="Checkpoint name (default: train-NNN).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Train on every labelled, non-test item; save a checkpoint and evaluate it."""
+    from al_pipeline.model import TrainingSettings
+    from al_pipeline.train import train as run_training
+    from al_pipeline.workspace import opened
+
+    config = config_for(backbone=backbone, image_size=image_size, weights=weights, seed=seed)
+    settings = TrainingSettings(
+        epochs=epochs,
+        fine_tune_layers=fine_tune_layers,
+        fine_tune_epochs=fine_tune_epochs,
+        seed=config.seed,
+    )
+    with opened(config) as state, BarProgress() as progress:
+        report = run_training(config, state, settings, tag=tag, progress=progress)
+    if as_json:
+        print_json(dataclasses.asdict(report))
+        return
+    out.print(
+        f"Checkpoint [bold]{report.tag}[/] ({report.backbone}, {report.labelled} labelled: "
+        + ", ".join(f"{k} {v}" for k, v in report.per_class.items())
+        + f") in {report.seconds:.1f} s -> {report.path}"
+    )
+    out.print(f"Backbone features computed: {report.features_computed} (the rest were cached)")
+    for path, why in report.skipped:
+        err.print(f"[yellow]Skipped[/] {path}: {why}")
+    if report.metrics:
+        render_metrics(report.metrics, f"Held-out test split ({report.tag})")
+    else:
+        out.print("No test split yet: add one with 'al pool add DIR --labelled --test-fraction'.")
+
+
+@app.command()
+@handles_errors
+def evaluate(
+    checkpoint: Annotated[
+        str | None, typer.Option(help="Checkpoint tag (default: the latest).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Accuracy, precision, recall, F1, ROC-AUC and confusion matrix on the test split."""
+    from al_pipeline.evaluate import evaluate as run_evaluation
+    from al_pipeline.workspace import opened
+
+    config = config_for()
+    with opened(config) as state, BarProgress() as progress:
+        report = run_evaluation(config, state, checkpoint, progress)
+    if as_json:
+        print_json(dataclasses.asdict(report))
+        return
+    render_metrics(report.metrics, f"Held-out test split ({report.tag})")
+    for path, why in report.skipped:
+        err.print(f"[yellow]Skipped[/] {path}: {why}")
+
+
+@app.command()
+@handles_errors
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    checkpoint: Annotated[
+        str | None, typer.Option(help="Checkpoint tag (default: the latest).")
+    ] = None,
+    faces: Annotated[
+        bool,
+        typer.Option(
+            "--faces", help="Find faces first (OpenCV Haar cascade) and classify each one."
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    csv_file: Annotated[
+        Path | None, typer.Option("--csv", help="Also write the predictions to this CSV file.")
+    ] = None,
+) -> None:
+    """Class and confidence for each image (or each face); unreadable files are reported."""
+    import csv
+
+    from al_pipeline.predict import predict_faces, predict_files
+    from al_pipeline.score import find_checkpoint
+    from al_pipeline.workspace import opened
+
+    config = config_for()
+    with opened(config) as state:
+        _, model = find_checkpoint(config, state, checkpoint)
+    with BarProgress() as progress:
+        run = predict_faces if faces else predict_files
+        results = run(config, model, paths, progress)
+    rows = [dataclasses.asdict(r) for r in results]
+    if csv_file is not None:
+        with csv_file.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(
+                handle, ["path", "label", "confidence", "box", "error"], extrasaction="ignore"
+            )
+            writer.writeheader()
+            writer.writerows(rows)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table()
+    for column in ("path", "label", "confidence", *(("box",) if faces else ())):
+        table.add_column(column)
+    for r in results:
+        label = r.label or f"[red]{r.error}[/]"
+        confidence = "" if r.confidence is None else f"{r.confidence:.3f}"
+        table.add_row(r.path, label, confidence, *((str(r.box or ""),) if faces else ()))
+    out.print(table)
+
+
+@app.command()
+@handles_errors
+def checkpoints(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List saved checkpoints with their test metrics."""
+    from al_pipeline.workspace import opened
+
+    config = config_for()
+    with opened(config) as state:
+        rows = state.checkpoints()
+    if as_json:
+        print_json([dataclasses.asdict(r) for r in rows])
+        return
+    table = Table(title="Checkpoints")
+    for column in ("tag", "backbone", "size", "labelled", "accuracy", "macro F1", "created"):
+        table.add_column(column)
+    for r in rows:
+        metrics = r.meta.get("metrics") or {}
+        acc, f1 = metrics.get("accuracy"), metrics.get("macro_f1")
+        table.add_row(
+            r.tag,
+            r.backbone,
+            str(r.image_size),
+            str(r.labelled_count),
+            "" if acc is None else f"{acc:.4f}",
+            "" if f1 is None else f"{f1:.4f}",
+            r.created_at,
         )
     out.print(table)
 

@@ -6,6 +6,7 @@ This is the only module that reads the environment. Everything else receives a
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -40,6 +41,10 @@ class Config:
         pools_dir: Default home of pools (crops from ``pool import-voc`` go here).
         checkpoints_dir: Where per-round models are saved.
         database: The SQLite state database.
+        cache_dir: Embedding cache (features per item, per backbone and weights).
+        weights: ``imagenet``, ``none`` or a path to a no-top ``.h5`` weights file.
+        keras_home: Keras' cache root (``$KERAS_HOME``, default ``~/.keras``).
+        offline: Never try to download weights (``$AL_OFFLINE=1``).
     """
 
     root: Path
@@ -53,9 +58,13 @@ class Config:
     pools_dir: Path = field(default=Path("pools"))
     checkpoints_dir: Path = field(default=Path("checkpoints"))
     database: Path = field(default=Path(DATABASE_FILE))
+    cache_dir: Path = field(default=Path("cache"))
+    weights: str = "imagenet"
+    keras_home: Path = field(default_factory=lambda: Path.home() / ".keras")
+    offline: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("pools_dir", "checkpoints_dir", "database"):
+        for name in ("pools_dir", "checkpoints_dir", "database", "cache_dir"):
             path = getattr(self, name)
             if not path.is_absolute():
                 object.__setattr__(self, name, self.root / path)
@@ -154,6 +163,7 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
             name=str(workspace.get("name", root.name)),
             classes=parse_classes(",".join(classes)),
             backbone=str(model.get("backbone", Config.backbone)),
+            weights=str(model.get("weights", Config.weights)),
             image_size=_positive_int(model.get("image_size", Config.image_size), "image_size"),
             seed=int(workspace.get("seed", Config.seed)),
             max_pixels=_positive_int(ingest.get("max_pixels", Config.max_pixels), "max_pixels"),
@@ -161,6 +171,7 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
             pools_dir=Path(paths.get("pools", "pools")),
             checkpoints_dir=Path(paths.get("checkpoints", "checkpoints")),
             database=Path(paths.get("database", DATABASE_FILE)),
+            cache_dir=Path(paths.get("cache", "cache")),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}. Fix the value in the file.") from exc
@@ -184,7 +195,9 @@ def resolve_config(
         env: Environment mapping (defaults to ``os.environ``).
         **overrides: Flag values; ``None`` means "not given".
     """
+    env = os.environ if env is None else env
     config = load_config(find_workspace(workspace, env))
+    config = replace(config, **_from_environment(env))
     given = {key: value for key, value in overrides.items() if value is not None}
     unknown = set(given) - set(Config.__dataclass_fields__)
     if unknown:
@@ -192,9 +205,17 @@ def resolve_config(
     return replace(config, **given) if given else config
 
 
+def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if env.get("KERAS_HOME"):
+        values["keras_home"] = Path(env["KERAS_HOME"]).expanduser()
+    if env.get("AL_OFFLINE", "").lower() in ("1", "true", "yes"):
+        values["offline"] = True
+    return values
+
+
 def render_toml(config: Config) -> str:
     """Serialise a config as the al.toml text written by ``al init``."""
-    classes = ", ".join(f'"{c}"' for c in config.classes)
 
     def rel(path: Path) -> str:
         try:
@@ -202,25 +223,31 @@ def render_toml(config: Config) -> str:
         except ValueError:
             return path.as_posix()
 
-    name = config.name.replace("\\", "\\\\").replace('"', '\\"')
+    def text(value: object) -> str:
+        return json.dumps(str(value), ensure_ascii=False)
+
+    classes = ", ".join(text(c) for c in config.classes)
     return (
         "# al-pipeline workspace. Edit by hand; every command reads it.\n"
         "[workspace]\n"
-        f'name = "{name}"\n'
+        f"name = {text(config.name)}\n"
         f"classes = [{classes}]\n"
         f"seed = {config.seed}\n\n"
         "[model]\n"
-        f'backbone = "{config.backbone}"\n'
-        f"image_size = {config.image_size}\n\n"
+        f"backbone = {text(config.backbone)}\n"
+        f"image_size = {config.image_size}\n"
+        "# imagenet, none, or the path of a no-top .h5 weights file\n"
+        f"weights = {text(config.weights)}\n\n"
         "[ingest]\n"
         "# Images with more pixels are rejected as decompression bombs.\n"
         f"max_pixels = {config.max_pixels}\n"
         "# Perceptual-hash distance (of 64 bits) at which images count as near-duplicates.\n"
         f"near_duplicate_bits = {config.near_duplicate_bits}\n\n"
         "[paths]\n"
-        f'pools = "{rel(config.pools_dir)}"\n'
-        f'checkpoints = "{rel(config.checkpoints_dir)}"\n'
-        f'database = "{rel(config.database)}"\n'
+        f"pools = {text(rel(config.pools_dir))}\n"
+        f"checkpoints = {text(rel(config.checkpoints_dir))}\n"
+        f"database = {text(rel(config.database))}\n"
+        f"cache = {text(rel(config.cache_dir))}\n"
     )
 
 

@@ -33,3 +33,7 @@ class IngestError(PipelineError):
 
 class UnknownClassError(PipelineError):
     """A class name that is not one of the workspace's classes."""
+
+
+class NoLabelsError(PipelineError):
+    """There is nothing (or too little) to train or evaluate on."""

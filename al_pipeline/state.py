@@ -7,12 +7,14 @@ database as it was before the interrupted transaction, and re-running continues.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from al_pipeline.errors import StateError
 
@@ -113,6 +115,23 @@ MIGRATIONS: tuple[str, ...] = (
           AND l.id = (SELECT MAX(id) FROM labels x
                       WHERE x.item_id = l.item_id AND x.retired_at IS NULL);
     """,
+    # 2: the embedding cache index (the features live in one file per digest).
+    """
+    CREATE TABLE embedding_sets (
+        digest TEXT PRIMARY KEY,
+        backbone TEXT NOT NULL,
+        image_size INTEGER NOT NULL,
+        weights_digest TEXT NOT NULL,
+        dim INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE embedding_rows (
+        digest TEXT NOT NULL REFERENCES embedding_sets(digest),
+        sha256 TEXT NOT NULL,
+        row INTEGER NOT NULL,
+        PRIMARY KEY (digest, sha256)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -164,6 +183,30 @@ class SplitCandidate:
     label: str
     split: str | None
     source: str | None
+
+
+@dataclass(frozen=True)
+class LabelledItem:
+    """A labelled item with the facts training and evaluation need."""
+
+    item_id: int
+    sha256: str
+    path: Path
+    label: str
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    """A registered checkpoint."""
+
+    id: int
+    tag: str
+    path: Path
+    backbone: str
+    image_size: int
+    labelled_count: int
+    meta: dict[str, Any]
+    created_at: str
 
 
 @dataclass(frozen=True)
@@ -361,6 +404,117 @@ class State:
                 [(split, item_id) for item_id, split in assignment.items()],
             )
 
+    # -- training and evaluation sets ----------------------------------------------------
+
+    def labelled_items(self, split: str) -> list[LabelledItem]:
+        """Labelled items of the ``train`` side (no split or train) or the ``test`` side."""
+        where = "i.split = 'test'" if split == "test" else "(i.split IS NULL OR i.split = 'train')"
+        rows = self._db.execute(
+            "SELECT i.id, i.sha256, i.relpath, p.root, l.class_name FROM items i"
+            " JOIN pools p ON p.id = i.pool_id JOIN current_labels l ON l.item_id = i.id"
+            f" WHERE {where} ORDER BY i.id"
+        )
+        return [
+            LabelledItem(r["id"], r["sha256"], Path(r["root"]) / r["relpath"], r["class_name"])
+            for r in rows
+        ]
+
+    # -- embedding cache index ----------------------------------------------------------
+
+    def ensure_embedding_set(
+        self, digest: str, backbone: str, image_size: int, weights_digest: str, dim: int
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO embedding_sets (digest, backbone, image_size,"
+                " weights_digest, dim, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (digest, backbone, image_size, weights_digest, dim, now()),
+            )
+
+    def embedding_rows(self, digest: str) -> dict[str, int]:
+        rows = self._db.execute(
+            "SELECT sha256, row FROM embedding_rows WHERE digest = ?", (digest,)
+        )
+        return {r["sha256"]: int(r["row"]) for r in rows}
+
+    def add_embedding_rows(self, digest: str, rows: Sequence[tuple[str, int]]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO embedding_rows (digest, sha256, row) VALUES (?, ?, ?)",
+                [(digest, sha, row) for sha, row in rows],
+            )
+
+    def drop_embedding_rows(self, digest: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM embedding_rows WHERE digest = ?", (digest,))
+
+    # -- checkpoints and metrics --------------------------------------------------------
+
+    def add_checkpoint(
+        self,
+        tag: str,
+        path: Path,
+        backbone: str,
+        image_size: int,
+        labelled_count: int,
+        meta: dict[str, Any],
+        round_id: int | None = None,
+    ) -> int:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO checkpoints (tag, round_id, path, backbone, weights_digest,"
+                " image_size, labelled_count, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    tag,
+                    round_id,
+                    str(path),
+                    backbone,
+                    str(meta.get("features_digest", "")),
+                    image_size,
+                    labelled_count,
+                    json.dumps(meta),
+                    now(),
+                ),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def checkpoint(self, tag: str | None = None) -> CheckpointRow | None:
+        """The checkpoint with ``tag``, or the latest one."""
+        if tag is None:
+            row = self._db.execute("SELECT * FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
+        else:
+            row = self._db.execute("SELECT * FROM checkpoints WHERE tag = ?", (tag,)).fetchone()
+        return None if row is None else _checkpoint(row)
+
+    def checkpoints(self) -> list[CheckpointRow]:
+        return [_checkpoint(r) for r in self._db.execute("SELECT * FROM checkpoints ORDER BY id")]
+
+    def record_evaluation(self, checkpoint_id: int, metrics: dict[str, Any]) -> None:
+        """Store an evaluation as the checkpoint's metrics (replacing an earlier one)."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT round_id, meta FROM checkpoints WHERE id = ?", (checkpoint_id,)
+            ).fetchone()
+            meta = json.loads(row["meta"]) | {"metrics": metrics}
+            db.execute(
+                "UPDATE checkpoints SET meta = ? WHERE id = ?", (json.dumps(meta), checkpoint_id)
+            )
+            db.execute(
+                "DELETE FROM metrics WHERE checkpoint_id = ? AND name = 'evaluation'",
+                (checkpoint_id,),
+            )
+            db.execute(
+                "INSERT INTO metrics (checkpoint_id, round_id, name, value, data, created_at)"
+                " VALUES (?, ?, 'evaluation', ?, ?, ?)",
+                (
+                    checkpoint_id,
+                    row["round_id"],
+                    metrics.get("accuracy"),
+                    json.dumps(metrics),
+                    now(),
+                ),
+            )
+
     # -- stats --------------------------------------------------------------------------
 
     def pool_stats(self) -> list[PoolStats]:
@@ -384,6 +538,19 @@ class State:
             )
             for r in rows
         ]
+
+
+def _checkpoint(row: sqlite3.Row) -> CheckpointRow:
+    return CheckpointRow(
+        row["id"],
+        row["tag"],
+        Path(row["path"]),
+        row["backbone"],
+        row["image_size"],
+        row["labelled_count"],
+        json.loads(row["meta"]),
+        row["created_at"],
+    )
 
 
 def open_state(path: Path) -> State:

@@ -12,7 +12,7 @@ from al_pipeline.config import CONFIG_FILE, Config, new_config, parse_classes, r
 from al_pipeline.errors import ConfigError
 from al_pipeline.state import State, open_state
 
-_GITIGNORE = "# al-pipeline state: not for version control\nstate.sqlite3*\n"
+_GITIGNORE = "# al-pipeline state and caches: not for version control\nstate.sqlite3*\ncache/\n"
 
 
 @dataclass(frozen=True)

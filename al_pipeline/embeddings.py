@@ -1,0 +1,145 @@
+"""[embed] Pooled backbone features per item, computed once and cached on disk.
+
+Features live in one float16 file per *digest* (backbone + input size + weights), read
+through a memory map; the state database maps each item's content hash to its row. A
+different backbone or weights means a different digest, so nothing stale is ever reused,
+and a new item only appends a row. Rows are written to the file before they are indexed,
+so a crash leaves at worst unindexed rows at the end, never an index pointing at nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from al_pipeline.backbones import Backbone
+from al_pipeline.loader import image_batches
+from al_pipeline.progress import Progress, silent
+from al_pipeline.state import State
+
+DTYPE = np.float16
+BATCH = 64
+
+
+def cache_digest(backbone: Backbone) -> str:
+    key = f"{backbone.name}|{backbone.image_size}|{backbone.weights_digest}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """The on-disk feature rows of one backbone + weights."""
+
+    def __init__(self, state: State, directory: Path, backbone: Backbone) -> None:
+        self.state = state
+        self.dim = backbone.dim
+        self.digest = cache_digest(backbone)
+        self.file = directory / f"{backbone.name}-{backbone.image_size}-{self.digest}.f16"
+        directory.mkdir(parents=True, exist_ok=True)
+        state.ensure_embedding_set(
+            self.digest, backbone.name, backbone.image_size, backbone.weights_digest, self.dim
+        )
+        self.index = state.embedding_rows(self.digest)
+        if self.index and max(self.index.values()) >= self._rows_on_disk():
+            state.drop_embedding_rows(self.digest)
+            self.index = {}
+
+    def _rows_on_disk(self) -> int:
+        size = self.file.stat().st_size if self.file.exists() else 0
+        return size // (self.dim * np.dtype(DTYPE).itemsize)
+
+    def append(self, shas: Sequence[str], features: NDArray[np.floating]) -> None:
+        first = self._rows_on_disk()
+        with self.file.open("ab") as handle:
+            handle.truncate(first * self.dim * np.dtype(DTYPE).itemsize)
+            handle.write(np.ascontiguousarray(features, dtype=DTYPE).tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        rows = [(sha, first + offset) for offset, sha in enumerate(shas)]
+        self.state.add_embedding_rows(self.digest, rows)
+        self.index.update(rows)
+
+    def read(self, rows: NDArray[np.int64]) -> NDArray[np.float32]:
+        """Features for ``rows`` as float32 (reads only those rows through a memory map)."""
+        if len(rows) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        table = np.memmap(self.file, dtype=DTYPE, mode="r").reshape(-1, self.dim)
+        return np.asarray(table[rows], dtype=np.float32)
+
+
+@dataclass
+class Embedded:
+    """Cached features for a list of items, in the list's order.
+
+    Attributes:
+        cache: Where the rows are.
+        rows: Cache row of each readable item.
+        positions: Position in the requested list of each entry of ``rows``.
+        computed: How many items needed the backbone this time (0 = all cached).
+        failures: ``(position, reason)`` for items whose image could not be decoded.
+    """
+
+    cache: EmbeddingCache
+    rows: NDArray[np.int64]
+    positions: NDArray[np.int64]
+    computed: int
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+    def features(self) -> NDArray[np.float32]:
+        return self.cache.read(self.rows)
+
+    def chunks(self, size: int = 8192) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
+        """``(positions, features)`` in chunks, for pools too big to hold at once."""
+        for start in range(0, len(self.rows), size):
+            stop = start + size
+            yield self.positions[start:stop], self.cache.read(self.rows[start:stop])
+
+
+def embed(
+    state: State,
+    directory: Path,
+    backbone: Backbone,
+    items: Sequence[tuple[str, Path]],
+    progress: Progress = silent,
+) -> Embedded:
+    """Return cached features for ``(sha256, path)`` items, computing only the missing ones."""
+    cache = EmbeddingCache(state, directory, backbone)
+    missing = sorted(
+        {sha: i for i, (sha, _) in enumerate(items) if sha not in cache.index}.values()
+    )
+    failures: list[tuple[int, str]] = []
+    progress("Computing features", 0, len(missing))
+    done = 0
+    for batch in image_batches([items[i][1] for i in missing], backbone.image_size, BATCH):
+        if batch.indices:
+            features = predict_padded(backbone.model, batch.pixels, BATCH)
+            cache.append([items[missing[j]][0] for j in batch.indices], features)
+        failures += [(missing[j], reason) for j, reason in batch.failures]
+        done += len(batch.indices) + len(batch.failures)
+        progress("Computing features", done, len(missing))
+    kept = [(i, cache.index[sha]) for i, (sha, _) in enumerate(items) if sha in cache.index]
+    return Embedded(
+        cache=cache,
+        rows=np.array([row for _, row in kept], dtype=np.int64),
+        positions=np.array([i for i, _ in kept], dtype=np.int64),
+        computed=len(missing) - len(failures),
+        failures=failures,
+    )
+
+
+def predict_padded(
+    model: object, inputs: NDArray[np.float32], batch_size: int
+) -> NDArray[np.float32]:
+    """Run ``model.predict_on_batch`` on a fixed batch shape (padding the last batch), so
+    graph backends compile once instead of once per odd-sized batch."""
+    count = len(inputs)
+    if count < batch_size:
+        pad = np.zeros((batch_size - count, *inputs.shape[1:]), dtype=inputs.dtype)
+        inputs = np.concatenate([inputs, pad])
+    outputs = model.predict_on_batch(inputs)  # type: ignore[attr-defined]
+    return np.asarray(outputs, dtype=np.float32)[:count]

@@ -1,0 +1,257 @@
+"""[score/train] The classifier: a backbone's features into a small softmax head.
+
+The default path trains the head alone on cached features (seconds on a CPU). Fine-tuning
+follows the keras.io transfer-learning recipe: fit the head on the frozen backbone, then
+unfreeze the top K backbone layers and train on augmented images at a low learning rate,
+with the backbone called in inference mode so BatchNorm statistics stay put.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.utils.class_weight import compute_class_weight
+
+from al_pipeline.backbones import Backbone, Preprocess
+from al_pipeline.errors import PipelineError
+from al_pipeline.loader import decode
+
+MODEL_FILE = "model.keras"
+META_FILE = "meta.json"
+HEAD_LEARNING_RATE = 1e-3
+FINE_TUNE_LEARNING_RATE = 1e-5
+
+
+class CheckpointError(PipelineError):
+    """A checkpoint is missing, unreadable, or does not fit the workspace."""
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How to fit: epochs for the head, and optionally a fine-tuning stage."""
+
+    epochs: int = 50
+    batch_size: int = 32
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 5
+    seed: int = 0
+
+
+def build_head(dim: int, classes: int, dropout: float = 0.2, l2: float = 1e-3) -> keras.Model:
+    """Dropout then a softmax dense layer (float32 output, also under mixed precision)."""
+    return keras.Sequential(
+        [
+            keras.Input((dim,)),
+            keras.layers.Dropout(dropout),
+            keras.layers.Dense(
+                classes,
+                activation="softmax",
+                dtype="float32",
+                kernel_regularizer=keras.regularizers.L2(l2),
+            ),
+        ],
+        name="head",
+    )
+
+
+def build_classifier(backbone: Backbone, head: keras.Model) -> keras.Model:
+    """Pixels in [0, 255] -> class probabilities, sharing the backbone and head layers."""
+    pixels = keras.Input((backbone.image_size, backbone.image_size, 3), name="pixels")
+    return keras.Model(pixels, head(backbone.model(pixels)), name="classifier")
+
+
+def augmentation(seed: int) -> keras.Sequential:
+    """Rotation up to ±20°, zoom 0.8 to 1.2 (crop in / pad out) and horizontal flips."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomRotation(20 / 360, fill_mode="reflect", seed=seed),
+            keras.layers.RandomZoom((-0.2, 0.2), fill_mode="reflect", seed=seed + 1),
+            keras.layers.RandomFlip("horizontal", seed=seed + 2),
+        ],
+        name="augment",
+    )
+
+
+def class_weights(labels: NDArray[np.int64], classes: int) -> dict[int, float]:
+    """Balanced class weights (rare classes count more), for the classes present."""
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return {int(c): float(w) for c, w in zip(present, weights, strict=True)} | {
+        c: 1.0 for c in range(classes) if c not in present
+    }
+
+
+def fit_head(
+    head: keras.Model,
+    features: NDArray[np.float32],
+    labels: NDArray[np.int64],
+    settings: TrainingSettings,
+    classes: int,
+) -> None:
+    keras.utils.set_random_seed(settings.seed)
+    head.compile(
+        optimizer=keras.optimizers.Adam(HEAD_LEARNING_RATE),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    head.fit(
+        features,
+        labels,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        class_weight=class_weights(labels, classes),
+        verbose=0,
+        shuffle=True,
+    )
+
+
+class ImageBatches(keras.utils.PyDataset):  # type: ignore[misc]
+    """Labelled image files as shuffled training batches, decoded on worker threads."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        labels: NDArray[np.int64],
+        size: int,
+        batch_size: int,
+        seed: int,
+    ) -> None:
+        super().__init__(workers=2, use_multiprocessing=False)
+        self.paths = list(paths)
+        self.labels = labels
+        self.size = size
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(self.paths))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.paths) / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        pixels = np.stack([decode(self.paths[i], self.size) for i in chosen]).astype(np.float32)
+        return pixels, self.labels[chosen]
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.paths))
+
+
+def fine_tune(
+    backbone: Backbone,
+    head: keras.Model,
+    paths: Sequence[Path],
+    labels: NDArray[np.int64],
+    settings: TrainingSettings,
+    classes: int,
+    train_all: bool = False,
+) -> None:
+    """Unfreeze the top ``fine_tune_layers`` of the backbone (or all of it) and train on
+    augmented images."""
+    network = _network_of(backbone)
+    network.trainable = True
+    if not train_all:
+        for layer in network.layers[: max(0, len(network.layers) - settings.fine_tune_layers)]:
+            layer.trainable = False
+    pixels = keras.Input((backbone.image_size, backbone.image_size, 3))
+    model = keras.Model(pixels, head(backbone.model(augmentation(settings.seed)(pixels))))
+    rate = HEAD_LEARNING_RATE if train_all else FINE_TUNE_LEARNING_RATE
+    model.compile(
+        optimizer=keras.optimizers.Adam(rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    keras.utils.set_random_seed(settings.seed)
+    data = ImageBatches(paths, labels, backbone.image_size, settings.batch_size, settings.seed)
+    model.fit(
+        data,
+        epochs=settings.fine_tune_epochs,
+        class_weight=class_weights(labels, classes),
+        verbose=0,
+    )
+    network.trainable = False
+
+
+def _network_of(backbone: Backbone) -> keras.Model:
+    """The headless network inside a feature extractor (the layer after preprocessing)."""
+    for layer in backbone.model.layers:
+        if isinstance(layer, keras.Model):
+            return layer
+    raise CheckpointError(f"Feature extractor of {backbone.name} has no inner network.")
+
+
+def predict_proba(head: keras.Model, features: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Class probabilities from features, in fixed-size batches."""
+    from al_pipeline.embeddings import predict_padded
+
+    batch = 4096
+    parts = [
+        predict_padded(head, features[s : s + batch], batch) for s in range(0, len(features), batch)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, head.output.shape[-1]), np.float32)
+
+
+@dataclass
+class Checkpoint:
+    """A saved classifier and its metadata."""
+
+    path: Path
+    model: keras.Model
+    meta: dict[str, Any]
+
+    @property
+    def head(self) -> keras.Model:
+        return self.model.get_layer("head")
+
+    def backbone(self) -> Backbone:
+        extractor = self.model.get_layer("features")
+        return Backbone(
+            self.meta["backbone"],
+            int(self.meta["image_size"]),
+            extractor,
+            str(self.meta["features_digest"]),
+            bool(self.meta["pretrained"]),
+        )
+
+
+def save_checkpoint(model: keras.Model, folder: Path, meta: dict[str, Any]) -> Path:
+    """Write ``model.keras`` and ``meta.json`` into ``folder`` atomically (all or nothing)."""
+    partial = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save(partial / MODEL_FILE)
+    write_meta(partial, meta)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(partial, folder)
+    return folder
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    temporary = folder / f".{META_FILE}.tmp"
+    temporary.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    os.replace(temporary, folder / META_FILE)
+
+
+def load_checkpoint(folder: Path) -> Checkpoint:
+    model_file = folder / MODEL_FILE
+    if not model_file.is_file():
+        raise CheckpointError(
+            f"No {MODEL_FILE} in '{folder}'. Train one with 'al train' or pick another "
+            "checkpoint (al checkpoints)."
+        )
+    try:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        model = keras.saving.load_model(model_file, custom_objects={"Preprocess": Preprocess})
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"Cannot load the checkpoint in '{folder}': {exc}.") from exc
+    return Checkpoint(folder, model, meta)

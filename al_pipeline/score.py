@@ -1,0 +1,90 @@
+"""[score] Class probabilities for workspace items: cached features through a model's head.
+
+After a retrain only the head runs: the backbone's features come from the embedding cache
+and are computed just for items seen for the first time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from al_pipeline.backbones import Backbone, build_backbone, parse_weights
+from al_pipeline.config import Config
+from al_pipeline.embeddings import embed
+from al_pipeline.errors import PipelineError
+from al_pipeline.model import Checkpoint, load_checkpoint, predict_proba
+from al_pipeline.progress import Progress, silent
+from al_pipeline.state import CheckpointRow, State
+
+
+class NoCheckpointError(PipelineError):
+    """No trained model to score or evaluate with."""
+
+
+@dataclass
+class Scored:
+    """Probabilities for the readable items of a request, in request order.
+
+    Attributes:
+        probabilities: ``(len(positions), classes)``.
+        positions: Position in the request of each row.
+        computed: Items whose backbone features had to be computed (0 = all cached).
+        failures: ``(position, reason)`` for items that could not be read.
+    """
+
+    probabilities: NDArray[np.float32]
+    positions: NDArray[np.int64]
+    computed: int
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+
+def workspace_backbone(config: Config) -> Backbone:
+    """The backbone the workspace config asks for, with its weights."""
+    weights = config.weights
+    if weights not in ("imagenet", "none") and not Path(weights).is_absolute():
+        weights = str(config.root / weights)
+    return build_backbone(
+        config.backbone,
+        config.image_size,
+        parse_weights(weights),
+        config.keras_home,
+        config.offline,
+    )
+
+
+def find_checkpoint(
+    config: Config, state: State, tag: str | None
+) -> tuple[CheckpointRow, Checkpoint]:
+    """Load the checkpoint with ``tag`` (default: the latest) and check it fits."""
+    row = state.checkpoint(tag)
+    if row is None:
+        known = ", ".join(r.tag for r in state.checkpoints()) or "none yet"
+        what = f"No checkpoint '{tag}'" if tag else "No trained model yet"
+        raise NoCheckpointError(f"{what} (checkpoints: {known}). Train one with 'al train'.")
+    checkpoint = load_checkpoint(config.root / row.path)
+    if tuple(checkpoint.meta.get("classes", ())) != config.classes:
+        raise NoCheckpointError(
+            f"Checkpoint '{row.tag}' was trained for classes {checkpoint.meta.get('classes')}, "
+            f"but the workspace has {list(config.classes)}. Train a new one with 'al train'."
+        )
+    return row, checkpoint
+
+
+def score(
+    config: Config,
+    state: State,
+    checkpoint: Checkpoint,
+    items: Sequence[tuple[str, Path]],
+    progress: Progress = silent,
+) -> Scored:
+    """Probabilities for ``(sha256, path)`` items with a checkpoint's backbone and head."""
+    embedded = embed(state, config.cache_dir, checkpoint.backbone(), items, progress)
+    parts = [predict_proba(checkpoint.head, features) for _, features in embedded.chunks()]
+    classes = len(config.classes)
+    probabilities = np.concatenate(parts) if parts else np.zeros((0, classes), np.float32)
+    return Scored(probabilities, embedded.positions, embedded.computed, embedded.failures)
