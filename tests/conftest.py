@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -79,3 +81,62 @@ def copy_sample(source: Path, target: Path, names: list[str]) -> Path:
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / name, destination)
     return target
+
+
+WEIGHTS = SHARED / "weights" / "keras-derived"
+MOBILENET_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+
+
+@pytest.fixture(scope="session")
+def keras_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A KERAS_HOME whose models/ holds the shared MobileNetV2 ImageNet weights."""
+    source = shared_or_skip(WEIGHTS / MOBILENET_FILE)
+    home = tmp_path_factory.mktemp("keras-home")
+    (home / "models").mkdir()
+    shutil.copy(source, home / "models" / MOBILENET_FILE)
+    return home
+
+
+def real_sample(per_class: int, seed: int = 0) -> dict[str, list[Path]]:
+    """A seeded sample of real chandrikadeb7 photos per class (no augmented copies)."""
+    import random
+
+    source = shared_or_skip(CHANDRIKADEB7)
+    rng = random.Random(seed)
+    sample = {}
+    for cls in ("with_mask", "without_mask"):
+        files = sorted(p for p in (source / cls).iterdir() if not p.name.startswith("augmented"))
+        sample[cls] = rng.sample(files, per_class)
+    return sample
+
+
+@dataclass
+class Trained:
+    """A workspace with real photos (train + test split) and one trained checkpoint."""
+
+    config: Config
+    report: Any
+    photos: Path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, keras_home: Path) -> Trained:
+    """Session-wide: 300 real photos, a 1/3 test split, MobileNetV2 + ImageNet weights,
+    trained once."""
+    from dataclasses import replace
+
+    from al_pipeline.ingest import add_folder
+    from al_pipeline.model import TrainingSettings
+    from al_pipeline.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    photos = root / "photos"
+    for cls, files in real_sample(150).items():
+        (photos / cls).mkdir(parents=True)
+        for path in files:
+            shutil.copy(path, photos / cls / path.name)
+    config = replace(init_workspace(root / "ws", TWO_CLASSES).config, keras_home=keras_home)
+    with open_state(config.database) as state:
+        add_folder(config, state, photos, labelled=True, test_fraction=1 / 3)
+        report = train(config, state, TrainingSettings(epochs=30))
+    return Trained(config, report, photos)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from al_pipeline import __version__
 from al_pipeline.config import Config
 from cli import app
+from tests.conftest import Trained
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,3 +101,43 @@ def test_installed_al_command_runs() -> None:
     al = Path(sys.executable).parent / "al"
     result = subprocess.run([str(al), "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "pool" in result.stdout
+
+
+def test_model_commands_on_a_trained_workspace(cli: CliRunner, trained: Trained) -> None:
+    ws = ["-w", str(trained.config.root)]
+    env = {"KERAS_HOME": str(trained.config.keras_home)}
+    listed = json.loads(cli.invoke(app, [*ws, "checkpoints", "--json"], env=env).stdout)
+    assert [c["tag"] for c in listed][:1] == ["train-001"]
+    evaluated = cli.invoke(app, [*ws, "evaluate", "--json"], env=env)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["metrics"]["count"] == 100
+    table = cli.invoke(app, [*ws, "evaluate"], env=env).stdout
+    assert "Confusion matrix" in table and "macro_f1" in table
+    folder = trained.photos / "with_mask"
+    predicted = cli.invoke(app, [*ws, "predict", str(folder), "--json"], env=env)
+    assert predicted.exit_code == 0, predicted.output
+    rows = json.loads(predicted.stdout)
+    assert len(rows) == 150 and all(r["label"] in ("with_mask", "without_mask") for r in rows)
+    missing = cli.invoke(app, [*ws, "evaluate", "--checkpoint", "nope"], env=env)
+    assert missing.exit_code == 1 and "No checkpoint 'nope'" in missing.output
+
+
+def test_train_without_labels_is_a_clear_error(cli: CliRunner, workspace: Config) -> None:
+    result = cli.invoke(
+        app,
+        [
+            "-w",
+            str(workspace.root),
+            "train",
+            "--backbone",
+            "basic_cnn",
+            "--image-size",
+            "32",
+            "--weights",
+            "none",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "No labelled training items yet" in result.output
+    unknown = cli.invoke(app, ["-w", str(workspace.root), "train", "--backbone", "alexnet"])
+    assert unknown.exit_code == 1 and "Choose one of: mobilenet_v2" in unknown.output

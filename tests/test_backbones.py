@@ -1,0 +1,76 @@
+"""Backbones: every architecture builds; ImageNet weights come from the cache or a path,
+and a missing file offline is a clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from al_pipeline.backbones import (
+    BACKBONES,
+    Weights,
+    WeightsUnavailableError,
+    backbone_spec,
+    build_backbone,
+    parse_weights,
+)
+from al_pipeline.errors import ConfigError
+from tests.conftest import MOBILENET_FILE
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_builds_and_embeds_tiny_inputs(name: str, tmp_path: Path) -> None:
+    size = backbone_spec(name).min_size
+    backbone = build_backbone(name, size, Weights("none"), tmp_path)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    features = np.asarray(backbone.model.predict_on_batch(pixels))
+    assert features.shape == (2, backbone.dim)
+    assert np.isfinite(features).all()
+    assert backbone.weights_digest == f"random:{name}"
+
+
+def test_unknown_backbone_lists_the_choices() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"Unknown backbone 'resnet9'\. Choose one of: "
+        r"mobilenet_v2, efficientnet_b0",
+    ):
+        backbone_spec("resnet9")
+
+
+def test_too_small_input_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="at least 75"):
+        build_backbone("inception_v3", 64, Weights("none"), tmp_path)
+
+
+def test_missing_weights_offline_name_the_file_and_the_fixes(tmp_path: Path) -> None:
+    with pytest.raises(WeightsUnavailableError) as error:
+        build_backbone("resnet50", 32, Weights("imagenet"), tmp_path, offline=True)
+    message = str(error.value)
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert str(tmp_path / "models") in message
+    assert "--weights PATH" in message and "KERAS_HOME" in message
+
+
+def test_bad_weights_argument(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="neither 'imagenet', 'none' nor an existing file"):
+        parse_weights(str(tmp_path / "missing.h5"))
+
+
+@pytest.mark.integration
+def test_imagenet_weights_load_from_the_cache_at_any_size(keras_home: Path) -> None:
+    """The shared 224 px file serves other sizes too; its features are informative."""
+    pixels = np.random.default_rng(1).uniform(0, 255, (4, 160, 160, 3)).astype("float32")
+    pretrained = build_backbone("mobilenet_v2", 160, Weights("imagenet"), keras_home, offline=True)
+    random = build_backbone("mobilenet_v2", 160, Weights("none"), keras_home)
+    by_path = build_backbone(
+        "mobilenet_v2", 160, parse_weights(str(keras_home / "models" / MOBILENET_FILE)), keras_home
+    )
+    features = np.asarray(pretrained.model.predict_on_batch(pixels))
+    assert pretrained.weights_digest.startswith("sha256:")
+    assert pretrained.weights_digest == by_path.weights_digest
+    np.testing.assert_allclose(features, by_path.model.predict_on_batch(pixels), atol=1e-5)
+    assert not np.allclose(features, random.model.predict_on_batch(pixels), atol=1e-3)
+    assert features.std() > 0.05

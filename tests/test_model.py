@@ -1,0 +1,170 @@
+"""Training, the embedding cache, checkpoints, evaluation and prediction on real photos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from al_pipeline.backbones import Weights, build_backbone
+from al_pipeline.config import Config
+from al_pipeline.errors import NoLabelsError
+from al_pipeline.evaluate import evaluate
+from al_pipeline.ingest import add_folder
+from al_pipeline.model import (
+    TrainingSettings,
+    build_classifier,
+    build_head,
+    load_checkpoint,
+    save_checkpoint,
+)
+from al_pipeline.predict import predict_files
+from al_pipeline.score import find_checkpoint, score
+from al_pipeline.state import State
+from al_pipeline.train import train
+from tests.conftest import Trained, face_like
+
+
+@pytest.mark.integration
+def test_real_photos_train_to_high_held_out_accuracy(trained: Trained) -> None:
+    report = trained.report
+    assert report.labelled == 200 and report.per_class == {"with_mask": 100, "without_mask": 100}
+    assert report.features_computed == 200
+    assert report.metrics is not None and report.metrics["count"] == 100
+    assert report.metrics["accuracy"] >= 0.95
+    meta = json.loads((report.path / "meta.json").read_text())
+    assert meta["backbone"] == "mobilenet_v2" and meta["features_digest"].startswith("sha256:")
+    assert meta["metrics"]["accuracy"] == report.metrics["accuracy"]
+
+
+@pytest.mark.integration
+def test_second_scoring_computes_no_backbone_features(trained: Trained) -> None:
+    config = trained.config
+    with State(config.database) as state:
+        again = evaluate(config, state)
+        assert again.metrics["accuracy"] == trained.report.metrics["accuracy"]
+        _, checkpoint = find_checkpoint(config, state, None)
+        test = state.labelled_items("test")
+        scored = score(config, state, checkpoint, [(i.sha256, config.root / i.path) for i in test])
+    assert scored.computed == 0
+    assert len(scored.positions) == 100
+
+
+@pytest.mark.integration
+def test_backbone_change_invalidates_the_cache(trained: Trained, tmp_path: Path) -> None:
+    config = trained.config
+    with State(config.database) as state:
+        items = [(i.sha256, config.root / i.path) for i in state.labelled_items("test")[:20]]
+        _, checkpoint = find_checkpoint(config, state, None)
+        other = build_backbone("mobilenet_v2", 96, Weights("imagenet"), config.keras_home)
+        head = build_head(other.dim, 2)
+        folder = save_checkpoint(
+            build_classifier(other, head), tmp_path / "other", checkpoint.meta | {"image_size": 96}
+        )
+        scored = score(config, state, load_checkpoint(folder), items)
+        assert scored.computed == 20
+        assert score(config, state, load_checkpoint(folder), items).computed == 0
+
+
+@pytest.mark.integration
+def test_checkpoint_loads_and_predicts_identically(trained: Trained) -> None:
+    config = trained.config
+    checkpoint = load_checkpoint(trained.report.path)
+    files = sorted((trained.photos / "with_mask").iterdir())[:8]
+    first = predict_files(config, checkpoint, files)
+    second = predict_files(config, load_checkpoint(trained.report.path), files)
+    assert [p.probabilities for p in first] == [p.probabilities for p in second]
+    assert sum(p.label == "with_mask" for p in first) >= 7
+
+
+def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
+    backbone = build_backbone("basic_cnn", 32, Weights("none"), tmp_path)
+    model = build_classifier(backbone, build_head(backbone.dim, 3))
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    meta = {
+        "backbone": "basic_cnn",
+        "image_size": 32,
+        "features_digest": "x",
+        "pretrained": False,
+        "classes": ["a", "b", "c"],
+    }
+    loaded = load_checkpoint(save_checkpoint(model, tmp_path / "ck", meta))
+    np.testing.assert_array_equal(
+        model.predict_on_batch(pixels), loaded.model.predict_on_batch(pixels)
+    )
+    assert loaded.meta == meta
+
+
+@pytest.mark.integration
+def test_corrupt_images_in_predict_are_reported_and_skipped(
+    trained: Trained, tmp_path: Path
+) -> None:
+    good = sorted((trained.photos / "without_mask").iterdir())[:2]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(good[0].read_bytes()[:200])
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    checkpoint = load_checkpoint(trained.report.path)
+    results = predict_files(trained.config, checkpoint, [good[0], broken, text, good[1]])
+    assert [r.path for r in results] == [str(p) for p in (good[0], broken, text, good[1])]
+    assert results[0].label and results[3].label
+    assert results[1].label is None and results[1].error
+    assert results[2].error == "not an image file"
+
+
+def test_training_needs_labels_in_every_class(
+    workspace: Config, state: State, tmp_path: Path, make_images: Callable[..., list[Path]]
+) -> None:
+    config = replace(workspace, backbone="basic_cnn", image_size=32, weights="none")
+    with pytest.raises(NoLabelsError, match="No labelled training items"):
+        train(config, state, TrainingSettings(epochs=1))
+    make_images(tmp_path / "pool" / "with_mask", 3)
+    add_folder(config, state, tmp_path / "pool", labelled=True)
+    with pytest.raises(NoLabelsError, match=r"without_mask has none \(with_mask: 3, "):
+        train(config, state, TrainingSettings(epochs=1))
+
+
+def test_from_scratch_cnn_trains_end_to_end(
+    workspace: Config, state: State, tmp_path: Path
+) -> None:
+    config = replace(workspace, backbone="basic_cnn", image_size=32, weights="none")
+    for cls, offset in (("with_mask", 0), ("without_mask", 100)):
+        (tmp_path / "pool" / cls).mkdir(parents=True)
+        for seed in range(offset, offset + 8):
+            face_like(seed, 48).save(tmp_path / "pool" / cls / f"{seed}.png")
+    add_folder(config, state, tmp_path / "pool", labelled=True)
+    report = train(config, state, TrainingSettings(epochs=2, fine_tune_epochs=1))
+    assert report.fine_tuned and report.metrics is None
+    assert load_checkpoint(report.path).meta["features_digest"].startswith("weights:")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_fine_tuning_on_real_photos(trained: Trained, tmp_path: Path) -> None:
+    """Unfreeze the top layers, train on augmented images, and evaluate with fresh features."""
+    config = replace(trained.config, image_size=96)
+    workspace = tmp_path / "ws"
+    shutil.copytree(config.root, workspace)
+    config = replace(
+        config,
+        root=workspace,
+        database=workspace / "state.sqlite3",
+        checkpoints_dir=workspace / "checkpoints",
+        cache_dir=workspace / "cache",
+        pools_dir=workspace / "pools",
+    )
+    with State(config.database) as state:
+        report = train(
+            config,
+            state,
+            TrainingSettings(epochs=10, fine_tune_layers=20, fine_tune_epochs=1),
+            tag="tuned",
+        )
+    meta = load_checkpoint(report.path).meta
+    assert meta["fine_tuned"] and meta["features_digest"].startswith("weights:")
+    assert report.metrics is not None and report.metrics["accuracy"] >= 0.8
