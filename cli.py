@@ -75,7 +75,7 @@ def handles_errors(command: Callable[P, R]) -> Callable[P, R]:
         except PipelineError as exc:
             if GLOBALS.verbose:
                 err.print(traceback.format_exc(), markup=False, highlight=False)
-            err.print(f"[bold red]Error:[/] {exc}", highlight=False)
+            err.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper

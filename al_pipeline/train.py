@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from al_pipeline.backbones import Backbone
+from al_pipeline.backbones import Backbone, backbone_spec
 from al_pipeline.config import Config
 from al_pipeline.embeddings import embed
 from al_pipeline.errors import NoLabelsError
@@ -78,6 +78,7 @@ def train(
 ) -> TrainReport:
     """Train on every labelled, non-test item, save a checkpoint and evaluate it."""
     started = time.perf_counter()
+    backbone_spec(config.backbone)
     items = state.labelled_items("train")
     per_class = check_labels(config, items)
     backbone = workspace_backbone(config)
