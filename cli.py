@@ -50,6 +50,12 @@ app.add_typer(pool_app, name="pool")
 out = Console()
 err = Console(stderr=True)
 
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ReportFile = Annotated[
+    Path | None, typer.Option(help="Write every file's outcome to this CSV file.")
+]
+CheckpointTag = Annotated[str | None, typer.Option(help="Checkpoint tag (default: the latest).")]
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -150,14 +156,16 @@ def main(
 @app.command()
 @handles_errors
 def info(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Package versions, the Keras backend, the devices it will use, and workspace paths."""
     from al_pipeline.info import gather
 
     workspace: dict[str, str] = {}
+    precision = "auto"
     try:
         config = config_for()
+        precision = config.precision
         workspace = {
             "root": str(config.root),
             "database": str(config.database),
@@ -168,7 +176,7 @@ def info(
         }
     except PipelineError:
         workspace = {}
-    facts = gather(workspace)
+    facts = gather(workspace, precision)
     if as_json:
         print_json(dataclasses.asdict(facts))
         return
@@ -178,7 +186,7 @@ def info(
         table.add_row(name, version)
     table.add_row("keras backend", facts.backend)
     table.add_row("devices", ", ".join(facts.devices) or "none found")
-    table.add_row("computes on", facts.accelerator)
+    table.add_row("computes on", f"{facts.accelerator} ({facts.precision})")
     for key, value in (facts.workspace or {"workspace": "none found here"}).items():
         table.add_row(key, value)
     out.print(table)
@@ -226,10 +234,8 @@ def pool_add(
             "keeping near-duplicates together."
         ),
     ] = None,
-    report: Annotated[
-        Path | None, typer.Option(help="Write every file's outcome to this CSV file.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    report: ReportFile = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Register every image under PATH; bad files are reported, never fatal."""
     from al_pipeline.ingest import add_folder
@@ -261,10 +267,8 @@ def pool_import_voc(
         float | None,
         typer.Option(help="Move this share of crops into the test set, by source photo."),
     ] = None,
-    report: Annotated[
-        Path | None, typer.Option(help="Write every file's outcome to this CSV file.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    report: ReportFile = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Crop every Pascal VOC box into a labelled pool (one class per box)."""
     from al_pipeline.voc import import_voc
@@ -328,7 +332,7 @@ def render_ingest(result: Any, report: Path | None, as_json: bool) -> None:
 @pool_app.command("stats")
 @handles_errors
 def pool_stats(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Counts per pool and class: labelled, unlabelled, test and queued."""
     from al_pipeline.workspace import opened
@@ -402,7 +406,7 @@ def train(
     fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning.")] = 5,
     seed: Annotated[int | None, typer.Option(help="Seed (default: workspace seed).")] = None,
     tag: Annotated[str | None, typer.Option(help="Checkpoint name (default: train-NNN).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Train on every labelled, non-test item; save a checkpoint and evaluate it."""
     from al_pipeline.model import TrainingSettings
@@ -438,10 +442,8 @@ def train(
 @app.command()
 @handles_errors
 def evaluate(
-    checkpoint: Annotated[
-        str | None, typer.Option(help="Checkpoint tag (default: the latest).")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    checkpoint: CheckpointTag = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Accuracy, precision, recall, F1, ROC-AUC and confusion matrix on the test split."""
     from al_pipeline.evaluate import evaluate as run_evaluation
@@ -462,16 +464,14 @@ def evaluate(
 @handles_errors
 def predict(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    checkpoint: Annotated[
-        str | None, typer.Option(help="Checkpoint tag (default: the latest).")
-    ] = None,
+    checkpoint: CheckpointTag = None,
     faces: Annotated[
         bool,
         typer.Option(
             "--faces", help="Find faces first (OpenCV Haar cascade) and classify each one."
         ),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonFlag = False,
     csv_file: Annotated[
         Path | None, typer.Option("--csv", help="Also write the predictions to this CSV file.")
     ] = None,
@@ -513,7 +513,7 @@ def predict(
 @app.command()
 @handles_errors
 def checkpoints(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """List saved checkpoints with their test metrics."""
     from al_pipeline.workspace import opened

@@ -160,6 +160,7 @@ class Backbone:
     model: keras.Model
     weights_digest: str
     pretrained: bool
+    precision: str = "float32"
 
     @property
     def dim(self) -> int:
@@ -167,13 +168,19 @@ class Backbone:
 
 
 def build_backbone(
-    name: str, image_size: int, weights: Weights, keras_home: Path, offline: bool = False
+    name: str,
+    image_size: int,
+    weights: Weights,
+    keras_home: Path,
+    offline: bool = False,
+    precision: str = "float32",
 ) -> Backbone:
     """Build the feature extractor ``pixels -> pooled features`` for a backbone.
 
     ImageNet weights come from Keras' cache (``$KERAS_HOME/models``). A missing file is
     downloaded through Keras as usual unless ``offline``; for MobileNetV2, a cached file of
     another input size is used too, since no-top convolution weights do not depend on it.
+    ``precision`` is the Keras dtype policy the layers are built with.
     """
     spec = backbone_spec(name)
     if image_size < spec.min_size:
@@ -182,6 +189,7 @@ def build_backbone(
         )
     if not spec.pretrained and weights.source == "imagenet":
         weights = Weights("none")
+    keras.config.set_dtype_policy(precision)
     network, digest = _network(spec, image_size, weights, keras_home, offline)
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
     preprocessed = Preprocess(name, name="preprocess")(pixels)
@@ -189,7 +197,7 @@ def build_backbone(
     # also while fine-tuning); the from-scratch CNN trains its dropout normally.
     features = network(preprocessed, training=False) if spec.pretrained else network(preprocessed)
     model = keras.Model(pixels, features, name="features")
-    return Backbone(name, image_size, model, digest, spec.pretrained)
+    return Backbone(name, image_size, model, digest, spec.pretrained, precision)
 
 
 def _network(

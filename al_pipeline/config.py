@@ -45,6 +45,8 @@ class Config:
         weights: ``imagenet``, ``none`` or a path to a no-top ``.h5`` weights file.
         keras_home: Keras' cache root (``$KERAS_HOME``, default ``~/.keras``).
         offline: Never try to download weights (``$AL_OFFLINE=1``).
+        precision: ``auto`` (mixed_float16 when Keras sees a GPU, else float32), or a
+            Keras dtype policy: ``float32``, ``mixed_float16``, ``mixed_bfloat16``.
     """
 
     root: Path
@@ -62,6 +64,7 @@ class Config:
     weights: str = "imagenet"
     keras_home: Path = field(default_factory=lambda: Path.home() / ".keras")
     offline: bool = False
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("pools_dir", "checkpoints_dir", "database", "cache_dir"):
@@ -164,6 +167,7 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
             classes=parse_classes(",".join(classes)),
             backbone=str(model.get("backbone", Config.backbone)),
             weights=str(model.get("weights", Config.weights)),
+            precision=_precision(model.get("precision", Config.precision)),
             image_size=_positive_int(model.get("image_size", Config.image_size), "image_size"),
             seed=int(workspace.get("seed", Config.seed)),
             max_pixels=_positive_int(ingest.get("max_pixels", Config.max_pixels), "max_pixels"),
@@ -175,6 +179,15 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}. Fix the value in the file.") from exc
+
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def _precision(value: object) -> str:
+    if value not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    return str(value)
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -237,7 +250,9 @@ def render_toml(config: Config) -> str:
         f"backbone = {text(config.backbone)}\n"
         f"image_size = {config.image_size}\n"
         "# imagenet, none, or the path of a no-top .h5 weights file\n"
-        f"weights = {text(config.weights)}\n\n"
+        f"weights = {text(config.weights)}\n"
+        "# auto: mixed_float16 on a GPU, float32 on a CPU\n"
+        f"precision = {text(config.precision)}\n\n"
         "[ingest]\n"
         "# Images with more pixels are rejected as decompression bombs.\n"
         f"max_pixels = {config.max_pixels}\n"

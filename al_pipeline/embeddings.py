@@ -24,11 +24,12 @@ from al_pipeline.progress import Progress, silent
 from al_pipeline.state import State
 
 DTYPE = np.float16
-BATCH = 64
+BATCH = 32
 
 
 def cache_digest(backbone: Backbone) -> str:
-    key = f"{backbone.name}|{backbone.image_size}|{backbone.weights_digest}"
+    """Features differ with the backbone, its input size, its weights and the precision."""
+    key = f"{backbone.name}|{backbone.image_size}|{backbone.weights_digest}|{backbone.precision}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

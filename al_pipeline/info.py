@@ -34,6 +34,7 @@ class Info:
     backend: str
     devices: list[str]
     accelerator: str
+    precision: str
     workspace: dict[str, str] = field(default_factory=dict)
 
 
@@ -70,14 +71,28 @@ def devices() -> tuple[str, list[str]]:
     return backend, found
 
 
-def gather(workspace: dict[str, str] | None = None) -> Info:
+def has_gpu(found: list[str] | None = None) -> bool:
+    """Whether Keras' backend sees a GPU."""
+    found = devices()[1] if found is None else found
+    return any(d.upper().startswith(("GPU", "CUDA")) for d in found)
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` becomes mixed_float16 on a GPU and float32 elsewhere."""
+    if precision != "auto":
+        return precision
+    return "mixed_float16" if has_gpu() else "float32"
+
+
+def gather(workspace: dict[str, str] | None = None, precision: str = "auto") -> Info:
     backend, found = devices()
-    gpu = any(d.upper().startswith(("GPU", "CUDA")) for d in found)
+    gpu = has_gpu(found)
     return Info(
         python=f"{platform.python_version()} ({sys.executable})",
         packages=package_versions(),
         backend=backend,
         devices=found,
         accelerator="GPU" if gpu else "CPU",
+        precision=precision if precision != "auto" else ("mixed_float16" if gpu else "float32"),
         workspace=workspace or {},
     )

@@ -6,6 +6,7 @@ in bounded memory; decoding the next batches overlaps with the model working on 
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,6 +18,8 @@ from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
 from al_pipeline.images import to_rgb
+
+WORKERS = min(8, os.cpu_count() or 1)
 
 
 @dataclass
@@ -60,9 +63,15 @@ def _decode_chunk(paths: Sequence[Path], offset: int, size: int) -> Batch:
 
 
 def image_batches(
-    paths: Sequence[Path], size: int, batch_size: int = 64, workers: int = 2, prefetch: int = 2
+    paths: Sequence[Path],
+    size: int,
+    batch_size: int = 32,
+    workers: int = WORKERS,
+    prefetch: int | None = None,
 ) -> Iterator[Batch]:
-    """Yield decoded batches in order, decoding up to ``prefetch`` batches ahead."""
+    """Yield decoded batches in order, decoding up to ``prefetch`` batches ahead (default:
+    one per worker, so every core decodes while the model runs)."""
+    prefetch = workers if prefetch is None else prefetch
     with ThreadPoolExecutor(workers) as pool:
         pending: deque[Future[Batch]] = deque()
         for start in range(0, len(paths), batch_size):

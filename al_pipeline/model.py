@@ -24,7 +24,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from al_pipeline.backbones import Backbone, Preprocess
 from al_pipeline.errors import PipelineError
-from al_pipeline.loader import decode
+from al_pipeline.loader import WORKERS, decode
 
 MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
@@ -126,7 +126,7 @@ class ImageBatches(keras.utils.PyDataset):  # type: ignore[misc]
         batch_size: int,
         seed: int,
     ) -> None:
-        super().__init__(workers=2, use_multiprocessing=False)
+        super().__init__(workers=WORKERS, use_multiprocessing=False)
         self.paths = list(paths)
         self.labels = labels
         self.size = size
@@ -220,6 +220,7 @@ class Checkpoint:
             extractor,
             str(self.meta["features_digest"]),
             bool(self.meta["pretrained"]),
+            str(self.meta.get("precision", "float32")),
         )
 
 

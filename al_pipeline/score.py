@@ -17,6 +17,7 @@ from al_pipeline.backbones import Backbone, build_backbone, parse_weights
 from al_pipeline.config import Config
 from al_pipeline.embeddings import embed
 from al_pipeline.errors import PipelineError
+from al_pipeline.info import resolve_precision
 from al_pipeline.model import Checkpoint, load_checkpoint, predict_proba
 from al_pipeline.progress import Progress, silent
 from al_pipeline.state import CheckpointRow, State
@@ -54,6 +55,7 @@ def workspace_backbone(config: Config) -> Backbone:
         parse_weights(weights),
         config.keras_home,
         config.offline,
+        resolve_precision(config.precision),
     )
 
 

@@ -186,6 +186,15 @@ class SplitCandidate:
 
 
 @dataclass(frozen=True)
+class ItemRef:
+    """An item's id, content hash and path (relative to the workspace when inside it)."""
+
+    item_id: int
+    sha256: str
+    path: Path
+
+
+@dataclass(frozen=True)
 class LabelledItem:
     """A labelled item with the facts training and evaluation need."""
 
@@ -358,6 +367,14 @@ class State:
             " round_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (item_id, class_name, source, annotator, external_id, round_id, now()),
         )
+
+    def items_in_pool(self, name: str) -> list[ItemRef]:
+        rows = self._db.execute(
+            "SELECT i.id, i.sha256, i.relpath, p.root FROM items i JOIN pools p"
+            " ON p.id = i.pool_id WHERE p.name = ? ORDER BY i.id",
+            (name,),
+        )
+        return [ItemRef(r["id"], r["sha256"], Path(r["root"]) / r["relpath"]) for r in rows]
 
     def item_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])

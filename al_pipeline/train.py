@@ -114,6 +114,7 @@ def train(
         "backbone": backbone.name,
         "image_size": backbone.image_size,
         "pretrained": backbone.pretrained,
+        "precision": backbone.precision,
         "features_digest": backbone.weights_digest,
         "fine_tuned": fine_tuned,
         "fine_tune_layers": settings.fine_tune_layers,

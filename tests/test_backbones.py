@@ -74,3 +74,19 @@ def test_imagenet_weights_load_from_the_cache_at_any_size(keras_home: Path) -> N
     np.testing.assert_allclose(features, by_path.model.predict_on_batch(pixels), atol=1e-5)
     assert not np.allclose(features, random.model.predict_on_batch(pixels), atol=1e-3)
     assert features.std() > 0.05
+
+
+def test_cache_digest_covers_backbone_size_weights_and_precision(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from al_pipeline.embeddings import cache_digest
+
+    base = build_backbone("basic_cnn", 32, Weights("none"), tmp_path)
+    variants = [
+        base,
+        replace(base, image_size=64),
+        replace(base, weights_digest="sha256:x"),
+        replace(base, precision="mixed_float16"),
+        replace(base, name="other"),
+    ]
+    assert len({cache_digest(b) for b in variants}) == len(variants)

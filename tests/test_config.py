@@ -65,3 +65,13 @@ def test_broken_toml_names_the_file(workspace: Config) -> None:
     (workspace.root / "al.toml").write_text("[model]\nimage_size = -3\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="classes must be a list"):
         load_config(workspace.root)
+
+
+def test_precision_must_be_a_known_policy(workspace: Config) -> None:
+    text = (workspace.root / "al.toml").read_text(encoding="utf-8")
+    assert 'precision = "auto"' in text
+    (workspace.root / "al.toml").write_text(
+        text.replace('precision = "auto"', 'precision = "half"'), encoding="utf-8"
+    )
+    with pytest.raises(ConfigError, match="precision must be one of auto, float32"):
+        load_config(workspace.root)

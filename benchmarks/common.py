@@ -1,0 +1,59 @@
+"""Shared helpers for the benchmark scripts: where the data and weights are, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("AL_SHARED_DIR", REPO.parent / "shared"))
+CHANDRIKADEB7 = SHARED / "data" / "face-mask-chandrikadeb7"
+VOC = SHARED / "data" / "face-mask-detection-voc"
+MOBILENET = (
+    SHARED
+    / "weights"
+    / "keras-derived"
+    / ("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
+)
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def keras_home_with_weights(weights: Path = MOBILENET) -> Path:
+    """A temporary KERAS_HOME whose models/ holds the MobileNetV2 weights (set before
+    Keras is imported)."""
+    if not weights.is_file():
+        raise SystemExit(
+            f"Missing {weights}: pass --weights FILE or put ../shared beside the repo."
+        )
+    home = Path(tempfile.mkdtemp(prefix="keras-home-"))
+    (home / "models").mkdir()
+    shutil.copy(weights, home / "models" / weights.name)
+    os.environ["KERAS_HOME"] = str(home)
+    return home
+
+
+def environment() -> dict[str, Any]:
+    import keras
+
+    from al_pipeline.info import devices
+
+    backend, found = devices()
+    return {
+        "keras": keras.__version__,
+        "backend": backend,
+        "devices": found,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return path
