@@ -46,6 +46,8 @@ pool_app = typer.Typer(
     help="Load images into the workspace and inspect pools.", no_args_is_help=True
 )
 app.add_typer(pool_app, name="pool")
+round_app = typer.Typer(help="Start, inspect and finish labelling rounds.", no_args_is_help=True)
+app.add_typer(round_app, name="round")
 
 out = Console()
 err = Console(stderr=True)
@@ -53,6 +55,16 @@ err = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 ReportFile = Annotated[
     Path | None, typer.Option(help="Write every file's outcome to this CSV file.")
+]
+LabellerName = Annotated[
+    str, typer.Option(help="Who labels: oracle (answers from hidden --oracle labels).")
+]
+StrategyName = Annotated[
+    str, typer.Option(help="margin, entropy, least_confidence, diverse or random.")
+]
+BatchSize = Annotated[int, typer.Option("--size", help="Items to select per round.")]
+Balance = Annotated[
+    bool, typer.Option("--balance", help="Spread each batch evenly over predicted classes.")
 ]
 CheckpointTag = Annotated[str | None, typer.Option(help="Checkpoint tag (default: the latest).")]
 
@@ -234,6 +246,14 @@ def pool_add(
             "keeping near-duplicates together."
         ),
     ] = None,
+    oracle: Annotated[
+        bool,
+        typer.Option(
+            "--oracle",
+            help="With --labelled: keep the labels hidden for the "
+            "oracle labeller (simulation); test-split labels stay visible.",
+        ),
+    ] = False,
     report: ReportFile = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -250,6 +270,7 @@ def pool_add(
             pool_name=pool,
             labelled=labelled,
             test_fraction=test_fraction,
+            oracle=oracle,
             progress=progress,
         )
     render_ingest(result, report, as_json)
@@ -540,6 +561,233 @@ def checkpoints(
             r.created_at,
         )
     out.print(table)
+
+
+def training_settings(config: Config, epochs: int) -> Any:
+    from al_pipeline.model import TrainingSettings
+
+    return TrainingSettings(epochs=epochs, seed=config.seed)
+
+
+@round_app.command("start")
+@handles_errors
+def round_start(
+    strategy: StrategyName = "margin",
+    size: BatchSize = 20,
+    balance: Balance = False,
+    labeller: LabellerName = "oracle",
+    as_json: JsonFlag = False,
+) -> None:
+    """Score the pool, select the items most worth labelling, queue and push them."""
+    from al_pipeline.labellers import labeller_for
+    from al_pipeline.rounds import start
+    from al_pipeline.workspace import opened
+
+    config = config_for()
+    with opened(config) as state, BarProgress() as progress:
+        started = start(
+            config,
+            state,
+            labeller_for(labeller, config, state),
+            strategy=strategy,
+            size=size,
+            balance=balance,
+            progress=progress,
+        )
+    if as_json:
+        print_json(dataclasses.asdict(started))
+        return
+    how = "cold start: k-means coverage" if started.cold_start else f"model {started.model}"
+    verb = "Resumed" if started.resumed else "Started"
+    out.print(
+        f"{verb} round {started.round_id}: {len(started.queued)} of {started.pool_size} "
+        f"pool items by {started.strategy} ({how}, {started.selection_seconds:.2f} s)"
+    )
+    table = Table()
+    for column in ("#", "item", "predicted", "confidence"):
+        table.add_column(column)
+    for q in started.queued[:20]:
+        confidence = "" if q.confidence is None else f"{q.confidence:.3f}"
+        table.add_row(str(q.position), q.path.name, q.predicted_class or "", confidence)
+    out.print(table)
+
+
+@round_app.command("status")
+@handles_errors
+def round_status(as_json: JsonFlag = False) -> None:
+    """The open round: strategy, size, labelled and pending counts."""
+    from al_pipeline.rounds import status
+    from al_pipeline.workspace import opened
+
+    config = config_for()
+    with opened(config) as state:
+        current = status(state)
+    if as_json:
+        print_json(dataclasses.asdict(current))
+        return
+    out.print(
+        f"Round {current.round_id} ({current.strategy}, {current.labeller}): "
+        f"{current.labelled} labelled, {current.pending} pending, {current.skipped} "
+        f"skipped of {current.size}; opened {current.opened_at}"
+    )
+
+
+@round_app.command("finish")
+@handles_errors
+def round_finish(
+    min_labelled: Annotated[
+        int | None, typer.Option(help="Finish once this many items are labelled.")
+    ] = None,
+    partial: Annotated[
+        bool, typer.Option("--partial", help="Finish with whatever is labelled now.")
+    ] = False,
+    labeller: LabellerName = "oracle",
+    epochs: Annotated[int, typer.Option(help="Epochs for the head.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """Pull labels, retrain, evaluate, record the round's history row and close it."""
+    from al_pipeline.labellers import labeller_for
+    from al_pipeline.rounds import finish
+    from al_pipeline.workspace import opened
+
+    config = config_for()
+    with opened(config) as state, BarProgress() as progress:
+        done = finish(
+            config,
+            state,
+            labeller_for(labeller, config, state),
+            training_settings(config, epochs),
+            min_labelled=min_labelled,
+            partial=partial,
+            progress=progress,
+        )
+    if as_json:
+        print_json(dataclasses.asdict(done))
+        return
+    render_history_rows([done.history], f"Round {done.round_id} closed")
+    if done.returned:
+        out.print(f"{done.returned} unlabelled item(s) went back to the pool.")
+
+
+def render_history_rows(rows: list[dict[str, Any]], title: str) -> None:
+    from al_pipeline.history import history_frame
+
+    frame = history_frame(rows)
+    table = Table(title=title)
+    recalls = [c for c in frame.columns if c.startswith("recall_")]
+    wanted = ("round", "strategy", "labelled", "accuracy", "macro_f1", *recalls, "pool_change")
+    columns = [c for c in wanted if c in frame.columns]
+    headers = {"batch_size": "batch", "pool_change": "changed", "training_seconds": "train s",
+               "macro_f1": "macro F1", "roc_auc": "ROC-AUC"}
+    for column in columns:
+        table.add_column(headers.get(column, column.replace("recall_", "recall ")),
+                         justify="left" if column in ("strategy", "checkpoint") else "right")
+    for record in frame.to_dict("records"):
+        table.add_row(*(_cell(record[c]) for c in columns))
+    out.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+@app.command("run")
+@handles_errors
+def run_rounds(
+    rounds: Annotated[int, typer.Option(help="Rounds to run at most.")] = 5,
+    strategy: StrategyName = "margin",
+    size: BatchSize = 20,
+    balance: Balance = False,
+    until_accuracy: Annotated[
+        float | None, typer.Option(help="Stop once test accuracy reaches this.")
+    ] = None,
+    budget: Annotated[int | None, typer.Option(help="Stop at this many labels.")] = None,
+    min_change: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop when less than this share of the pool "
+            "changes predicted class between rounds."
+        ),
+    ] = None,
+    labeller: LabellerName = "oracle",
+    epochs: Annotated[int, typer.Option(help="Epochs for the head.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run rounds (start, wait for labels, finish) until a stopping rule fires."""
+    from al_pipeline.labellers import labeller_for
+    from al_pipeline.rounds import run
+    from al_pipeline.workspace import opened
+
+    config = config_for()
+    with opened(config) as state, BarProgress() as progress:
+        report = run(
+            config,
+            state,
+            labeller_for(labeller, config, state),
+            training_settings(config, epochs),
+            rounds=rounds,
+            strategy=strategy,
+            size=size,
+            balance=balance,
+            until_accuracy=until_accuracy,
+            budget=budget,
+            min_change=min_change,
+            progress=progress,
+        )
+    if as_json:
+        print_json(dataclasses.asdict(report))
+        return
+    render_history_rows(report.rows, f"{len(report.rows)} round(s) by {strategy}")
+    out.print(f"Stopped: {report.stopped_because}")
+
+
+@app.command()
+@handles_errors
+def history(
+    as_json: JsonFlag = False,
+    csv_file: Annotated[Path | None, typer.Option("--csv", help="Write a CSV file.")] = None,
+    parquet: Annotated[Path | None, typer.Option(help="Write a Parquet file.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the learning curve (PNG).")] = None,
+) -> None:
+    """Per-round metric history: labels, accuracy, macro-F1, recall, pool change, timing."""
+    from al_pipeline.history import load_history, plot_learning_curve, write_table
+    from al_pipeline.workspace import opened
+
+    config = config_for()
+    with opened(config) as state:
+        frame = load_history(state)
+        rows = state.history()
+    for path in (csv_file, parquet):
+        if path is not None:
+            write_table(frame, path)
+            err.print(f"Wrote {path}")
+    if plot is not None:
+        plot_learning_curve(frame, plot)
+        err.print(f"Wrote {plot}")
+    if as_json:
+        print_json(rows)
+    elif not (csv_file or parquet or plot):
+        render_history_rows(rows, f"History of '{config.name}'")
+
+
+@app.command()
+@handles_errors
+def report(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.html.")] = Path(
+        "report"
+    ),
+) -> None:
+    """A self-contained HTML report: history, learning curves, confusion matrix, and the
+    images the last round selected."""
+    from al_pipeline.history import write_report
+    from al_pipeline.workspace import opened
+
+    config = config_for()
+    with opened(config) as state:
+        page = write_report(config, state, out_dir)
+    out.print(f"Wrote {page}")
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ class Candidate:
     path: Path
     label: str | None = None
     source: str | None = None
+    hidden: bool = False
 
 
 def add_folder(
@@ -90,6 +91,7 @@ def add_folder(
     pool_name: str | None = None,
     labelled: bool = False,
     test_fraction: float | None = None,
+    oracle: bool = False,
     progress: Progress = silent,
 ) -> IngestReport:
     """Register every image under ``folder`` (recursively) in a pool.
@@ -101,6 +103,8 @@ def add_folder(
         pool_name: Pool name (default: the folder's name).
         labelled: Take each file's top-level subfolder name as its class.
         test_fraction: Move this share of labelled items into the held-out test set.
+        oracle: Keep the folder labels hidden, for the oracle labeller to reveal when a
+            round queries an item (simulation); test-split labels stay visible.
         progress: Progress callback.
     """
     _check_fraction(test_fraction)
@@ -127,7 +131,7 @@ def add_folder(
                 )
             )
         else:
-            candidates.append(Candidate(path, rel.parts[0] if labelled else None))
+            candidates.append(Candidate(path, rel.parts[0] if labelled else None, hidden=oracle))
     register(config, state, pool, candidates, report, progress)
     if test_fraction:
         report.split = assign_test_split(config, state, test_fraction, progress)
@@ -213,9 +217,10 @@ def _commit_batch(
                 result.height,
                 candidate.label,
                 candidate.source,
+                candidate.hidden,
             )
             state.insert_items(db, pool.id, [item])
-            report.labels_added += item.label is not None
+            report.labels_added += item.label is not None and not item.hidden_label
             outcomes.append(FileOutcome(rel, ADDED))
     return outcomes
 
@@ -228,7 +233,7 @@ def _duplicate(
     rel: str,
     report: IngestReport,
 ) -> FileOutcome:
-    if candidate.label is None:
+    if candidate.label is None or candidate.hidden:
         return FileOutcome(rel, DUPLICATE, "same_content", "same content as a registered item")
     current = state.current_label(item_id)
     if current is None:

@@ -132,6 +132,16 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (digest, sha256)
     );
     """,
+    # 3: hidden labels for the oracle (simulation), and round bookkeeping.
+    """
+    CREATE TABLE oracle_labels (
+        item_id INTEGER PRIMARY KEY REFERENCES items(id),
+        class_name TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    ALTER TABLE rounds ADD COLUMN labeller TEXT NOT NULL DEFAULT 'oracle';
+    ALTER TABLE items ADD COLUMN flag TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -163,6 +173,7 @@ class NewItem:
     height: int
     label: str | None = None
     source: str | None = None
+    hidden_label: bool = False
 
 
 @dataclass(frozen=True)
@@ -216,6 +227,57 @@ class CheckpointRow:
     labelled_count: int
     meta: dict[str, Any]
     created_at: str
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    """A round of selection and labelling."""
+
+    id: int
+    strategy: str
+    size: int
+    status: str
+    labeller: str
+    params: dict[str, Any]
+    opened_at: str
+    closed_at: str | None
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One item queued in a round, as written when the round starts."""
+
+    item_id: int
+    position: int
+    predicted_class: str | None
+    confidence: float | None
+    score: float | None
+
+
+@dataclass(frozen=True)
+class QueuedItem:
+    """A queued item with what a labeller needs to show it."""
+
+    item_id: int
+    sha256: str
+    path: Path
+    position: int
+    predicted_class: str | None
+    confidence: float | None
+    score: float | None
+    external_id: str | None
+    state: str
+
+
+@dataclass(frozen=True)
+class PulledLabel:
+    """A label a labeller brought back for a queued item."""
+
+    item_id: int
+    class_name: str
+    source: str
+    annotator: str | None = None
+    external_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -348,8 +410,14 @@ class State:
                     stamp,
                 ),
             )
-            if item.label is not None:
-                self.insert_label(db, int(cursor.lastrowid or 0), item.label, "import")
+            item_id = int(cursor.lastrowid or 0)
+            if item.label is not None and item.hidden_label:
+                db.execute(
+                    "INSERT INTO oracle_labels (item_id, class_name, created_at) VALUES (?, ?, ?)",
+                    (item_id, item.label, stamp),
+                )
+            elif item.label is not None:
+                self.insert_label(db, item_id, item.label, "import")
 
     def insert_label(
         self,
@@ -384,9 +452,12 @@ class State:
     def split_candidates(self) -> list[SplitCandidate]:
         """Every labelled item of the workspace, with its split (None = undecided)."""
         rows = self._db.execute(
-            "SELECT i.id, i.relpath, i.split, i.source, p.root, l.class_name"
+            "SELECT i.id, i.relpath, i.split, i.source, p.root,"
+            " COALESCE(l.class_name, o.class_name) AS class_name"
             " FROM items i JOIN pools p ON p.id = i.pool_id"
-            " JOIN current_labels l ON l.item_id = i.id ORDER BY i.id"
+            " LEFT JOIN current_labels l ON l.item_id = i.id"
+            " LEFT JOIN oracle_labels o ON o.item_id = i.id"
+            " WHERE l.item_id IS NOT NULL OR o.item_id IS NOT NULL ORDER BY i.id"
         )
         return [
             SplitCandidate(
@@ -415,10 +486,19 @@ class State:
             )
 
     def assign_split(self, assignment: dict[int, str]) -> None:
+        """Fix items' sides; test items with hidden labels get them revealed (evaluation
+        needs them), in the same transaction."""
         with self.transaction() as db:
             db.executemany(
                 "UPDATE items SET split = ? WHERE id = ? AND split IS NULL",
                 [(split, item_id) for item_id, split in assignment.items()],
+            )
+            db.execute(
+                "INSERT INTO labels (item_id, class_name, source, annotator, created_at)"
+                " SELECT o.item_id, o.class_name, 'import', 'test split', ? FROM oracle_labels o"
+                " JOIN items i ON i.id = o.item_id WHERE i.split = 'test'"
+                " AND NOT EXISTS (SELECT 1 FROM current_labels l WHERE l.item_id = o.item_id)",
+                (now(),),
             )
 
     # -- training and evaluation sets ----------------------------------------------------
@@ -532,6 +612,175 @@ class State:
                 ),
             )
 
+    # -- rounds and the queue -----------------------------------------------------------
+
+    def selectable_items(self) -> list[ItemRef]:
+        """Unlabelled, non-test items not queued in a round: what a strategy picks from."""
+        rows = self._db.execute(
+            "SELECT i.id, i.sha256, i.relpath, p.root FROM items i JOIN pools p"
+            " ON p.id = i.pool_id WHERE i.status = 'pool'"
+            " AND (i.split IS NULL OR i.split = 'train')"
+            " AND NOT EXISTS (SELECT 1 FROM current_labels l WHERE l.item_id = i.id)"
+            " ORDER BY i.id"
+        )
+        return [ItemRef(r["id"], r["sha256"], Path(r["root"]) / r["relpath"]) for r in rows]
+
+    def open_round(self) -> RoundRow | None:
+        row = self._db.execute("SELECT * FROM rounds WHERE status = 'open'").fetchone()
+        return None if row is None else _round(row)
+
+    def rounds(self) -> list[RoundRow]:
+        return [_round(r) for r in self._db.execute("SELECT * FROM rounds ORDER BY id")]
+
+    def start_round(
+        self,
+        strategy: str,
+        labeller: str,
+        params: dict[str, Any],
+        entries: Sequence[QueueEntry],
+    ) -> int:
+        """Create the round, its queue, and mark the items queued: one transaction."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO rounds (strategy, size, status, labeller, params, opened_at)"
+                " VALUES (?, ?, 'open', ?, ?, ?)",
+                (strategy, len(entries), labeller, json.dumps(params), now()),
+            )
+            round_id = int(cursor.lastrowid or 0)
+            db.executemany(
+                "INSERT INTO queue (round_id, item_id, position, predicted_class, confidence,"
+                " score) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (round_id, e.item_id, e.position, e.predicted_class, e.confidence, e.score)
+                    for e in entries
+                ],
+            )
+            db.executemany(
+                "UPDATE items SET status = 'queued' WHERE id = ?", [(e.item_id,) for e in entries]
+            )
+        return round_id
+
+    def queue(self, round_id: int) -> list[QueuedItem]:
+        rows = self._db.execute(
+            "SELECT q.*, i.sha256, i.relpath, p.root FROM queue q JOIN items i"
+            " ON i.id = q.item_id JOIN pools p ON p.id = i.pool_id WHERE q.round_id = ?"
+            " ORDER BY q.position",
+            (round_id,),
+        )
+        return [
+            QueuedItem(
+                r["item_id"],
+                r["sha256"],
+                Path(r["root"]) / r["relpath"],
+                r["position"],
+                r["predicted_class"],
+                r["confidence"],
+                r["score"],
+                r["external_id"],
+                r["state"],
+            )
+            for r in rows
+        ]
+
+    def set_external_ids(self, round_id: int, ids: dict[int, str]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE queue SET external_id = ? WHERE round_id = ? AND item_id = ?",
+                [(external, round_id, item_id) for item_id, external in ids.items()],
+            )
+
+    def oracle_labels(self, item_ids: Sequence[int]) -> dict[int, str]:
+        found: dict[int, str] = {}
+        for start in range(0, len(item_ids), 500):
+            chunk = list(item_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for r in self._db.execute(
+                f"SELECT item_id, class_name FROM oracle_labels WHERE item_id IN ({marks})", chunk
+            ):
+                found[int(r["item_id"])] = str(r["class_name"])
+        return found
+
+    def record_pulled(
+        self, round_id: int, labels: Sequence[PulledLabel], skipped: Sequence[int] = ()
+    ) -> int:
+        """Write pulled labels at once (one transaction); a label already current for an item
+        is not written twice. Returns how many labels were new."""
+        written = 0
+        with self.transaction() as db:
+            for label in labels:
+                current = db.execute(
+                    "SELECT class_name, external_id FROM current_labels WHERE item_id = ?",
+                    (label.item_id,),
+                ).fetchone()
+                if current is None or tuple(current) != (label.class_name, label.external_id):
+                    self.insert_label(
+                        db,
+                        label.item_id,
+                        label.class_name,
+                        label.source,
+                        label.annotator,
+                        label.external_id,
+                        round_id,
+                    )
+                    written += 1
+                db.execute(
+                    "UPDATE queue SET state = 'labelled' WHERE round_id = ? AND item_id = ?",
+                    (round_id, label.item_id),
+                )
+            for item_id in skipped:
+                db.execute(
+                    "UPDATE queue SET state = 'skipped' WHERE round_id = ? AND item_id = ?",
+                    (round_id, item_id),
+                )
+                db.execute("UPDATE items SET flag = 'skipped' WHERE id = ?", (item_id,))
+        return written
+
+    def close_round(self, round_id: int) -> None:
+        """Return unlabelled queued items to the pool and close the round: one transaction."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE queue SET state = 'returned' WHERE round_id = ? AND state = 'pending'",
+                (round_id,),
+            )
+            db.execute(
+                "UPDATE items SET status = 'pool' WHERE id IN"
+                " (SELECT item_id FROM queue WHERE round_id = ?)",
+                (round_id,),
+            )
+            db.execute(
+                "UPDATE rounds SET status = 'closed', closed_at = ? WHERE id = ?",
+                (now(), round_id),
+            )
+
+    def round_checkpoint(self, round_id: int) -> CheckpointRow | None:
+        row = self._db.execute(
+            "SELECT * FROM checkpoints WHERE round_id = ? ORDER BY id DESC LIMIT 1", (round_id,)
+        ).fetchone()
+        return None if row is None else _checkpoint(row)
+
+    def label_counts(self) -> dict[str, int]:
+        """Current labels per class on the training side."""
+        rows = self._db.execute(
+            "SELECT l.class_name, COUNT(*) FROM current_labels l JOIN items i ON i.id = l.item_id"
+            " WHERE i.split IS NULL OR i.split = 'train' GROUP BY l.class_name"
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    # -- history ------------------------------------------------------------------------
+
+    def save_history(self, round_id: int, row: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM metrics WHERE round_id = ? AND name = 'history'", (round_id,))
+            db.execute(
+                "INSERT INTO metrics (round_id, name, value, data, created_at)"
+                " VALUES (?, 'history', ?, ?, ?)",
+                (round_id, row.get("accuracy"), json.dumps(row), now()),
+            )
+
+    def history(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT data FROM metrics WHERE name = 'history' ORDER BY round_id")
+        return [json.loads(r[0]) for r in rows]
+
     # -- stats --------------------------------------------------------------------------
 
     def pool_stats(self) -> list[PoolStats]:
@@ -555,6 +804,19 @@ class State:
             )
             for r in rows
         ]
+
+
+def _round(row: sqlite3.Row) -> RoundRow:
+    return RoundRow(
+        row["id"],
+        row["strategy"],
+        row["size"],
+        row["status"],
+        row["labeller"],
+        json.loads(row["params"]),
+        row["opened_at"],
+        row["closed_at"],
+    )
 
 
 def _checkpoint(row: sqlite3.Row) -> CheckpointRow:

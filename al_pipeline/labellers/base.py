@@ -1,0 +1,38 @@
+"""The labeller seam: push a round's queue out, pull whatever labels came back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from al_pipeline.state import PulledLabel, QueuedItem
+
+
+@dataclass
+class Pulled:
+    """What one pull brought back.
+
+    Attributes:
+        labels: One label per labelled item (the latest valid answer).
+        skipped: Items the labeller declined (they return to the pool, flagged).
+        unresolved: Items whose annotators disagree with no majority (left unlabelled).
+    """
+
+    labels: list[PulledLabel] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    unresolved: list[int] = field(default_factory=list)
+
+
+class Labeller(Protocol):
+    """Two verbs: push a batch of queued items, pull the labels that came back."""
+
+    name: str
+
+    def push(self, round_id: int, batch: Sequence[QueuedItem]) -> dict[int, str]:
+        """Hand items to labellers; return an external id per item id (may be empty)."""
+        ...
+
+    def pull(self, round_id: int, batch: Sequence[QueuedItem]) -> Pulled:
+        """Fetch the labels given so far for a round's items."""
+        ...

@@ -1,0 +1,453 @@
+"""[round] The round lifecycle, the only module that knows the order of the stages.
+
+start:  score the pool (cached features, current head) -> select -> queue (one transaction)
+        -> push to the labeller.
+finish: pull labels (written at once) -> train -> evaluate -> history row -> close.
+Every step checks what is already done, so a crash anywhere is mended by running the same
+command again: labels are not written twice, a round's model is not trained twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from al_pipeline.backbones import Backbone
+from al_pipeline.config import Config
+from al_pipeline.embeddings import Embedded, embed
+from al_pipeline.errors import PipelineError
+from al_pipeline.labellers.base import Labeller
+from al_pipeline.model import Checkpoint, TrainingSettings, predict_proba
+from al_pipeline.progress import Progress, silent
+from al_pipeline.score import find_checkpoint, workspace_backbone
+from al_pipeline.state import ItemRef, QueuedItem, QueueEntry, RoundRow, State, now
+from al_pipeline.strategies import Pool, get_strategy, select
+from al_pipeline.train import train
+
+PREDICTIONS_FILE = "pool_predictions.npz"
+
+
+class RoundError(PipelineError):
+    """A round cannot be started or finished as asked."""
+
+
+@dataclass
+class RoundStatus:
+    """Where the open round stands."""
+
+    round_id: int
+    strategy: str
+    size: int
+    labeller: str
+    labelled: int
+    pending: int
+    skipped: int
+    opened_at: str
+
+
+@dataclass
+class RoundStarted:
+    """A round just started (or resumed)."""
+
+    round_id: int
+    strategy: str
+    queued: list[QueuedItem]
+    pool_size: int
+    cold_start: bool
+    model: str | None
+    selection_seconds: float
+    resumed: bool = False
+
+
+@dataclass
+class RoundFinished:
+    """A closed round and its history row."""
+
+    round_id: int
+    history: dict[str, Any]
+    returned: int
+
+
+def status(state: State) -> RoundStatus:
+    """The open round's progress, or an error saying there is none."""
+    open_round = _require_open(state)
+    queue = state.queue(open_round.id)
+    return RoundStatus(
+        open_round.id,
+        open_round.strategy,
+        open_round.size,
+        open_round.labeller,
+        labelled=sum(q.state == "labelled" for q in queue),
+        pending=sum(q.state == "pending" for q in queue),
+        skipped=sum(q.state == "skipped" for q in queue),
+        opened_at=open_round.opened_at,
+    )
+
+
+def start(
+    config: Config,
+    state: State,
+    labeller: Labeller,
+    *,
+    strategy: str,
+    size: int,
+    balance: bool = False,
+    progress: Progress = silent,
+) -> RoundStarted:
+    """Select ``size`` items with ``strategy``, queue them and push them to the labeller.
+
+    An open round whose push was interrupted is pushed again (resumed); any other open
+    round is an error.
+    """
+    get_strategy(strategy)
+    if size < 1:
+        raise RoundError(f"--size must be at least 1, got {size}.")
+    existing = state.open_round()
+    if existing is not None:
+        return _resume(state, labeller, existing)
+    items = state.selectable_items()
+    if not items:
+        raise RoundError(
+            "The pool has no unlabelled items left to select from. Add more with 'al pool add DIR'."
+        )
+    checkpoint = _current_model(config, state)
+    backbone = checkpoint.backbone() if checkpoint else workspace_backbone(config)
+    embedded = embed(
+        state,
+        config.cache_dir,
+        backbone,
+        [(i.sha256, config.root / i.path) for i in items],
+        progress,
+    )
+    progress("Selecting", 0, None)
+    began = time.perf_counter()
+    pool_probs = _probabilities(checkpoint, embedded)
+    pool = Pool(
+        pool_probs,
+        lambda p: embedded.cache.read(embedded.rows[p]),
+        len(embedded.rows),
+        _labelled_features(config, state, backbone, strategy, progress),
+        np.random.default_rng([config.seed, len(state.rounds())]),
+    )
+    picked = select(strategy, pool, size, balance)
+    seconds = time.perf_counter() - began
+    progress("Selecting", 1, 1)
+    entries = _entries(config, [items[i] for i in embedded.positions], picked, pool_probs)
+    model_tag = str(checkpoint.meta.get("tag")) if checkpoint else None
+    params: dict[str, Any] = {
+        "balance": balance,
+        "selection_seconds": round(seconds, 3),
+        "pool_size": len(embedded.rows),
+        "cold_start": pool_probs is None,
+        "model": model_tag,
+    }
+    round_id = state.start_round(strategy, labeller.name, params, entries)
+    queued = _push(state, labeller, round_id)
+    return RoundStarted(
+        round_id, strategy, queued, len(embedded.rows), pool_probs is None, model_tag, seconds
+    )
+
+
+def _resume(state: State, labeller: Labeller, open_round: RoundRow) -> RoundStarted:
+    """Push what an interrupted start did not, or refuse: one round at a time."""
+    if open_round.labeller != labeller.name:
+        raise RoundError(
+            f"Round {open_round.id} is open with the {open_round.labeller} labeller. Finish it "
+            "with 'al round finish' before starting another."
+        )
+    if all(q.external_id is not None for q in state.queue(open_round.id)):
+        raise RoundError(
+            f"Round {open_round.id} is still open ({open_round.strategy}, {open_round.size} "
+            "items). Finish it with 'al round finish' (see 'al round status')."
+        )
+    params = open_round.params
+    return RoundStarted(
+        open_round.id,
+        open_round.strategy,
+        _push(state, labeller, open_round.id),
+        int(params.get("pool_size", 0)),
+        bool(params.get("cold_start")),
+        params.get("model"),
+        float(params.get("selection_seconds", 0.0)),
+        resumed=True,
+    )
+
+
+def _push(state: State, labeller: Labeller, round_id: int) -> list[QueuedItem]:
+    unpushed = [q for q in state.queue(round_id) if q.external_id is None]
+    state.set_external_ids(round_id, labeller.push(round_id, unpushed))
+    return state.queue(round_id)
+
+
+def _current_model(config: Config, state: State) -> Checkpoint | None:
+    if state.checkpoint() is None:
+        return None
+    return find_checkpoint(config, state, None)[1]
+
+
+def _probabilities(checkpoint: Checkpoint | None, embedded: Embedded) -> NDArray[np.float32] | None:
+    if checkpoint is None:
+        return None
+    parts = [predict_proba(checkpoint.head, features) for _, features in embedded.chunks()]
+    return np.concatenate(parts) if parts else None
+
+
+def _labelled_features(
+    config: Config, state: State, backbone: Backbone, strategy: str, progress: Progress
+) -> NDArray[np.float32] | None:
+    """Features of the labelled items, which only the diverse strategy needs."""
+    labelled = state.labelled_items("train") if strategy == "diverse" else []
+    if not labelled:
+        return None
+    embedded = embed(
+        state,
+        config.cache_dir,
+        backbone,
+        [(i.sha256, config.root / i.path) for i in labelled],
+        progress,
+    )
+    return embedded.features()
+
+
+def _entries(
+    config: Config,
+    pool: list[ItemRef],
+    picked: NDArray[np.int64],
+    probs: NDArray[np.float32] | None,
+) -> list[QueueEntry]:
+    """Queue rows in selection order, with the model's guess and its confidence (the score
+    Label Studio sorts by, least confident first)."""
+    entries = []
+    for position, index in enumerate(picked.tolist()):
+        predicted, confidence = None, None
+        if probs is not None:
+            best = int(np.argmax(probs[index]))
+            predicted, confidence = config.classes[best], float(probs[index][best])
+        entries.append(QueueEntry(pool[index].item_id, position, predicted, confidence, confidence))
+    return entries
+
+
+def _require_open(state: State) -> RoundRow:
+    open_round = state.open_round()
+    if open_round is None:
+        raise RoundError("No round is open. Start one with 'al round start'.")
+    return open_round
+
+
+def finish(
+    config: Config,
+    state: State,
+    labeller: Labeller,
+    settings: TrainingSettings,
+    *,
+    min_labelled: int | None = None,
+    partial: bool = False,
+    progress: Progress = silent,
+) -> RoundFinished:
+    """Pull labels, retrain, evaluate, record the history row and close the round.
+
+    By default every queued item must be labelled (or skipped); ``min_labelled`` accepts
+    fewer, ``partial`` accepts whatever came back. Unlabelled items return to the pool.
+    """
+    open_round = _require_open(state)
+    queue = state.queue(open_round.id)
+    pulled = labeller.pull(open_round.id, queue)
+    state.record_pulled(open_round.id, pulled.labels, pulled.skipped)
+    queue = state.queue(open_round.id)
+    labelled = sum(q.state == "labelled" for q in queue)
+    pending = sum(q.state == "pending" for q in queue)
+    needed = (
+        len(queue) - sum(q.state == "skipped" for q in queue)
+        if min_labelled is None
+        else min_labelled
+    )
+    if not partial and labelled < needed:
+        raise RoundError(
+            f"Round {open_round.id}: {labelled} of {len(queue)} items labelled, {pending} "
+            f"pending (need {needed}). Label the rest, or finish with --min-labelled K or "
+            "--partial to return the unlabelled items to the pool."
+            + (
+                " The oracle answers only for items added with --labelled --oracle."
+                if labeller.name == "oracle"
+                else ""
+            )
+        )
+    row = _train_and_record(config, state, open_round, settings, progress)
+    state.close_round(open_round.id)
+    return RoundFinished(open_round.id, row, returned=pending)
+
+
+def _train_and_record(
+    config: Config,
+    state: State,
+    open_round: RoundRow,
+    settings: TrainingSettings,
+    progress: Progress,
+) -> dict[str, Any]:
+    previous = state.checkpoint()
+    registered = state.round_checkpoint(open_round.id)
+    started = time.perf_counter()
+    if registered is None:
+        report = train(
+            config,
+            state,
+            settings,
+            tag=f"round-{open_round.id:03d}",
+            round_id=open_round.id,
+            progress=progress,
+        )
+        training_seconds, tag = report.seconds, report.tag
+    else:
+        training_seconds, tag = time.perf_counter() - started, registered.tag
+    row_checkpoint = state.round_checkpoint(open_round.id)
+    assert row_checkpoint is not None
+    metrics = row_checkpoint.meta.get("metrics") or {}
+    change = _pool_change(config, state, tag, previous.tag if previous else None, progress)
+    counts = state.label_counts()
+    row = {
+        "round": open_round.id,
+        "strategy": open_round.strategy,
+        "batch_size": open_round.size,
+        "labeller": open_round.labeller,
+        "labelled": sum(counts.values()),
+        "labelled_per_class": {c: counts.get(c, 0) for c in config.classes},
+        "accuracy": metrics.get("accuracy"),
+        "macro_f1": metrics.get("macro_f1"),
+        "roc_auc": metrics.get("roc_auc"),
+        "recall": {c: v["recall"] for c, v in metrics.get("per_class", {}).items()},
+        "pool_change": change,
+        "selection_seconds": open_round.params.get("selection_seconds"),
+        "training_seconds": round(training_seconds, 2),
+        "checkpoint": tag,
+        "model_version": tag,
+        "timestamp": now(),
+    }
+    state.save_history(open_round.id, row)
+    return row
+
+
+def _pool_change(
+    config: Config, state: State, tag: str, previous: str | None, progress: Progress
+) -> float | None:
+    """Share of the pool whose predicted class changed since the previous model.
+
+    Each round's model saves its predictions for the pool (cached features, head only) in
+    its checkpoint folder; the share is computed over items both models predicted.
+    """
+    _, checkpoint = find_checkpoint(config, state, tag)
+    items = state.selectable_items()
+    embedded = embed(
+        state,
+        config.cache_dir,
+        checkpoint.backbone(),
+        [(i.sha256, config.root / i.path) for i in items],
+        progress,
+    )
+    probs = _probabilities(checkpoint, embedded)
+    ids = np.array([items[p].item_id for p in embedded.positions], dtype=np.int64)
+    classes = np.zeros(0, np.int8) if probs is None else probs.argmax(axis=1).astype(np.int8)
+    np.savez(checkpoint.path / PREDICTIONS_FILE, ids=ids, classes=classes)
+    before = state.checkpoint(previous) if previous else None
+    earlier = config.root / before.path / PREDICTIONS_FILE if before else None
+    if earlier is None or not earlier.is_file():
+        return None
+    old = np.load(earlier)
+    common, mine, theirs = np.intersect1d(ids, old["ids"], return_indices=True)
+    if len(common) == 0:
+        return None
+    return float((classes[mine] != old["classes"][theirs]).mean())
+
+
+@dataclass
+class RunReport:
+    """What ``al run`` did and why it stopped."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    stopped_because: str = ""
+    initial: dict[str, Any] | None = None
+
+
+def run(
+    config: Config,
+    state: State,
+    labeller: Labeller,
+    settings: TrainingSettings,
+    *,
+    rounds: int,
+    strategy: str,
+    size: int,
+    balance: bool = False,
+    until_accuracy: float | None = None,
+    budget: int | None = None,
+    min_change: float | None = None,
+    wait: Callable[[int], None] | None = None,
+    progress: Progress = silent,
+) -> RunReport:
+    """Repeat start -> wait for labels -> finish until a stopping rule fires.
+
+    Rules: ``rounds`` done; the label ``budget`` (total training labels) reached; test
+    accuracy at or above ``until_accuracy``; the share of the pool whose predicted class
+    changed below ``min_change``; or nothing left to select.
+    """
+    get_strategy(strategy)
+    report = RunReport()
+    if state.open_round() is not None:
+        report.rows.append(finish(config, state, labeller, settings, progress=progress).history)
+    if state.checkpoint() is None and _can_train(config, state):
+        report.initial = train(config, state, settings, tag="initial", progress=progress).metrics
+    while len(report.rows) < rounds:
+        reason = _stop_reason(state, report.rows, until_accuracy, budget, min_change)
+        if reason:
+            report.stopped_because = reason
+            return report
+        labelled = sum(state.label_counts().values())
+        batch = min(size, budget - labelled) if budget else size
+        started = start(
+            config,
+            state,
+            labeller,
+            strategy=strategy,
+            size=batch,
+            balance=balance,
+            progress=progress,
+        )
+        if wait is not None:
+            wait(started.round_id)
+        report.rows.append(finish(config, state, labeller, settings, progress=progress).history)
+    report.stopped_because = (
+        _stop_reason(state, report.rows, until_accuracy, budget, min_change)
+        or f"ran {rounds} round{'s' if rounds != 1 else ''}"
+    )
+    return report
+
+
+def _can_train(config: Config, state: State) -> bool:
+    counts = state.label_counts()
+    return all(counts.get(c, 0) > 0 for c in config.classes)
+
+
+def _stop_reason(
+    state: State,
+    rows: list[dict[str, Any]],
+    until_accuracy: float | None,
+    budget: int | None,
+    min_change: float | None,
+) -> str:
+    last = rows[-1] if rows else {}
+    labelled = sum(state.label_counts().values())
+    if budget is not None and labelled >= budget:
+        return f"label budget reached ({labelled} of {budget})"
+    accuracy = last.get("accuracy")
+    if until_accuracy is not None and accuracy is not None and accuracy >= until_accuracy:
+        return f"target accuracy reached ({accuracy:.4f} >= {until_accuracy})"
+    change = last.get("pool_change")
+    if min_change is not None and change is not None and change < min_change:
+        return f"predictions stopped changing ({change:.4f} of the pool < {min_change})"
+    if not state.selectable_items():
+        return "no unlabelled items left"
+    return ""

@@ -1,0 +1,188 @@
+"""[select] Query strategies: which unlabelled items to label next.
+
+A strategy is a plain function ``(pool, n) -> positions``. The uncertainty strategies are
+modAL's query functions (``uncertainty_sampling``, ``margin_sampling``,
+``entropy_sampling``, ``uncertainty_batch_sampling``), given an estimator whose
+``predict_proba`` returns the probabilities the head already computed for the pool. Over
+a pool of N items, selection therefore costs O(N) time and O(N x classes) memory, however
+large the embeddings are. modAL's ``ActiveLearner`` is not used (its ``teach()`` breaks on
+scikit-learn >= 1.8); see README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from modAL.batch import uncertainty_batch_sampling
+from modAL.uncertainty import entropy_sampling, margin_sampling, uncertainty_sampling
+from numpy.typing import NDArray
+from sklearn.cluster import MiniBatchKMeans
+
+from al_pipeline.errors import ConfigError
+
+Positions = NDArray[np.int64]
+FeatureReader = Callable[[Positions], NDArray[np.float32]]
+COLD_START_SAMPLE = 20_000
+DIVERSE_CANDIDATES = 20
+
+
+@dataclass
+class Pool:
+    """What a strategy sees of the unlabelled pool.
+
+    Attributes:
+        probabilities: ``(N, classes)`` from the current model, or None at cold start.
+        read_features: Backbone features for pool positions (from the embedding cache).
+        size: N.
+        labelled_features: Features of the labelled items (for diversity), if any.
+        rng: Seeded random generator.
+    """
+
+    probabilities: NDArray[np.float32] | None
+    read_features: FeatureReader
+    size: int
+    labelled_features: NDArray[np.float32] | None = None
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+
+    def subset(self, positions: Positions) -> Pool:
+        """The same pool restricted to ``positions`` (positions of the subset are local)."""
+        probabilities = None if self.probabilities is None else self.probabilities[positions]
+        return Pool(
+            probabilities,
+            lambda local: self.read_features(positions[local]),
+            len(positions),
+            self.labelled_features,
+            self.rng,
+        )
+
+
+class PrecomputedEstimator:
+    """The estimator handed to modAL: ``predict_proba`` looks probabilities up.
+
+    ``X`` is either a column of pool positions (uncertainty strategies) or, for ranked
+    batch sampling, the candidates' features in the order of ``candidate_probabilities``.
+    ``X_training`` and ``on_transformed`` are what modAL's ranked batch reads off a learner.
+    """
+
+    on_transformed = False
+
+    def __init__(
+        self, probabilities: NDArray[np.float32], X_training: NDArray[np.float32] | None = None
+    ) -> None:
+        self.probabilities = probabilities
+        self.X_training = X_training
+
+    def predict_proba(self, X: NDArray[np.generic]) -> NDArray[np.float32]:
+        if X.shape[1] == 1 and np.issubdtype(X.dtype, np.integer):
+            return np.asarray(self.probabilities[X[:, 0]], dtype=np.float32)
+        return self.probabilities
+
+
+def _query(function: Callable[..., tuple[Positions, object]]) -> Callable[[Pool, int], Positions]:
+    def strategy(pool: Pool, n: int) -> Positions:
+        if pool.probabilities is None:
+            return coverage(pool, n)
+        column = np.arange(pool.size, dtype=np.int64)[:, None]
+        indices, _ = function(PrecomputedEstimator(pool.probabilities), column, n_instances=n)
+        return np.asarray(indices, dtype=np.int64)
+
+    strategy.__doc__ = f"modAL's {function.__name__} on the head's probabilities."
+    return strategy
+
+
+def random(pool: Pool, n: int) -> Positions:
+    """Uniformly random items: the baseline every report compares against."""
+    return pool.rng.choice(pool.size, size=n, replace=False).astype(np.int64)
+
+
+def coverage(pool: Pool, n: int) -> Positions:
+    """Cold start: items nearest to k-means centres of the pool's features (k = n).
+
+    Without a model, uncertainty means nothing; covering the embedding space gives the
+    first model examples of every kind of image instead of n random picks that may all
+    come from the commonest kind. Large pools are clustered on a sample.
+    """
+    sample = pool.rng.choice(pool.size, size=min(pool.size, COLD_START_SAMPLE), replace=False)
+    sample = np.sort(sample).astype(np.int64)
+    features = pool.read_features(sample)
+    if len(sample) <= n:
+        return sample[:n]
+    kmeans = MiniBatchKMeans(
+        n_clusters=n,
+        n_init=3,
+        random_state=int(pool.rng.integers(1 << 31)),
+        batch_size=max(1024, 3 * n),
+    ).fit(features)
+    distances = kmeans.transform(features)
+    chosen: list[int] = []
+    for centre in range(n):
+        best = int(np.argmin(distances[:, centre]))
+        distances[best, :] = np.inf
+        chosen.append(best)
+    return sample[np.array(chosen, dtype=np.int64)]
+
+
+def diverse(pool: Pool, n: int) -> Positions:
+    """modAL's ranked batch (Cardoso et al.): uncertainty balanced against distance to what
+    is labelled and already picked, so a batch is not n copies of one hard image.
+
+    It runs on the most uncertain ``20 n`` candidates, so its cost does not grow with the
+    pool; at cold start it is :func:`coverage`.
+    """
+    if pool.probabilities is None:
+        return coverage(pool, n)
+    uncertainty = 1 - pool.probabilities.max(axis=1)
+    count = min(pool.size, DIVERSE_CANDIDATES * n)
+    candidates = np.argpartition(-uncertainty, count - 1)[:count].astype(np.int64)
+    features = pool.read_features(candidates)
+    estimator = PrecomputedEstimator(pool.probabilities[candidates], pool.labelled_features)
+    indices, _ = uncertainty_batch_sampling(estimator, features, n_instances=n)
+    return candidates[np.asarray(indices, dtype=np.int64)]
+
+
+STRATEGIES: dict[str, Callable[[Pool, int], Positions]] = {
+    "margin": _query(margin_sampling),
+    "entropy": _query(entropy_sampling),
+    "least_confidence": _query(uncertainty_sampling),
+    "diverse": diverse,
+    "random": random,
+}
+
+
+def get_strategy(name: str) -> Callable[[Pool, int], Positions]:
+    """Look a strategy up by name, or raise an error listing the choices."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown strategy '{name}'. Choose one of: {', '.join(STRATEGIES)}."
+        ) from None
+
+
+def select(name: str, pool: Pool, n: int, balance: bool = False) -> Positions:
+    """Pick ``min(n, pool size)`` distinct positions with a strategy.
+
+    With ``balance``, the batch is split evenly over the classes the model predicts, so a
+    rare class is not starved; shares a class cannot fill go to the rest of the pool.
+    """
+    strategy = get_strategy(name)
+    n = min(n, pool.size)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not balance or pool.probabilities is None:
+        return strategy(pool, n)
+    predicted = pool.probabilities.argmax(axis=1)
+    classes = pool.probabilities.shape[1]
+    chosen: list[Positions] = []
+    for offset, cls in enumerate(range(classes)):
+        members = np.flatnonzero(predicted == cls).astype(np.int64)
+        quota = n // classes + (1 if offset < n % classes else 0)
+        if len(members) and quota:
+            chosen.append(members[strategy(pool.subset(members), min(quota, len(members)))])
+    picked = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+    if len(picked) < n:
+        rest = np.setdiff1d(np.arange(pool.size, dtype=np.int64), picked)
+        picked = np.concatenate([picked, rest[strategy(pool.subset(rest), n - len(picked))]])
+    return picked
