@@ -677,11 +677,18 @@ def render_history_rows(rows: list[dict[str, Any]], title: str) -> None:
     recalls = [c for c in frame.columns if c.startswith("recall_")]
     wanted = ("round", "strategy", "labelled", "accuracy", "macro_f1", *recalls, "pool_change")
     columns = [c for c in wanted if c in frame.columns]
-    headers = {"batch_size": "batch", "pool_change": "changed", "training_seconds": "train s",
-               "macro_f1": "macro F1", "roc_auc": "ROC-AUC"}
+    headers = {
+        "batch_size": "batch",
+        "pool_change": "changed",
+        "training_seconds": "train s",
+        "macro_f1": "macro F1",
+        "roc_auc": "ROC-AUC",
+    }
     for column in columns:
-        table.add_column(headers.get(column, column.replace("recall_", "recall ")),
-                         justify="left" if column in ("strategy", "checkpoint") else "right")
+        table.add_column(
+            headers.get(column, column.replace("recall_", "recall ")),
+            justify="left" if column in ("strategy", "checkpoint") else "right",
+        )
     for record in frame.to_dict("records"):
         table.add_row(*(_cell(record[c]) for c in columns))
     out.print(table)

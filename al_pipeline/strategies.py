@@ -18,13 +18,13 @@ import numpy as np
 from modAL.batch import uncertainty_batch_sampling
 from modAL.uncertainty import entropy_sampling, margin_sampling, uncertainty_sampling
 from numpy.typing import NDArray
-from sklearn.cluster import MiniBatchKMeans
+from sklearn.cluster import KMeans
 
 from al_pipeline.errors import ConfigError
 
 Positions = NDArray[np.int64]
 FeatureReader = Callable[[Positions], NDArray[np.float32]]
-COLD_START_SAMPLE = 20_000
+COLD_START_SAMPLE = 10_000
 DIVERSE_CANDIDATES = 20
 
 
@@ -109,12 +109,8 @@ def coverage(pool: Pool, n: int) -> Positions:
     features = pool.read_features(sample)
     if len(sample) <= n:
         return sample[:n]
-    kmeans = MiniBatchKMeans(
-        n_clusters=n,
-        n_init=3,
-        random_state=int(pool.rng.integers(1 << 31)),
-        batch_size=max(1024, 3 * n),
-    ).fit(features)
+    kmeans = KMeans(n_clusters=n, n_init=1, random_state=int(pool.rng.integers(1 << 31)))
+    kmeans.fit(features)
     distances = kmeans.transform(features)
     chosen: list[int] = []
     for centre in range(n):

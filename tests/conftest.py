@@ -140,3 +140,44 @@ def trained(tmp_path_factory: pytest.TempPathFactory, keras_home: Path) -> Train
         add_folder(config, state, photos, labelled=True, test_fraction=1 / 3)
         report = train(config, state, TrainingSettings(epochs=30))
     return Trained(config, report, photos)
+
+
+@pytest.fixture(scope="session")
+def oracle_template(tmp_path_factory: pytest.TempPathFactory, keras_home: Path) -> Path:
+    """Session-wide: 300 real photos with hidden (oracle) labels and a visible 1/3 test
+    split, features cached. Tests copy it with :func:`copy_workspace`."""
+    from al_pipeline.embeddings import embed
+    from al_pipeline.ingest import add_folder
+    from al_pipeline.score import workspace_backbone
+
+    root = tmp_path_factory.mktemp("oracle")
+    photos = root / "photos"
+    for cls, files in real_sample(150, seed=1).items():
+        (photos / cls).mkdir(parents=True)
+        for path in files:
+            shutil.copy(path, photos / cls / path.name)
+    config = init_workspace(root / "ws", TWO_CLASSES).config
+    with open_state(config.database) as state:
+        add_folder(config, state, photos, labelled=True, oracle=True, test_fraction=1 / 3)
+        items = state.items_in_pool("photos")
+        embed(
+            state,
+            config.cache_dir,
+            workspace_backbone(_with_home(config, keras_home)),
+            [(i.sha256, config.root / i.path) for i in items],
+        )
+    return config.root
+
+
+def _with_home(config: Config, keras_home: Path) -> Config:
+    from dataclasses import replace
+
+    return replace(config, keras_home=keras_home)
+
+
+def copy_workspace(template: Path, target: Path, keras_home: Path) -> Config:
+    """A private copy of a workspace (its photos stay where they are)."""
+    from al_pipeline.config import load_config
+
+    shutil.copytree(template, target)
+    return _with_home(load_config(target), keras_home)

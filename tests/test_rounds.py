@@ -1,0 +1,163 @@
+"""The round lifecycle with the oracle on real photos: start, finish, run, crash, history."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from al_pipeline.config import Config
+from al_pipeline.labellers import OracleLabeller, Pulled
+from al_pipeline.model import TrainingSettings
+from al_pipeline.rounds import RoundError, finish, run, start, status
+from al_pipeline.state import QueuedItem, State
+from cli import app
+from tests.conftest import copy_workspace
+
+pytestmark = pytest.mark.integration
+SETTINGS = TrainingSettings(epochs=20)
+
+
+@pytest.fixture
+def oracle_ws(oracle_template: Path, tmp_path: Path, keras_home: Path) -> Config:
+    return copy_workspace(oracle_template, tmp_path / "ws", keras_home)
+
+
+def check_queue(state: State, queued: Sequence[QueuedItem], size: int) -> None:
+    ids = [q.item_id for q in queued]
+    assert len(ids) == size and len(set(ids)) == size
+    test_ids = {i.item_id for i in state.labelled_items("test")}
+    visible = {i.item_id for i in state.labelled_items("train")}
+    assert not set(ids) & (test_ids | visible)
+    assert not {i.item_id for i in state.selectable_items()} & set(ids)
+
+
+def test_cold_start_round_then_every_strategy_with_a_model(oracle_ws: Config) -> None:
+    config = oracle_ws
+    with State(config.database) as state:
+        oracle = OracleLabeller(state)
+        first = start(config, state, oracle, strategy="margin", size=20)
+        assert first.cold_start and first.model is None and first.pool_size == 200
+        check_queue(state, first.queued, 20)
+        with pytest.raises(RoundError, match="still open"):
+            start(config, state, oracle, strategy="margin", size=20)
+        assert status(state).pending == 20
+        finish(config, state, oracle, SETTINGS)
+        for strategy in ("margin", "entropy", "least_confidence", "diverse", "random"):
+            started = start(config, state, oracle, strategy=strategy, size=10, balance=True)
+            assert not started.cold_start and started.model == "round-001"
+            check_queue(state, started.queued, 10)
+            assert all(q.predicted_class and q.confidence for q in started.queued)
+            state.close_round(started.round_id)
+
+
+def test_three_round_run_records_complete_history(oracle_ws: Config, tmp_path: Path) -> None:
+    cli = CliRunner()
+    ws = ["-w", str(oracle_ws.root)]
+    env = {"KERAS_HOME": str(oracle_ws.keras_home)}
+    result = cli.invoke(
+        app, [*ws, "run", "--rounds", "3", "--size", "20", "--epochs", "20", "--json"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["stopped_because"] == "ran 3 rounds"
+    rows = report["rows"]
+    assert [r["labelled"] for r in rows] == [20, 40, 60]
+    for row in rows:
+        assert row["strategy"] == "margin" and row["batch_size"] == 20
+        assert 0.5 <= row["accuracy"] <= 1 and 0 <= row["macro_f1"] <= 1
+        assert row["roc_auc"] is not None and set(row["recall"]) == set(oracle_ws.classes)
+        assert sum(row["labelled_per_class"].values()) == row["labelled"]
+        assert row["checkpoint"] == row["model_version"] == f"round-{row['round']:03d}"
+    assert rows[0]["pool_change"] is None and rows[2]["pool_change"] is not None
+    assert rows[-1]["accuracy"] >= 0.9
+
+    csv_file, png, parquet = tmp_path / "h.csv", tmp_path / "curve.png", tmp_path / "h.parquet"
+    written = cli.invoke(
+        app,
+        [*ws, "history", "--csv", str(csv_file), "--plot", str(png), "--parquet", str(parquet)],
+        env=env,
+    )
+    assert written.exit_code == 0, written.output
+    assert csv_file.read_text().splitlines()[0].startswith("round,strategy,batch_size")
+    assert len(csv_file.read_text().splitlines()) == 4
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size == (1100, 420)
+    import pandas as pd
+
+    assert pd.read_parquet(parquet)["labelled"].tolist() == [20, 40, 60]
+    table = cli.invoke(app, [*ws, "history"], env=env)
+    assert table.exit_code == 0 and "margin" in table.stdout
+
+    page = cli.invoke(app, [*ws, "report", "--out", str(tmp_path / "rep")], env=env)
+    assert page.exit_code == 0, page.output
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "<table" in html and "data:image/png;base64," in html
+    assert html.count("data:image/jpeg;base64,") == 20
+    assert "Confusion matrix" in html and "http" not in html.replace("http-equiv", "")
+
+
+def test_round_killed_between_pull_and_train_finishes_on_rerun(oracle_ws: Config) -> None:
+    config = oracle_ws
+    with State(config.database) as state:
+        oracle = OracleLabeller(state)
+        started = start(config, state, oracle, strategy="random", size=15)
+
+        def crash(phase: str, done: int, total: int | None) -> None:
+            if phase == "Training":
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            finish(config, state, oracle, SETTINGS, progress=crash)
+        assert status(state).labelled == 15
+        assert state.checkpoint() is None and state.open_round() is not None
+        done = finish(config, state, oracle, SETTINGS)
+        assert done.round_id == started.round_id and done.history["labelled"] == 15
+        assert state.open_round() is None and len(state.history()) == 1
+        assert sum(state.label_counts().values()) == 15
+        labels_written = sum(1 for q in state.queue(started.round_id) if q.state == "labelled")
+        assert labels_written == 15
+
+
+class HalfLabeller(OracleLabeller):
+    """Labels only the first half of each batch, like people who stopped halfway."""
+
+    def pull(self, round_id: int, batch: Sequence[QueuedItem]) -> Pulled:
+        pulled = super().pull(round_id, batch)
+        keep = {q.item_id for q in batch[: len(batch) // 2]}
+        return Pulled(labels=[label for label in pulled.labels if label.item_id in keep])
+
+
+def test_unfinished_round_needs_min_labelled_and_returns_the_rest(oracle_ws: Config) -> None:
+    config = oracle_ws
+    with State(config.database) as state:
+        half = HalfLabeller(state)
+        started = start(config, state, half, strategy="margin", size=20)
+        with pytest.raises(RoundError, match="10 of 20 items labelled, 10 pending"):
+            finish(config, state, half, SETTINGS)
+        done = finish(config, state, half, SETTINGS, min_labelled=10)
+        assert done.returned == 10 and done.history["labelled"] == 10
+        back = {i.item_id for i in state.selectable_items()}
+        returned = {q.item_id for q in state.queue(started.round_id) if q.state == "returned"}
+        assert len(returned) == 10 and returned <= back
+
+
+def test_run_stops_at_the_label_budget(oracle_ws: Config) -> None:
+    config = oracle_ws
+    with State(config.database) as state:
+        report = run(
+            config,
+            state,
+            OracleLabeller(state),
+            SETTINGS,
+            rounds=5,
+            strategy="entropy",
+            size=20,
+            budget=30,
+        )
+    assert [r["labelled"] for r in report.rows] == [20, 30]
+    assert report.stopped_because == "label budget reached (30 of 30)"

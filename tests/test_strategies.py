@@ -1,0 +1,94 @@
+"""Query strategies on synthetic pools: distinct picks, cold start, balance, diversity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from al_pipeline.errors import ConfigError
+from al_pipeline.strategies import STRATEGIES, Pool, select
+
+
+def make_pool(size: int = 500, classes: int = 2, seed: int = 0, cold: bool = False) -> Pool:
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(size, 16)).astype(np.float32)
+    logits = rng.normal(size=(size, classes)) * 2
+    probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    return Pool(
+        None if cold else probs, lambda p: features[p], size, rng=np.random.default_rng(seed)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+@pytest.mark.parametrize("cold", [False, True])
+def test_every_strategy_returns_n_distinct_positions(name: str, cold: bool) -> None:
+    pool = make_pool(cold=cold)
+    picked = select(name, pool, 25)
+    assert len(picked) == 25 and len(set(picked.tolist())) == 25
+    assert picked.min() >= 0 and picked.max() < pool.size
+
+
+def test_batch_larger_than_the_pool_takes_the_whole_pool() -> None:
+    assert sorted(select("margin", make_pool(size=7), 20).tolist()) == list(range(7))
+
+
+def test_margin_picks_the_smallest_margins() -> None:
+    pool = make_pool()
+    assert pool.probabilities is not None
+    ordered = np.sort(pool.probabilities, axis=1)
+    margins = ordered[:, -1] - ordered[:, -2]
+    picked = select("margin", pool, 10)
+    assert set(picked.tolist()) == set(np.argsort(margins)[:10].tolist())
+
+
+def test_unknown_strategy_lists_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"Unknown strategy 'foo'\. Choose one of: margin, "):
+        select("foo", make_pool(), 3)
+
+
+def test_cold_start_covers_every_cluster() -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(5, 16)) * 20
+    sizes = [400, 50, 30, 15, 5]
+    features = np.concatenate(
+        [c + rng.normal(size=(n, 16)) for c, n in zip(centres, sizes, strict=True)]
+    ).astype(np.float32)
+    cluster = np.repeat(np.arange(5), sizes)
+    pool = Pool(None, lambda p: features[p], len(features), rng=np.random.default_rng(0))
+    picked = select("margin", pool, 5)
+    assert sorted(cluster[picked].tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_balance_spreads_picks_over_predicted_classes() -> None:
+    pool = make_pool(size=600, classes=3, seed=2)
+    assert pool.probabilities is not None
+    predicted = pool.probabilities.argmax(axis=1)
+    plain = predicted[select("margin", pool, 30)]
+    balanced = predicted[select("margin", pool, 30, balance=True)]
+    assert np.bincount(balanced, minlength=3).tolist() == [10, 10, 10]
+    assert len(set(select("margin", pool, 30, balance=True).tolist())) == 30
+    assert np.bincount(plain, minlength=3).min() <= 10
+
+
+def test_balance_fills_from_the_rest_when_a_class_is_rare() -> None:
+    pool = make_pool(size=300, classes=2, seed=3)
+    assert pool.probabilities is not None
+    pool.probabilities[:, 0] = 0.9
+    pool.probabilities[:, 1] = 0.1
+    pool.probabilities[:3] = [0.2, 0.8]
+    picked = select("entropy", pool, 20, balance=True)
+    assert len(set(picked.tolist())) == 20 and {0, 1, 2} <= set(picked.tolist())
+
+
+def test_diverse_does_not_take_many_copies_of_one_hard_image() -> None:
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(400, 16)).astype(np.float32) * 5
+    features[:40] = features[0] + rng.normal(size=(40, 16)).astype(np.float32) * 0.01
+    probs = np.full((400, 2), [0.8, 0.2], dtype=np.float32)
+    probs[:40] = [0.51, 0.49]
+    probs[40:80] = [0.55, 0.45]
+    pool = Pool(probs, lambda p: features[p], 400, features[200:205], np.random.default_rng(0))
+    copies_margin = np.sum(select("margin", pool, 10) < 40)
+    copies_diverse = np.sum(select("diverse", pool, 10) < 40)
+    assert copies_margin == 10
+    assert copies_diverse <= 3
