@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import traceback
 from collections.abc import Callable
@@ -32,8 +33,10 @@ from al_pipeline import __version__
 from al_pipeline.config import Config, resolve_config
 from al_pipeline.errors import PipelineError
 
-# TensorFlow's C++ start-up chatter (CPU features, oneDNN) means nothing to a user.
+# TensorFlow's start-up chatter (CPU features, oneDNN) and its retracing notices (each
+# round builds a new head on purpose) mean nothing to a user.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 app = typer.Typer(
     name="al",
@@ -288,6 +291,14 @@ def pool_import_voc(
         float | None,
         typer.Option(help="Move this share of crops into the test set, by source photo."),
     ] = None,
+    oracle: Annotated[
+        bool,
+        typer.Option(
+            "--oracle",
+            help="Keep the labels hidden for the oracle labeller "
+            "(simulation); test-split labels stay visible.",
+        ),
+    ] = False,
     report: ReportFile = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -304,6 +315,7 @@ def pool_import_voc(
             pool_name=pool,
             margin=margin,
             test_fraction=test_fraction,
+            oracle=oracle,
             progress=progress,
         )
     render_ingest(result, report, as_json)
@@ -777,6 +789,92 @@ def history(
         print_json(rows)
     elif not (csv_file or parquet or plot):
         render_history_rows(rows, f"History of '{config.name}'")
+
+
+@app.command()
+@handles_errors
+def simulate(
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder of class subfolders to simulate on (default: "
+            "the workspace, whose labels must be hidden: --oracle)."
+        ),
+    ] = None,
+    strategies: Annotated[
+        str, typer.Option(help="Comma-separated strategies to compare.")
+    ] = "margin,entropy,diverse,random",
+    initial: Annotated[int, typer.Option(help="Seed labels to start from.")] = 10,
+    size: BatchSize = 10,
+    rounds: Annotated[int, typer.Option(help="Rounds per run.")] = 10,
+    seeds: Annotated[int, typer.Option(help="Runs per strategy.")] = 3,
+    epochs: Annotated[int, typer.Option(help="Epochs for the head.")] = 50,
+    classes: Annotated[
+        str | None, typer.Option(help="With --dataset: classes (default: subfolder names).")
+    ] = None,
+    test_fraction: Annotated[float, typer.Option(help="With --dataset: test share.")] = 0.2,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the results.")] = Path(
+        "simulation"
+    ),
+    as_json: JsonFlag = False,
+) -> None:
+    """Prove label efficiency: strategies against random, with the oracle, over seeds."""
+    from al_pipeline.model import TrainingSettings
+    from al_pipeline.simulate import dataset_workspace
+    from al_pipeline.simulate import simulate as run_simulation
+    from al_pipeline.workspace import opened
+
+    with BarProgress() as progress:
+        if dataset is not None:
+            config = dataset_workspace(dataset, out_dir, classes, test_fraction, progress)
+            config = resolve_config(config.root)
+        else:
+            config = config_for()
+        with opened(config) as state:
+            result = run_simulation(
+                config,
+                state,
+                out_dir,
+                strategies=[s.strip() for s in strategies.split(",")],
+                initial=initial,
+                size=size,
+                rounds=rounds,
+                seeds=seeds,
+                settings=TrainingSettings(epochs=epochs),
+                progress=progress,
+            )
+    if as_json:
+        print_json(
+            {
+                "full_accuracy": result.full_accuracy,
+                "full_labels": result.full_labels,
+                "table": result.table.to_dict("records"),
+                "csv": result.csv,
+                "plot": result.plot,
+            }
+        )
+        return
+    table = Table(
+        title=f"Labels needed (median over seeds); all {result.full_labels} labels "
+        f"give accuracy {result.full_accuracy:.4f}"
+    )
+    columns = (
+        "strategy",
+        "labels_to_within_1pt",
+        "ratio_within_1pt",
+        "labels_to_full",
+        "ratio_full",
+        "final_labels",
+        "final_accuracy",
+    )
+    for column in columns:
+        table.add_column(
+            column.replace("_", " "), justify="left" if column == "strategy" else "right"
+        )
+    for row in result.table.to_dict("records"):
+        table.add_row(*(_cell(row[c]) if row[c] is not None else "not reached" for c in columns))
+    out.print(table)
+    out.print(f"Runs: {result.csv}  curves: {result.plot}  table: {result.table_csv}")
 
 
 @app.command()

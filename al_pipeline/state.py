@@ -310,6 +310,14 @@ class State:
     def close(self) -> None:
         self._db.close()
 
+    def backup(self, path: Path) -> None:
+        """A consistent copy of the whole database at ``path``."""
+        target = sqlite3.connect(path)
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
+
     def __enter__(self) -> State:
         return self
 
@@ -689,6 +697,16 @@ class State:
                 [(external, round_id, item_id) for item_id, external in ids.items()],
             )
 
+    def hidden_items(self) -> dict[int, str]:
+        """Selectable items whose label only the oracle knows, with that label."""
+        rows = self._db.execute(
+            "SELECT o.item_id, o.class_name FROM oracle_labels o JOIN items i ON i.id = o.item_id"
+            " WHERE i.status = 'pool' AND (i.split IS NULL OR i.split = 'train')"
+            " AND NOT EXISTS (SELECT 1 FROM current_labels l WHERE l.item_id = o.item_id)"
+            " ORDER BY o.item_id"
+        )
+        return {int(r[0]): str(r[1]) for r in rows}
+
     def oracle_labels(self, item_ids: Sequence[int]) -> dict[int, str]:
         found: dict[int, str] = {}
         for start in range(0, len(item_ids), 500):
@@ -701,7 +719,7 @@ class State:
         return found
 
     def record_pulled(
-        self, round_id: int, labels: Sequence[PulledLabel], skipped: Sequence[int] = ()
+        self, round_id: int | None, labels: Sequence[PulledLabel], skipped: Sequence[int] = ()
     ) -> int:
         """Write pulled labels at once (one transaction); a label already current for an item
         is not written twice. Returns how many labels were new."""

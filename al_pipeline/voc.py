@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from xml.etree.ElementTree import Element
 
@@ -108,9 +108,11 @@ def import_voc(
     pool_name: str | None = None,
     margin: float = 0.15,
     test_fraction: float | None = None,
+    oracle: bool = False,
     progress: Progress = silent,
 ) -> IngestReport:
-    """Crop every VOC box under ``folder`` into a labelled pool of face crops."""
+    """Crop every VOC box under ``folder`` into a labelled pool of face crops (labels hidden
+    for the oracle with ``oracle``; see :func:`al_pipeline.ingest.add_folder`)."""
     if not 0 <= margin <= 1:
         raise IngestError(f"--margin must be between 0 and 1, got {margin}. Try 0.15.")
     source = existing_folder(folder)
@@ -125,7 +127,10 @@ def import_voc(
     out.mkdir(parents=True, exist_ok=True)
     pool = ensure_pool(config, state, name, out.resolve())
     report = IngestReport(name, out)
-    candidates = list(_write_crops(config, source, out, pairs, margin, report, progress))
+    candidates = [
+        replace(c, hidden=oracle)
+        for c in _write_crops(config, source, out, pairs, margin, report, progress)
+    ]
     register(config, state, pool, candidates, report, progress)
     if test_fraction:
         report.split = assign_test_split(config, state, test_fraction, progress)
