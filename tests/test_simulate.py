@@ -1,0 +1,138 @@
+"""Simulation: strategies against random with the oracle; table, CSV and curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from al_pipeline.errors import PipelineError
+from al_pipeline.model import TrainingSettings
+from al_pipeline.simulate import efficiency_table, simulate
+from al_pipeline.state import State
+from cli import app
+from tests.conftest import copy_workspace, face_like
+
+
+@pytest.mark.integration
+def test_simulation_on_real_photos(oracle_template: Path, tmp_path: Path, keras_home: Path) -> None:
+    config = copy_workspace(oracle_template, tmp_path / "ws", keras_home)
+    with State(config.database) as state:
+        result = simulate(
+            config,
+            state,
+            tmp_path / "out",
+            strategies=["margin", "random"],
+            initial=4,
+            size=10,
+            rounds=2,
+            seeds=1,
+            settings=TrainingSettings(epochs=10),
+        )
+        assert state.open_round() is None and state.history() == []
+    runs = pd.read_csv(result.csv)
+    assert sorted(runs.groupby("strategy")["labelled"].apply(list).tolist()) == [
+        [4, 14, 24],
+        [4, 14, 24],
+    ]
+    assert runs["accuracy"].between(0.4, 1).all()
+    assert result.full_labels == 200 and 0.9 <= result.full_accuracy <= 1
+    assert list(result.table["strategy"]) == ["margin", "random"]
+    assert result.table.loc[1, "ratio_within_1pt"] in (1.0, None) or pd.isna(
+        result.table.loc[1, "ratio_within_1pt"]
+    )
+    with Image.open(result.plot) as image:
+        assert image.format == "PNG" and image.size == (800, 500)
+
+
+def test_efficiency_table_counts_labels_to_targets() -> None:
+    runs = pd.DataFrame(
+        {
+            "strategy": ["margin"] * 3 + ["random"] * 3,
+            "seed": [0] * 6,
+            "labelled": [10, 20, 30] * 2,
+            "accuracy": [0.90, 0.985, 0.99, 0.90, 0.95, 0.981],
+        }
+    )
+    table = efficiency_table(runs, full_accuracy=0.99).set_index("strategy")
+    assert table.loc["margin", "labels_to_within_1pt"] == 20
+    assert table.loc["random", "labels_to_within_1pt"] == 30
+    assert table.loc["margin", "ratio_within_1pt"] == pytest.approx(1.5)
+    assert table.loc["margin", "labels_to_full"] == 30
+    assert pd.isna(table.loc["random", "labels_to_full"])
+    assert table.loc["random", "reached_full"] == "0/1"
+
+
+def test_simulate_refuses_a_workspace_without_hidden_labels(
+    tmp_path: Path, keras_home: Path
+) -> None:
+    from al_pipeline.workspace import init_workspace
+
+    config = init_workspace(tmp_path / "ws", "a,b").config
+    with State(config.database) as state, pytest.raises(PipelineError, match="--oracle"):
+        simulate(
+            config,
+            state,
+            tmp_path / "out",
+            strategies=["margin"],
+            initial=2,
+            size=2,
+            rounds=1,
+            seeds=1,
+            settings=TrainingSettings(epochs=1),
+        )
+
+
+@pytest.mark.integration
+def test_simulate_command_on_a_dataset_folder(tmp_path: Path, keras_home: Path) -> None:
+    dataset = tmp_path / "data"
+    for cls, offset in (("cats", 0), ("dogs", 500)):
+        (dataset / cls).mkdir(parents=True)
+        for seed in range(offset, offset + 20):
+            face_like(seed, 64).save(dataset / cls / f"{seed}.png")
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--dataset",
+            str(dataset),
+            "--strategies",
+            "margin,random",
+            "--initial",
+            "2",
+            "--size",
+            "4",
+            "--rounds",
+            "1",
+            "--seeds",
+            "1",
+            "--epochs",
+            "5",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+        env={"KERAS_HOME": str(keras_home)},
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert [row["strategy"] for row in summary["table"]] == ["margin", "random"]
+    assert Path(summary["plot"]).is_file() and Path(summary["csv"]).is_file()
+    bad = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--dataset",
+            str(dataset),
+            "--strategies",
+            "margin,foo",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env={"KERAS_HOME": str(keras_home)},
+    )
+    assert bad.exit_code == 1 and "Unknown strategy 'foo'" in bad.output
