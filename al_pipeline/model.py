@@ -243,15 +243,43 @@ def write_meta(folder: Path, meta: dict[str, Any]) -> None:
     os.replace(temporary, folder / META_FILE)
 
 
+_LOADED: dict[tuple[Path, int], Checkpoint] = {}
+_KEEP_LOADED = 2
+
+
 def load_checkpoint(folder: Path) -> Checkpoint:
+    """Load a checkpoint; the last two loaded stay in memory (a round start, its evaluation
+    and its pool scoring use the same model), keyed by file time so edits are seen."""
+    model_file = folder / MODEL_FILE
+    key = (model_file.resolve(), model_file.stat().st_mtime_ns) if model_file.is_file() else None
+    if key is not None and key in _LOADED:
+        loaded = _LOADED[key]
+        return Checkpoint(loaded.path, loaded.model, _read_meta(folder))
+    checkpoint = _load(folder)
+    if key is not None:
+        _LOADED[key] = checkpoint
+        while len(_LOADED) > _KEEP_LOADED:
+            _LOADED.pop(next(iter(_LOADED)))
+    return checkpoint
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    try:
+        meta: dict[str, Any] = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"Cannot read {folder / META_FILE}: {exc}.") from exc
+    return meta
+
+
+def _load(folder: Path) -> Checkpoint:
     model_file = folder / MODEL_FILE
     if not model_file.is_file():
         raise CheckpointError(
             f"No {MODEL_FILE} in '{folder}'. Train one with 'al train' or pick another "
             "checkpoint (al checkpoints)."
         )
+    meta = _read_meta(folder)
     try:
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
         model = keras.saving.load_model(model_file, custom_objects={"Preprocess": Preprocess})
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"Cannot load the checkpoint in '{folder}': {exc}.") from exc

@@ -72,12 +72,14 @@ def test_backbone_change_invalidates_the_cache(trained: Trained, tmp_path: Path)
 
 
 @pytest.mark.integration
-def test_checkpoint_loads_and_predicts_identically(trained: Trained) -> None:
+def test_checkpoint_loads_and_predicts_identically(trained: Trained, tmp_path: Path) -> None:
     config = trained.config
     checkpoint = load_checkpoint(trained.report.path)
+    copy = shutil.copytree(trained.report.path, tmp_path / "copy")
     files = sorted((trained.photos / "with_mask").iterdir())[:8]
     first = predict_files(config, checkpoint, files)
-    second = predict_files(config, load_checkpoint(trained.report.path), files)
+    second = predict_files(config, load_checkpoint(copy), files)
+    assert load_checkpoint(copy).model is not checkpoint.model
     assert [p.probabilities for p in first] == [p.probabilities for p in second]
     assert sum(p.label == "with_mask" for p in first) >= 7
 
