@@ -63,7 +63,6 @@ def main() -> None:
         ),
         "voc": dict(strategies=["margin", "random"], initial=9, size=20),
     }
-    results = {}
     for name, plan in runs.items():
         if args.dataset not in ("both", name):
             continue
