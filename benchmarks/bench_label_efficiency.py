@@ -88,13 +88,16 @@ def main() -> None:
             f"{result.full_accuracy:.4f} ({time.perf_counter() - started:.0f} s)"
         )
         print(result.table.to_string(index=False))
-        results[name] = {
+        summary = {
+            "environment": environment(),
             "full_accuracy": result.full_accuracy,
             "full_labels": result.full_labels,
+            "rounds": args.rounds,
+            "seeds": args.seeds,
             "table": result.table.to_dict("records"),
             **plan,
         }
-    print(f"saved {save('bench_label_efficiency', {'environment': environment(), **results})}")
+        print(f"saved {save(f'bench_label_efficiency_{name}', summary)}")
 
 
 if __name__ == "__main__":
