@@ -14,11 +14,13 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from al_pipeline.backbones import Backbone
+from al_pipeline.config import Config
 from al_pipeline.loader import image_batches
 from al_pipeline.progress import Progress, silent
 from al_pipeline.state import State
@@ -131,6 +133,32 @@ def embed(
         computed=len(missing) - len(failures),
         failures=failures,
     )
+
+
+class HasFile(Protocol):
+    """An item with a content hash and a path (relative to the workspace or absolute)."""
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def path(self) -> Path: ...
+
+
+def item_files(config: Config, items: Sequence[HasFile]) -> list[tuple[str, Path]]:
+    """The ``(content hash, absolute path)`` pairs :func:`embed` takes."""
+    return [(item.sha256, config.root / item.path) for item in items]
+
+
+def embed_items(
+    config: Config,
+    state: State,
+    backbone: Backbone,
+    items: Sequence[HasFile],
+    progress: Progress = silent,
+) -> Embedded:
+    """:func:`embed` for workspace items, with the workspace's cache."""
+    return embed(state, config.cache_dir, backbone, item_files(config, items), progress)
 
 
 def predict_padded(

@@ -15,6 +15,7 @@ from sklearn.metrics import (
 )
 
 from al_pipeline.config import Config
+from al_pipeline.embeddings import item_files
 from al_pipeline.errors import NoLabelsError
 from al_pipeline.model import write_meta
 from al_pipeline.progress import Progress, silent
@@ -91,9 +92,7 @@ def evaluate(
             "The workspace has no held-out test split to evaluate on. Add labelled images with "
             "'al pool add DIR --labelled --test-fraction 0.2'."
         )
-    scored = score(
-        config, state, checkpoint, [(i.sha256, config.root / i.path) for i in test], progress
-    )
+    scored = score(config, state, checkpoint, item_files(config, test), progress)
     truth = np.array([config.class_index(test[p].label) for p in scored.positions])
     metrics = compute_metrics(truth, scored.probabilities, config.classes)
     state.record_evaluation(row.id, metrics)

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from al_pipeline.backbones import Backbone
 from al_pipeline.config import Config
-from al_pipeline.embeddings import Embedded, embed
+from al_pipeline.embeddings import Embedded, embed_items
 from al_pipeline.errors import PipelineError
 from al_pipeline.labellers.base import Labeller
 from al_pipeline.model import Checkpoint, TrainingSettings, predict_proba
@@ -117,13 +117,7 @@ def start(
         )
     checkpoint = _current_model(config, state)
     backbone = checkpoint.backbone() if checkpoint else workspace_backbone(config)
-    embedded = embed(
-        state,
-        config.cache_dir,
-        backbone,
-        [(i.sha256, config.root / i.path) for i in items],
-        progress,
-    )
+    embedded = embed_items(config, state, backbone, items, progress)
     progress("Selecting", 0, None)
     began = time.perf_counter()
     pool_probs = _probabilities(checkpoint, embedded)
@@ -204,13 +198,7 @@ def _labelled_features(
     labelled = state.labelled_items("train") if strategy == "diverse" else []
     if not labelled:
         return None
-    embedded = embed(
-        state,
-        config.cache_dir,
-        backbone,
-        [(i.sha256, config.root / i.path) for i in labelled],
-        progress,
-    )
+    embedded = embed_items(config, state, backbone, labelled, progress)
     return embedded.features()
 
 
@@ -341,13 +329,7 @@ def _pool_change(
     """
     _, checkpoint = find_checkpoint(config, state, tag)
     items = state.selectable_items()
-    embedded = embed(
-        state,
-        config.cache_dir,
-        checkpoint.backbone(),
-        [(i.sha256, config.root / i.path) for i in items],
-        progress,
-    )
+    embedded = embed_items(config, state, checkpoint.backbone(), items, progress)
     probs = _probabilities(checkpoint, embedded)
     ids = np.array([items[p].item_id for p in embedded.positions], dtype=np.int64)
     classes = np.zeros(0, np.int8) if probs is None else probs.argmax(axis=1).astype(np.int8)

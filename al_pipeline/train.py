@@ -16,7 +16,7 @@ import numpy as np
 
 from al_pipeline.backbones import Backbone, backbone_spec
 from al_pipeline.config import Config
-from al_pipeline.embeddings import embed
+from al_pipeline.embeddings import embed_items
 from al_pipeline.errors import NoLabelsError
 from al_pipeline.evaluate import evaluate
 from al_pipeline.model import (
@@ -82,13 +82,7 @@ def train(
     items = state.labelled_items("train")
     per_class = check_labels(config, items)
     backbone = workspace_backbone(config)
-    embedded = embed(
-        state,
-        config.cache_dir,
-        backbone,
-        [(i.sha256, config.root / i.path) for i in items],
-        progress,
-    )
+    embedded = embed_items(config, state, backbone, items, progress)
     kept = [items[p] for p in embedded.positions]
     labels = np.array([config.class_index(i.label) for i in kept], dtype=np.int64)
     head = build_head(backbone.dim, len(config.classes))
