@@ -96,7 +96,7 @@ class Embedded:
     def features(self) -> NDArray[np.float32]:
         return self.cache.read(self.rows)
 
-    def chunks(self, size: int = 8192) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
+    def chunks(self, size: int = 16_384) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
         """``(positions, features)`` in chunks, for pools too big to hold at once."""
         for start in range(0, len(self.rows), size):
             stop = start + size

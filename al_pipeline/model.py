@@ -190,12 +190,14 @@ def _network_of(backbone: Backbone) -> keras.Model:
 
 
 def predict_proba(head: keras.Model, features: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Class probabilities from features, in fixed-size batches."""
+    """Class probabilities from features, in batches of up to 16,384 rows padded to a power
+    of two (few distinct shapes, so graph backends compile only a handful of times)."""
     from al_pipeline.embeddings import predict_padded
 
-    batch = 4096
+    batch = min(16_384, 1 << max(0, len(features) - 1).bit_length())
     parts = [
-        predict_padded(head, features[s : s + batch], batch) for s in range(0, len(features), batch)
+        predict_padded(head, features[start : start + batch], batch)
+        for start in range(0, len(features), batch)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, head.output.shape[-1]), np.float32)
 
