@@ -128,6 +128,10 @@ def start(
         _labelled_features(config, state, backbone, strategy, progress),
         np.random.default_rng([config.seed, len(state.rounds())]),
     )
+    if pool.size == 0:
+        raise RoundError(
+            "None of the pool's images could be read (see 'al pool stats'); nothing to select from."
+        )
     picked = select(strategy, pool, size, balance)
     seconds = time.perf_counter() - began
     progress("Selecting", 1, 1)
@@ -280,6 +284,8 @@ def _train_and_record(
     previous = state.checkpoint()
     registered = state.round_checkpoint(open_round.id)
     started = time.perf_counter()
+    if registered is None and not _can_train(config, state):
+        return _record_untrained(config, state, open_round)
     if registered is None:
         report = train(
             config,
@@ -313,6 +319,32 @@ def _train_and_record(
         "training_seconds": round(training_seconds, 2),
         "checkpoint": tag,
         "model_version": tag,
+        "timestamp": now(),
+    }
+    state.save_history(open_round.id, row)
+    return row
+
+
+def _record_untrained(config: Config, state: State, open_round: RoundRow) -> dict[str, Any]:
+    """A round whose labels still miss a class: no model yet (the next round starts cold)."""
+    counts = state.label_counts()
+    row: dict[str, Any] = {
+        "round": open_round.id,
+        "strategy": open_round.strategy,
+        "batch_size": open_round.size,
+        "labeller": open_round.labeller,
+        "labelled": sum(counts.values()),
+        "labelled_per_class": {c: counts.get(c, 0) for c in config.classes},
+        "accuracy": None,
+        "macro_f1": None,
+        "roc_auc": None,
+        "recall": {},
+        "pool_change": None,
+        "selection_seconds": open_round.params.get("selection_seconds"),
+        "training_seconds": 0.0,
+        "checkpoint": None,
+        "model_version": None,
+        "note": "not every class has a label yet: no model trained",
         "timestamp": now(),
     }
     state.save_history(open_round.id, row)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,22 @@ def test_run_stops_at_the_label_budget(oracle_ws: Config) -> None:
         )
     assert [r["labelled"] for r in report.rows] == [20, 30]
     assert report.stopped_because == "label budget reached (30 of 30)"
+
+
+class OneClassLabeller(OracleLabeller):
+    """Answers every item with the first class, as if a cold-start batch held only one."""
+
+    def pull(self, round_id: int, batch: Sequence[QueuedItem]) -> Pulled:
+        pulled = super().pull(round_id, batch)
+        return Pulled(labels=[replace(label, class_name="with_mask") for label in pulled.labels])
+
+
+def test_round_whose_labels_miss_a_class_closes_without_a_model(oracle_ws: Config) -> None:
+    config = oracle_ws
+    with State(config.database) as state:
+        labeller = OneClassLabeller(state)
+        start(config, state, labeller, strategy="margin", size=5)
+        done = finish(config, state, labeller, SETTINGS)
+        assert done.history["checkpoint"] is None and "no model" in done.history["note"]
+        assert state.open_round() is None and state.checkpoint() is None
+        assert start(config, state, OracleLabeller(state), strategy="margin", size=5).cold_start
