@@ -15,7 +15,7 @@ import os
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -32,6 +32,10 @@ from rich.table import Table
 from al_pipeline import __version__
 from al_pipeline.config import Config, resolve_config
 from al_pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from al_pipeline.ingest import IngestReport
+    from al_pipeline.model import TrainingSettings
 
 # TensorFlow's start-up chatter (CPU features, oneDNN) and its retracing notices (each
 # round builds a new head on purpose) mean nothing to a user.
@@ -321,7 +325,7 @@ def pool_import_voc(
     render_ingest(result, report, as_json)
 
 
-def render_ingest(result: Any, report: Path | None, as_json: bool) -> None:
+def render_ingest(result: IngestReport, report: Path | None, as_json: bool) -> None:
     if report is not None:
         result.write_csv(report)
     counts = result.counts()
@@ -575,7 +579,7 @@ def checkpoints(
     out.print(table)
 
 
-def training_settings(config: Config, epochs: int) -> Any:
+def training_settings(config: Config, epochs: int) -> TrainingSettings:
     from al_pipeline.model import TrainingSettings
 
     return TrainingSettings(epochs=epochs, seed=config.seed)
