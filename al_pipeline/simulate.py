@@ -209,13 +209,23 @@ def efficiency_table(runs: pd.DataFrame, full_accuracy: float) -> pd.DataFrame:
         row["final_accuracy"] = float(last["accuracy"].median())
         rows.append(row)
     table = pd.DataFrame(rows)
+    random_row = table[table["strategy"] == "random"]
     for key in ("within_1pt", "full"):
-        baseline = table.loc[table["strategy"] == "random", f"labels_to_{key}"]
-        base = baseline.iloc[0] if len(baseline) else None
-        table[f"ratio_{key}"] = [
-            None if base is None or pd.isna(base) or v is None or pd.isna(v) else base / v
-            for v in table[f"labels_to_{key}"]
-        ]
+        base = random_row[f"labels_to_{key}"].iloc[0] if len(random_row) else None
+        random_final = random_row["final_labels"].iloc[0] if len(random_row) else None
+        ratios, bounds = [], []
+        for value in table[f"labels_to_{key}"]:
+            hit = value is not None and not pd.isna(value)
+            random_reached = base is not None and not pd.isna(base)
+            ratios.append(base / value if hit and random_reached else None)
+            # Random never got there within the run: its label count is a lower bound.
+            bounds.append(
+                random_final / value
+                if reached and random_final is not None and not random_reached
+                else None
+            )
+        table[f"ratio_{key}"] = ratios
+        table[f"ratio_{key}_at_least"] = bounds
     return table
 
 

@@ -136,3 +136,17 @@ def test_simulate_command_on_a_dataset_folder(tmp_path: Path, keras_home: Path) 
         env={"KERAS_HOME": str(keras_home)},
     )
     assert bad.exit_code == 1 and "Unknown strategy 'foo'" in bad.output
+
+
+def test_ratio_is_a_lower_bound_when_random_never_gets_there() -> None:
+    runs = pd.DataFrame(
+        {
+            "strategy": ["margin"] * 3 + ["random"] * 3,
+            "seed": [0] * 6,
+            "labelled": [10, 20, 30] * 2,
+            "accuracy": [0.90, 0.985, 0.99, 0.90, 0.95, 0.97],
+        }
+    )
+    table = efficiency_table(runs, full_accuracy=0.99).set_index("strategy")
+    assert pd.isna(table.loc["margin", "ratio_within_1pt"])
+    assert table.loc["margin", "ratio_within_1pt_at_least"] == pytest.approx(1.5)
