@@ -221,7 +221,7 @@ def efficiency_table(runs: pd.DataFrame, full_accuracy: float) -> pd.DataFrame:
             # Random never got there within the run: its label count is a lower bound.
             bounds.append(
                 random_final / value
-                if reached and random_final is not None and not random_reached
+                if hit and random_final is not None and not random_reached
                 else None
             )
         table[f"ratio_{key}"] = ratios
