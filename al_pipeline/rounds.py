@@ -302,8 +302,40 @@ def _train_and_record(
     assert row_checkpoint is not None
     metrics = row_checkpoint.meta.get("metrics") or {}
     change = _pool_change(config, state, tag, previous.tag if previous else None, progress)
+    row = _history_row(config, state, open_round, metrics, change, training_seconds, tag)
+    state.save_history(open_round.id, row)
+    return row
+
+
+def _record_untrained(config: Config, state: State, open_round: RoundRow) -> dict[str, Any]:
+    """A round whose labels still miss a class: no model yet (the next round starts cold)."""
+    row = _history_row(
+        config,
+        state,
+        open_round,
+        {},
+        None,
+        0.0,
+        None,
+        note="not every class has a label yet: no model trained",
+    )
+    state.save_history(open_round.id, row)
+    return row
+
+
+def _history_row(
+    config: Config,
+    state: State,
+    open_round: RoundRow,
+    metrics: dict[str, Any],
+    change: float | None,
+    training_seconds: float,
+    tag: str | None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """What a round bought: labels, test metrics, pool change, timing, model."""
     counts = state.label_counts()
-    row = {
+    row: dict[str, Any] = {
         "round": open_round.id,
         "strategy": open_round.strategy,
         "batch_size": open_round.size,
@@ -321,33 +353,8 @@ def _train_and_record(
         "model_version": tag,
         "timestamp": now(),
     }
-    state.save_history(open_round.id, row)
-    return row
-
-
-def _record_untrained(config: Config, state: State, open_round: RoundRow) -> dict[str, Any]:
-    """A round whose labels still miss a class: no model yet (the next round starts cold)."""
-    counts = state.label_counts()
-    row: dict[str, Any] = {
-        "round": open_round.id,
-        "strategy": open_round.strategy,
-        "batch_size": open_round.size,
-        "labeller": open_round.labeller,
-        "labelled": sum(counts.values()),
-        "labelled_per_class": {c: counts.get(c, 0) for c in config.classes},
-        "accuracy": None,
-        "macro_f1": None,
-        "roc_auc": None,
-        "recall": {},
-        "pool_change": None,
-        "selection_seconds": open_round.params.get("selection_seconds"),
-        "training_seconds": 0.0,
-        "checkpoint": None,
-        "model_version": None,
-        "note": "not every class has a label yet: no model trained",
-        "timestamp": now(),
-    }
-    state.save_history(open_round.id, row)
+    if note:
+        row["note"] = note
     return row
 
 
