@@ -69,6 +69,7 @@ LabellerName = Annotated[
 StrategyName = Annotated[
     str, typer.Option(help="margin, entropy, least_confidence, diverse or random.")
 ]
+HeadEpochs = Annotated[int, typer.Option(help="Epochs for the head.")]
 BatchSize = Annotated[int, typer.Option("--size", help="Items to select per round.")]
 Balance = Annotated[
     bool, typer.Option("--balance", help="Spread each batch evenly over predicted classes.")
@@ -432,7 +433,7 @@ def train(
     weights: Annotated[
         str | None, typer.Option(help="imagenet, none, or a path to a no-top .h5 file.")
     ] = None,
-    epochs: Annotated[int, typer.Option(help="Epochs for the head.")] = 50,
+    epochs: HeadEpochs = 50,
     fine_tune_layers: Annotated[
         int,
         typer.Option(
@@ -658,7 +659,7 @@ def round_finish(
         bool, typer.Option("--partial", help="Finish with whatever is labelled now.")
     ] = False,
     labeller: LabellerName = "oracle",
-    epochs: Annotated[int, typer.Option(help="Epochs for the head.")] = 50,
+    epochs: HeadEpochs = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """Pull labels, retrain, evaluate, record the round's history row and close it."""
@@ -735,7 +736,7 @@ def run_rounds(
         ),
     ] = None,
     labeller: LabellerName = "oracle",
-    epochs: Annotated[int, typer.Option(help="Epochs for the head.")] = 50,
+    epochs: HeadEpochs = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """Run rounds (start, wait for labels, finish) until a stopping rule fires."""
@@ -812,7 +813,7 @@ def simulate(
     size: BatchSize = 10,
     rounds: Annotated[int, typer.Option(help="Rounds per run.")] = 10,
     seeds: Annotated[int, typer.Option(help="Runs per strategy.")] = 3,
-    epochs: Annotated[int, typer.Option(help="Epochs for the head.")] = 50,
+    epochs: HeadEpochs = 50,
     classes: Annotated[
         str | None, typer.Option(help="With --dataset: classes (default: subfolder names).")
     ] = None,

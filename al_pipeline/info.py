@@ -77,11 +77,12 @@ def has_gpu(found: list[str] | None = None) -> bool:
     return any(d.upper().startswith(("GPU", "CUDA")) for d in found)
 
 
-def resolve_precision(precision: str) -> str:
-    """``auto`` becomes mixed_float16 on a GPU and float32 elsewhere."""
+def resolve_precision(precision: str, gpu: bool | None = None) -> str:
+    """``auto`` becomes mixed_float16 on a GPU and float32 elsewhere (``gpu``: already
+    known, or None to ask the backend)."""
     if precision != "auto":
         return precision
-    return "mixed_float16" if has_gpu() else "float32"
+    return "mixed_float16" if (has_gpu() if gpu is None else gpu) else "float32"
 
 
 def gather(workspace: dict[str, str] | None = None, precision: str = "auto") -> Info:
@@ -93,6 +94,6 @@ def gather(workspace: dict[str, str] | None = None, precision: str = "auto") -> 
         backend=backend,
         devices=found,
         accelerator="GPU" if gpu else "CPU",
-        precision=precision if precision != "auto" else ("mixed_float16" if gpu else "float32"),
+        precision=resolve_precision(precision, gpu),
         workspace=workspace or {},
     )

@@ -26,7 +26,7 @@ from al_pipeline.model import TrainingSettings
 from al_pipeline.progress import Progress, silent
 from al_pipeline.rounds import run
 from al_pipeline.state import PulledLabel, State, open_state
-from al_pipeline.strategies import get_strategy
+from al_pipeline.strategies import even_shares, get_strategy
 from al_pipeline.train import train
 
 
@@ -147,8 +147,7 @@ def _seed_items(hidden: dict[int, str], initial: int, rng: np.random.Generator) 
         by_class.setdefault(label, []).append(item_id)
     classes = sorted(by_class)
     chosen: list[int] = []
-    for index, label in enumerate(classes):
-        quota = initial // len(classes) + (1 if index < initial % len(classes) else 0)
+    for label, quota in zip(classes, even_shares(initial, len(classes)), strict=True):
         members = by_class[label]
         chosen += rng.choice(members, size=min(quota, len(members)), replace=False).tolist()
     return chosen

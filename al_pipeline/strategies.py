@@ -157,6 +157,11 @@ def get_strategy(name: str) -> Callable[[Pool, int], Positions]:
         ) from None
 
 
+def even_shares(total: int, parts: int) -> list[int]:
+    """Split ``total`` into ``parts`` shares differing by at most one (earlier ones larger)."""
+    return [total // parts + (1 if index < total % parts else 0) for index in range(parts)]
+
+
 def select(name: str, pool: Pool, n: int, balance: bool = False) -> Positions:
     """Pick ``min(n, pool size)`` distinct positions with a strategy.
 
@@ -172,9 +177,8 @@ def select(name: str, pool: Pool, n: int, balance: bool = False) -> Positions:
     predicted = pool.probabilities.argmax(axis=1)
     classes = pool.probabilities.shape[1]
     chosen: list[Positions] = []
-    for offset, cls in enumerate(range(classes)):
+    for cls, quota in enumerate(even_shares(n, classes)):
         members = np.flatnonzero(predicted == cls).astype(np.int64)
-        quota = n // classes + (1 if offset < n % classes else 0)
         if len(members) and quota:
             chosen.append(members[strategy(pool.subset(members), min(quota, len(members)))])
     picked = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
