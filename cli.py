@@ -807,7 +807,11 @@ def simulate(
         ),
     ] = None,
     strategies: Annotated[
-        str, typer.Option(help="Comma-separated strategies to compare.")
+        str,
+        typer.Option(
+            help="Comma-separated strategies to compare; add '+balance' to a name for "
+            "class-balanced batches (margin+balance)."
+        ),
     ] = "margin,entropy,diverse,random",
     initial: Annotated[int, typer.Option(help="Seed labels to start from.")] = 10,
     size: BatchSize = 10,

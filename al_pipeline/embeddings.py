@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -96,11 +97,21 @@ class Embedded:
     def features(self) -> NDArray[np.float32]:
         return self.cache.read(self.rows)
 
-    def chunks(self, size: int = 16_384) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
-        """``(positions, features)`` in chunks, for pools too big to hold at once."""
-        for start in range(0, len(self.rows), size):
-            stop = start + size
-            yield self.positions[start:stop], self.cache.read(self.rows[start:stop])
+    def map(
+        self, fn: Callable[[NDArray[np.float32]], NDArray[np.float32]], size: int = 4096
+    ) -> NDArray[np.float32] | None:
+        """``fn`` over the features in chunks of ``size`` rows, results stacked in order.
+
+        Pools too big to hold are read a chunk at a time through the memory map. Two threads
+        overlap, since reading and widening float16 rows and numpy's matrix products release
+        the GIL; small chunks stay in the processor's cache.
+        """
+        starts = range(0, len(self.rows), size)
+        if not starts:
+            return None
+        with ThreadPoolExecutor(2) as pool:
+            parts = pool.map(lambda s: fn(self.cache.read(self.rows[s : s + size])), starts)
+            return np.concatenate(list(parts))
 
 
 def embed(

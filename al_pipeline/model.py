@@ -189,11 +189,38 @@ def _network_of(backbone: Backbone) -> keras.Model:
     raise CheckpointError(f"Feature extractor of {backbone.name} has no inner network.")
 
 
-def predict_proba(head: keras.Model, features: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Class probabilities from features, in batches of up to 16,384 rows padded to a power
-    of two (few distinct shapes, so graph backends compile only a handful of times)."""
+def linear_head(head: keras.Model) -> tuple[NDArray[np.float32], NDArray[np.float32]] | None:
+    """Kernel and bias of a head that is dropout plus one softmax dense layer, else None.
+
+    At inference dropout is the identity, so such a head is ``softmax(x @ W + b)``.
+    """
+    layers = [layer for layer in head.layers if not isinstance(layer, keras.layers.Dropout)]
+    if len(layers) != 1 or not isinstance(layers[0], keras.layers.Dense):
+        return None
+    dense = layers[0]
+    if dense.activation is not keras.activations.softmax or not dense.use_bias:
+        return None
+    kernel, bias = (np.asarray(keras.ops.convert_to_numpy(w), np.float32) for w in dense.weights)
+    return kernel, bias
+
+
+def predict_proba(head: keras.Model, features: NDArray[np.floating]) -> NDArray[np.float32]:
+    """Class probabilities from features.
+
+    A linear head runs as one numpy matrix product (no framework call, so it is fast on
+    many small chunks and safe from several threads). Any other head runs through Keras in
+    batches of up to 16,384 rows padded to a power of two, so graph backends compile only a
+    handful of shapes.
+    """
+    weights = linear_head(head)
+    if weights is not None:
+        logits = np.asarray(features, np.float32) @ weights[0] + weights[1]
+        logits -= logits.max(axis=1, keepdims=True)
+        np.exp(logits, out=logits)
+        return logits / logits.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
     from al_pipeline.embeddings import predict_padded
 
+    features = np.asarray(features, np.float32)
     batch = min(16_384, 1 << max(0, len(features) - 1).bit_length())
     parts = [
         predict_padded(head, features[start : start + batch], batch)

@@ -191,8 +191,8 @@ def _current_model(config: Config, state: State) -> Checkpoint | None:
 def _probabilities(checkpoint: Checkpoint | None, embedded: Embedded) -> NDArray[np.float32] | None:
     if checkpoint is None:
         return None
-    parts = [predict_proba(checkpoint.head, features) for _, features in embedded.chunks()]
-    return np.concatenate(parts) if parts else None
+    head = checkpoint.head
+    return embedded.map(lambda features: predict_proba(head, features))
 
 
 def _labelled_features(

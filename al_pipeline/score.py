@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,7 @@ def score(
 ) -> Scored:
     """Probabilities for ``(sha256, path)`` items with a checkpoint's backbone and head."""
     embedded = embed(state, config.cache_dir, checkpoint.backbone(), items, progress)
-    parts = [predict_proba(checkpoint.head, features) for _, features in embedded.chunks()]
-    classes = len(config.classes)
-    probabilities = np.concatenate(parts) if parts else np.zeros((0, classes), np.float32)
+    probabilities = embedded.map(partial(predict_proba, checkpoint.head))
+    if probabilities is None:
+        probabilities = np.zeros((0, len(config.classes)), np.float32)
     return Scored(probabilities, embedded.positions, embedded.computed, embedded.failures)

@@ -56,9 +56,13 @@ def simulate(
     settings: TrainingSettings,
     progress: Progress = silent,
 ) -> SimulationResult:
-    """Run every strategy from ``initial`` seed labels for ``rounds`` rounds, ``seeds`` times."""
+    """Run every strategy from ``initial`` seed labels for ``rounds`` rounds, ``seeds`` times.
+
+    A strategy name ending in ``+balance`` (``margin+balance``) selects class-balanced
+    batches, so it can be compared with the plain strategy in one simulation.
+    """
     for name in strategies:
-        get_strategy(name)
+        parse_run_strategy(name)
     if initial < len(config.classes):
         raise PipelineError(
             f"--initial {initial} is too few: every class needs a seed label, so use at least "
@@ -86,7 +90,7 @@ def simulate(
                 _one_run(
                     config,
                     state,
-                    out / f"{name}-seed{seed}",
+                    out / f"{name.replace('+', '-')}-seed{seed}",
                     hidden,
                     name,
                     seed,
@@ -108,6 +112,16 @@ def simulate(
     table.to_csv(table_csv, index=False)
     plot_runs(runs, full, plot)
     return SimulationResult(runs, table, full, len(hidden), csv, plot, table_csv)
+
+
+BALANCED = "+balance"
+
+
+def parse_run_strategy(name: str) -> tuple[str, bool]:
+    """``"margin+balance"`` -> ``("margin", True)``; checks the strategy exists."""
+    base = name.removesuffix(BALANCED)
+    get_strategy(base)
+    return base, base != name
 
 
 def _run_config(config: Config, state: State, folder: Path, seed: int) -> tuple[Config, State]:
@@ -167,6 +181,7 @@ def _one_run(
 ) -> pd.DataFrame:
     run_config, run_state = _run_config(config, state, folder, seed)
     seeded = replace(settings, seed=seed)
+    base, balance = parse_run_strategy(strategy)
     with run_state:
         _reveal(run_state, hidden, _seed_items(hidden, initial, np.random.default_rng(seed)))
         start = train(run_config, run_state, seeded, tag=f"seed-labels-{seed}").metrics or {}
@@ -176,8 +191,9 @@ def _one_run(
             OracleLabeller(run_state),
             seeded,
             rounds=rounds,
-            strategy=strategy,
+            strategy=base,
             size=size,
+            balance=balance,
         )
     first = {
         "round": 0,
@@ -187,6 +203,7 @@ def _one_run(
         "recall": {c: v["recall"] for c, v in start.get("per_class", {}).items()},
     }
     frame = history_frame([first, *report.rows])
+    frame["strategy"] = strategy
     frame.insert(2, "seed", seed)
     return frame
 

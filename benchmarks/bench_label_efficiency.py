@@ -61,7 +61,7 @@ def main() -> None:
         "chandrikadeb7": dict(
             strategies=["margin", "entropy", "diverse", "random"], initial=10, size=10
         ),
-        "voc": dict(strategies=["margin", "random"], initial=9, size=20),
+        "voc": dict(strategies=["margin", "margin+balance", "random"], initial=9, size=20),
     }
     for name, plan in runs.items():
         if args.dataset not in ("both", name):

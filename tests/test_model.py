@@ -20,7 +20,9 @@ from al_pipeline.model import (
     TrainingSettings,
     build_classifier,
     build_head,
+    linear_head,
     load_checkpoint,
+    predict_proba,
     save_checkpoint,
 )
 from al_pipeline.predict import predict_files
@@ -82,6 +84,32 @@ def test_checkpoint_loads_and_predicts_identically(trained: Trained, tmp_path: P
     assert load_checkpoint(copy).model is not checkpoint.model
     assert [p.probabilities for p in first] == [p.probabilities for p in second]
     assert sum(p.label == "with_mask" for p in first) >= 7
+
+
+@pytest.mark.integration
+def test_trained_head_scores_in_numpy_exactly_as_keras(trained: Trained) -> None:
+    head = load_checkpoint(trained.report.path).head
+    features = np.random.default_rng(0).normal(size=(37, 1280)).astype(np.float16)
+    assert linear_head(head) is not None
+    np.testing.assert_allclose(
+        predict_proba(head, features),
+        head.predict_on_batch(features.astype(np.float32)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_other_heads_score_through_keras() -> None:
+    import keras
+
+    head = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(4, "relu"), keras.layers.Dense(3, "softmax")]
+    )
+    features = np.random.default_rng(1).normal(size=(5, 6)).astype(np.float32)
+    assert linear_head(head) is None
+    np.testing.assert_allclose(
+        predict_proba(head, features), head.predict_on_batch(features), rtol=1e-6
+    )
 
 
 def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:

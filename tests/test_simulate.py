@@ -101,7 +101,7 @@ def test_simulate_command_on_a_dataset_folder(tmp_path: Path, keras_home: Path) 
             "--dataset",
             str(dataset),
             "--strategies",
-            "margin,random",
+            "margin+balance,random",
             "--initial",
             "2",
             "--size",
@@ -120,7 +120,7 @@ def test_simulate_command_on_a_dataset_folder(tmp_path: Path, keras_home: Path) 
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert [row["strategy"] for row in summary["table"]] == ["margin", "random"]
+    assert [row["strategy"] for row in summary["table"]] == ["margin+balance", "random"]
     assert Path(summary["plot"]).is_file() and Path(summary["csv"]).is_file()
     bad = CliRunner().invoke(
         app,
@@ -129,7 +129,7 @@ def test_simulate_command_on_a_dataset_folder(tmp_path: Path, keras_home: Path) 
             "--dataset",
             str(dataset),
             "--strategies",
-            "margin,foo",
+            "margin,foo+balance",
             "--out",
             str(tmp_path / "out"),
         ],
