@@ -55,6 +55,10 @@ pool_app = typer.Typer(
 app.add_typer(pool_app, name="pool")
 round_app = typer.Typer(help="Start, inspect and finish labelling rounds.", no_args_is_help=True)
 app.add_typer(round_app, name="round")
+studio_app = typer.Typer(
+    help="Run the workspace's Label Studio server, or connect to yours.", no_args_is_help=True
+)
+app.add_typer(studio_app, name="studio")
 
 out = Console()
 err = Console(stderr=True)
@@ -64,7 +68,12 @@ ReportFile = Annotated[
     Path | None, typer.Option(help="Write every file's outcome to this CSV file.")
 ]
 LabellerName = Annotated[
-    str, typer.Option(help="Who labels: oracle (answers from hidden --oracle labels).")
+    str,
+    typer.Option(
+        help="Who labels: labelstudio (people, in the browser), oracle (answers from hidden "
+        "--oracle labels), or auto: labelstudio once 'al studio up' or 'al studio connect' "
+        "ran, else oracle."
+    ),
 ]
 StrategyName = Annotated[
     str, typer.Option(help="margin, entropy, least_confidence, diverse or random.")
@@ -592,7 +601,7 @@ def round_start(
     strategy: StrategyName = "margin",
     size: BatchSize = 20,
     balance: Balance = False,
-    labeller: LabellerName = "oracle",
+    labeller: LabellerName = "auto",
     as_json: JsonFlag = False,
 ) -> None:
     """Score the pool, select the items most worth labelling, queue and push them."""
@@ -627,18 +636,21 @@ def round_start(
         confidence = "" if q.confidence is None else f"{q.confidence:.3f}"
         table.add_row(str(q.position), q.path.name, q.predicted_class or "", confidence)
     out.print(table)
+    if started.link:
+        out.print(f"Label them at {started.link} (least confident first).")
 
 
 @round_app.command("status")
 @handles_errors
 def round_status(as_json: JsonFlag = False) -> None:
-    """The open round: strategy, size, labelled and pending counts."""
+    """The open round: strategy, size, labelled and pending counts (pulled from the labeller)."""
+    from al_pipeline.labellers import round_labeller
     from al_pipeline.rounds import status
     from al_pipeline.workspace import opened
 
     config = config_for()
     with opened(config) as state:
-        current = status(state)
+        current = status(state, round_labeller(config, state))
     if as_json:
         print_json(dataclasses.asdict(current))
         return
@@ -647,6 +659,10 @@ def round_status(as_json: JsonFlag = False) -> None:
         f"{current.labelled} labelled, {current.pending} pending, {current.skipped} "
         f"skipped of {current.size}; opened {current.opened_at}"
     )
+    if current.unresolved:
+        out.print(f"Annotators disagree, no majority: items {current.unresolved}")
+    if current.link:
+        out.print(f"Label at {current.link}")
 
 
 @round_app.command("finish")
@@ -658,12 +674,11 @@ def round_finish(
     partial: Annotated[
         bool, typer.Option("--partial", help="Finish with whatever is labelled now.")
     ] = False,
-    labeller: LabellerName = "oracle",
     epochs: HeadEpochs = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """Pull labels, retrain, evaluate, record the round's history row and close it."""
-    from al_pipeline.labellers import labeller_for
+    from al_pipeline.labellers import round_labeller
     from al_pipeline.rounds import finish
     from al_pipeline.workspace import opened
 
@@ -672,7 +687,7 @@ def round_finish(
         done = finish(
             config,
             state,
-            labeller_for(labeller, config, state),
+            round_labeller(config, state),
             training_settings(config, epochs),
             min_labelled=min_labelled,
             partial=partial,
@@ -735,11 +750,18 @@ def run_rounds(
             "changes predicted class between rounds."
         ),
     ] = None,
-    labeller: LabellerName = "oracle",
+    labeller: LabellerName = "auto",
+    poll_seconds: Annotated[
+        float, typer.Option(help="With Label Studio: seconds between checks for new labels.")
+    ] = 10.0,
     epochs: HeadEpochs = 50,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run rounds (start, wait for labels, finish) until a stopping rule fires."""
+    """Run rounds (start, wait for labels, finish) until a stopping rule fires.
+
+    With the oracle it runs unattended; with Label Studio it waits for people to label each
+    batch, checking every --poll-seconds.
+    """
     from al_pipeline.labellers import labeller_for
     from al_pipeline.rounds import run
     from al_pipeline.workspace import opened
@@ -758,6 +780,7 @@ def run_rounds(
             until_accuracy=until_accuracy,
             budget=budget,
             min_change=min_change,
+            poll_seconds=poll_seconds,
             progress=progress,
         )
     if as_json:
@@ -902,6 +925,139 @@ def report(
     with opened(config) as state:
         page = write_report(config, state, out_dir)
     out.print(f"Wrote {page}")
+
+
+StudioPort = Annotated[int, typer.Option(help="Port on 127.0.0.1.")]
+
+
+@studio_app.command("up")
+@handles_errors
+def studio_up(port: StudioPort = 8080, as_json: JsonFlag = False) -> None:
+    """Start the workspace's Label Studio on 127.0.0.1 (data, login and log in studio/)."""
+    from al_pipeline.studio import up
+    from al_pipeline.workspace import opened
+
+    config = config_for()
+    with opened(config) as state, BarProgress() as progress:
+        server = up(config, state, port, progress=progress)
+    render_server(server, as_json)
+    if not as_json:
+        out.print(
+            "Log in with 'al studio credentials'. Stop it with 'al studio down'. "
+            "Start a round with 'al round start'."
+        )
+
+
+@studio_app.command("down")
+@handles_errors
+def studio_down() -> None:
+    """Stop the workspace's Label Studio server (SIGTERM)."""
+    from al_pipeline.studio import down
+
+    pid = down(config_for())
+    out.print(f"Stopped Label Studio (pid {pid})." if pid else "Label Studio was not running.")
+
+
+@studio_app.command("status")
+@handles_errors
+def studio_status(as_json: JsonFlag = False) -> None:
+    """URL, pid, health and version of the workspace's Label Studio server."""
+    from al_pipeline.studio import server_status
+
+    render_server(server_status(config_for()), as_json)
+
+
+def render_server(server: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(dataclasses.asdict(server))
+        return
+    state = "[green]up[/]" if server.healthy else "[red]not answering[/]"
+    where = "embedded" if server.embedded else "connected"
+    out.print(f"Label Studio {server.version or ''} at {server.url} ({where}): {state}")
+    if server.pid:
+        out.print(f"pid {server.pid}, log {server.log}")
+    if server.document_root:
+        out.print(f"Serves images under {server.document_root}")
+
+
+@studio_app.command("credentials")
+@handles_errors
+def studio_credentials(as_json: JsonFlag = False) -> None:
+    """Print the login and API key of the workspace's Label Studio (keep them private)."""
+    from al_pipeline.studio import credentials
+
+    found = credentials(config_for())
+    if as_json:
+        print_json(found)
+        return
+    for key, value in found.items():
+        out.print(f"{key}: {value if value is not None else '(not stored)'}", highlight=False)
+
+
+@studio_app.command("connect")
+@handles_errors
+def studio_connect(
+    url: Annotated[str, typer.Option(help="Base URL of your Label Studio server.")],
+    api_key: Annotated[str, typer.Option(help="Its API key (Account & Settings > Access Token).")],
+    document_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="The server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, when it runs on this "
+            "machine and may serve the pools' files."
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Use your own Label Studio server instead of the embedded one (checks the key)."""
+    from al_pipeline.studio import connect
+
+    render_server(connect(config_for(), url, api_key, document_root), as_json)
+
+
+@studio_app.command("reset-project")
+@handles_errors
+def studio_reset_project() -> None:
+    """Forget a project that was deleted in Label Studio; the next 'al round start' creates
+    a new one and pushes the open round to it."""
+    from al_pipeline.studio import reset_project
+    from al_pipeline.workspace import opened
+
+    config = config_for()
+    with opened(config) as state:
+        round_id = reset_project(config, state)
+    out.print(
+        "Forgot the project."
+        + (f" Run 'al round start' to push round {round_id} again." if round_id else "")
+    )
+
+
+@app.command()
+@handles_errors
+def serve(
+    port: Annotated[int, typer.Option(help="Port for the webhook receiver on 127.0.0.1.")] = 9090,
+    strategy: StrategyName = "margin",
+    size: BatchSize = 20,
+    balance: Balance = False,
+    min_labelled: Annotated[
+        int | None, typer.Option(help="Finish a round once this many items are labelled.")
+    ] = None,
+    epochs: HeadEpochs = 50,
+) -> None:
+    """Retrain when a batch is labelled: receive Label Studio's webhooks, finish the round
+    (pull, train, evaluate, history) and start the next. Stop with Ctrl+C.
+
+    Starts a round (with --strategy and --size) if none is open; later rounds repeat the
+    last one's strategy and size.
+    """
+    from al_pipeline.serve import ServePlan
+    from al_pipeline.serve import serve as receive
+
+    config = config_for()
+    plan = ServePlan(strategy, size, balance, min_labelled, training_settings(config, epochs))
+    try:
+        receive(config, plan, port, lambda line: out.print(line, highlight=False))
+    except KeyboardInterrupt:
+        out.print("Stopped.")
 
 
 if __name__ == "__main__":

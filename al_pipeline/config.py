@@ -47,6 +47,10 @@ class Config:
         offline: Never try to download weights (``$AL_OFFLINE=1``).
         precision: ``auto`` (mixed_float16 when Keras sees a GPU, else float32), or a
             Keras dtype policy: ``float32``, ``mixed_float16``, ``mixed_bfloat16``.
+        studio_dir: The embedded Label Studio's data, credentials, pid and log files.
+        studio_url: A Label Studio server to use instead of the stored connection
+            (``$LABEL_STUDIO_URL``).
+        studio_api_key: Its API key (``$LABEL_STUDIO_API_KEY``).
     """
 
     root: Path
@@ -65,9 +69,12 @@ class Config:
     keras_home: Path = field(default_factory=lambda: Path.home() / ".keras")
     offline: bool = False
     precision: str = "auto"
+    studio_dir: Path = field(default=Path("studio"))
+    studio_url: str | None = None
+    studio_api_key: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("pools_dir", "checkpoints_dir", "database", "cache_dir"):
+        for name in ("pools_dir", "checkpoints_dir", "database", "cache_dir", "studio_dir"):
             path = getattr(self, name)
             if not path.is_absolute():
                 object.__setattr__(self, name, self.root / path)
@@ -176,6 +183,7 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
             checkpoints_dir=Path(paths.get("checkpoints", "checkpoints")),
             database=Path(paths.get("database", DATABASE_FILE)),
             cache_dir=Path(paths.get("cache", "cache")),
+            studio_dir=Path(paths.get("studio", "studio")),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}. Fix the value in the file.") from exc
@@ -224,7 +232,29 @@ def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
         values["keras_home"] = Path(env["KERAS_HOME"]).expanduser()
     if env.get("AL_OFFLINE", "").lower() in ("1", "true", "yes"):
         values["offline"] = True
+    if env.get("LABEL_STUDIO_URL"):
+        values["studio_url"] = env["LABEL_STUDIO_URL"]
+    if env.get("LABEL_STUDIO_API_KEY"):
+        values["studio_api_key"] = env["LABEL_STUDIO_API_KEY"]
     return values
+
+
+# Label Studio reads LABEL_STUDIO_X, then HEARTEX_X, then a bare X: a stray USERNAME or
+# PORT in the user's shell would change the embedded server.
+_STUDIO_BARE_SETTINGS = frozenset(
+    {"USERNAME", "PASSWORD", "PORT", "HOST", "DEBUG", "USER_TOKEN", "DJANGO_DB", "SECRET_KEY"}
+)
+
+
+def server_environment(settings: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a child Label Studio server: this process's environment without
+    anything Label Studio would read as a setting, plus ``settings``."""
+    kept = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("LABEL_STUDIO_", "HEARTEX_")) and key not in _STUDIO_BARE_SETTINGS
+    }
+    return {**kept, **settings}
 
 
 def render_toml(config: Config) -> str:
@@ -263,6 +293,8 @@ def render_toml(config: Config) -> str:
         f"checkpoints = {text(rel(config.checkpoints_dir))}\n"
         f"database = {text(rel(config.database))}\n"
         f"cache = {text(rel(config.cache_dir))}\n"
+        "# The embedded Label Studio server's data, credentials and log.\n"
+        f"studio = {text(rel(config.studio_dir))}\n"
     )
 
 

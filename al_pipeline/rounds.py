@@ -21,7 +21,7 @@ from al_pipeline.backbones import Backbone
 from al_pipeline.config import Config
 from al_pipeline.embeddings import Embedded, embed_items
 from al_pipeline.errors import PipelineError
-from al_pipeline.labellers.base import Labeller
+from al_pipeline.labellers.base import Labeller, Pulled
 from al_pipeline.model import Checkpoint, TrainingSettings, predict_proba
 from al_pipeline.progress import Progress, silent
 from al_pipeline.score import find_checkpoint, workspace_backbone
@@ -48,6 +48,8 @@ class RoundStatus:
     pending: int
     skipped: int
     opened_at: str
+    unresolved: list[int] = field(default_factory=list)
+    link: str | None = None
 
 
 @dataclass
@@ -62,6 +64,7 @@ class RoundStarted:
     model: str | None
     selection_seconds: float
     resumed: bool = False
+    link: str | None = None
 
 
 @dataclass
@@ -73,9 +76,14 @@ class RoundFinished:
     returned: int
 
 
-def status(state: State) -> RoundStatus:
-    """The open round's progress, or an error saying there is none."""
+def status(state: State, labeller: Labeller | None = None) -> RoundStatus:
+    """The open round's progress, or an error saying there is none.
+
+    With a labeller, the labels given so far are pulled (and written) first, so the counts
+    are the labeller's.
+    """
     open_round = _require_open(state)
+    pulled = _pull(state, labeller, open_round.id) if labeller else Pulled()
     queue = state.queue(open_round.id)
     return RoundStatus(
         open_round.id,
@@ -86,7 +94,59 @@ def status(state: State) -> RoundStatus:
         pending=sum(q.state == "pending" for q in queue),
         skipped=sum(q.state == "skipped" for q in queue),
         opened_at=open_round.opened_at,
+        unresolved=pulled.unresolved,
+        link=_link(labeller),
     )
+
+
+def _pull(state: State, labeller: Labeller, round_id: int) -> Pulled:
+    """Pull and write at once: nothing pulled is lost if a later step fails."""
+    pulled = labeller.pull(round_id, state.queue(round_id))
+    state.record_pulled(round_id, pulled.labels, pulled.skipped, pulled.retracted)
+    return pulled
+
+
+def is_complete(state: State, round_id: int, min_labelled: int | None = None) -> bool:
+    """Every queued item labelled or skipped (or at least ``min_labelled`` labelled)."""
+    queue = state.queue(round_id)
+    labelled = sum(q.state == "labelled" for q in queue)
+    if min_labelled is not None:
+        return labelled >= min(min_labelled, len(queue))
+    return all(q.state in ("labelled", "skipped") for q in queue)
+
+
+def wait_for_labels(
+    state: State,
+    labeller: Labeller,
+    round_id: int,
+    *,
+    min_labelled: int | None = None,
+    poll_seconds: float = 10.0,
+    timeout: float | None = None,
+    progress: Progress = silent,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Pull every ``poll_seconds`` (writing each label at once) until the round is done."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    size = len(state.queue(round_id))
+    while True:
+        _pull(state, labeller, round_id)
+        labelled = sum(q.state != "pending" for q in state.queue(round_id))
+        progress(f"Round {round_id}: waiting for labels", labelled, size)
+        if is_complete(state, round_id, min_labelled):
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            raise RoundError(
+                f"Round {round_id}: {labelled} of {size} items labelled after waiting "
+                f"{timeout:.0f} s. Run the same command again to keep waiting."
+            )
+        sleep(poll_seconds)
+
+
+def _link(labeller: Labeller | None) -> str | None:
+    """Where people label, for labellers that have a place (Label Studio's project)."""
+    link = getattr(labeller, "link", None)
+    return link() if callable(link) else None
 
 
 def start(
@@ -147,7 +207,14 @@ def start(
     round_id = state.start_round(strategy, labeller.name, params, entries)
     queued = _push(state, labeller, round_id)
     return RoundStarted(
-        round_id, strategy, queued, len(embedded.rows), pool_probs is None, model_tag, seconds
+        round_id,
+        strategy,
+        queued,
+        len(embedded.rows),
+        pool_probs is None,
+        model_tag,
+        seconds,
+        link=_link(labeller),
     )
 
 
@@ -173,6 +240,7 @@ def _resume(state: State, labeller: Labeller, open_round: RoundRow) -> RoundStar
         params.get("model"),
         float(params.get("selection_seconds", 0.0)),
         resumed=True,
+        link=_link(labeller),
     )
 
 
@@ -247,9 +315,7 @@ def finish(
     fewer, ``partial`` accepts whatever came back. Unlabelled items return to the pool.
     """
     open_round = _require_open(state)
-    queue = state.queue(open_round.id)
-    pulled = labeller.pull(open_round.id, queue)
-    state.record_pulled(open_round.id, pulled.labels, pulled.skipped)
+    pulled = _pull(state, labeller, open_round.id)
     queue = state.queue(open_round.id)
     labelled = sum(q.state == "labelled" for q in queue)
     pending = sum(q.state == "pending" for q in queue)
@@ -268,6 +334,13 @@ def finish(
                 if labeller.name == "oracle"
                 else ""
             )
+            + (
+                f" Annotators disagree with no majority on items {pulled.unresolved}: add a "
+                "deciding annotation."
+                if pulled.unresolved
+                else ""
+            )
+            + (f" Label them at {_link(labeller)}" if _link(labeller) else "")
         )
     row = _train_and_record(config, state, open_round, settings, progress)
     state.close_round(open_round.id)
@@ -407,17 +480,28 @@ def run(
     budget: int | None = None,
     min_change: float | None = None,
     wait: Callable[[int], None] | None = None,
+    poll_seconds: float = 10.0,
     progress: Progress = silent,
 ) -> RunReport:
     """Repeat start -> wait for labels -> finish until a stopping rule fires.
 
     Rules: ``rounds`` done; the label ``budget`` (total training labels) reached; test
     accuracy at or above ``until_accuracy``; the share of the pool whose predicted class
-    changed below ``min_change``; or nothing left to select.
+    changed below ``min_change``; or nothing left to select. The oracle answers at once;
+    for any other labeller ``wait`` defaults to pulling every ``poll_seconds`` until the
+    round's items are all labelled or skipped.
     """
     get_strategy(strategy)
+    if wait is None and labeller.name != "oracle":
+
+        def wait(round_id: int) -> None:
+            wait_for_labels(state, labeller, round_id, poll_seconds=poll_seconds, progress=progress)
+
     report = RunReport()
-    if state.open_round() is not None:
+    open_round = state.open_round()
+    if open_round is not None:
+        if wait is not None:
+            wait(open_round.id)
         report.rows.append(finish(config, state, labeller, settings, progress=progress).history)
     if state.checkpoint() is None and _can_train(config, state):
         report.initial = train(config, state, settings, tag="initial", progress=progress).metrics

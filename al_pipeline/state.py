@@ -362,6 +362,10 @@ class State:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
+    def delete_meta(self, key: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM meta WHERE key = ?", (key,))
+
     # -- pools --------------------------------------------------------------------------
 
     def pool(self, name: str) -> Pool | None:
@@ -623,10 +627,11 @@ class State:
     # -- rounds and the queue -----------------------------------------------------------
 
     def selectable_items(self) -> list[ItemRef]:
-        """Unlabelled, non-test items not queued in a round: what a strategy picks from."""
+        """Unlabelled, non-test items not queued in a round and not flagged (skipped by a
+        labeller): what a strategy picks from."""
         rows = self._db.execute(
             "SELECT i.id, i.sha256, i.relpath, p.root FROM items i JOIN pools p"
-            " ON p.id = i.pool_id WHERE i.status = 'pool'"
+            " ON p.id = i.pool_id WHERE i.status = 'pool' AND i.flag IS NULL"
             " AND (i.split IS NULL OR i.split = 'train')"
             " AND NOT EXISTS (SELECT 1 FROM current_labels l WHERE l.item_id = i.id)"
             " ORDER BY i.id"
@@ -719,12 +724,27 @@ class State:
         return found
 
     def record_pulled(
-        self, round_id: int | None, labels: Sequence[PulledLabel], skipped: Sequence[int] = ()
+        self,
+        round_id: int | None,
+        labels: Sequence[PulledLabel],
+        skipped: Sequence[int] = (),
+        retracted: Sequence[int] = (),
     ) -> int:
         """Write pulled labels at once (one transaction); a label already current for an item
-        is not written twice. Returns how many labels were new."""
+        is not written twice. ``retracted`` items lose their current label (it stays in the
+        history, retired) and are pending again in the round. Returns how many labels were
+        new."""
         written = 0
         with self.transaction() as db:
+            for item_id in retracted:
+                db.execute(
+                    "UPDATE labels SET retired_at = ? WHERE item_id = ? AND retired_at IS NULL",
+                    (now(), item_id),
+                )
+                db.execute(
+                    "UPDATE queue SET state = 'pending' WHERE round_id = ? AND item_id = ?",
+                    (round_id, item_id),
+                )
             for label in labels:
                 current = db.execute(
                     "SELECT class_name, external_id FROM current_labels WHERE item_id = ?",
@@ -752,6 +772,37 @@ class State:
                 )
                 db.execute("UPDATE items SET flag = 'skipped' WHERE id = ?", (item_id,))
         return written
+
+    def current_labels(self, item_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+        """``item_id -> (class, external id)`` of the items' current labels."""
+        found: dict[int, tuple[str, str | None]] = {}
+        for start in range(0, len(item_ids), 500):
+            chunk = list(item_ids[start : start + 500])
+            rows = self._db.execute(
+                "SELECT item_id, class_name, external_id FROM current_labels WHERE item_id IN"
+                f" ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update({r["item_id"]: (r["class_name"], r["external_id"]) for r in rows})
+        return found
+
+    def label_history(self, item_id: int) -> list[dict[str, Any]]:
+        """Every label an item has had, oldest first, retired ones included."""
+        rows = self._db.execute(
+            "SELECT class_name, source, annotator, external_id, round_id, created_at,"
+            " retired_at FROM labels WHERE item_id = ? ORDER BY id",
+            (item_id,),
+        )
+        return [dict(r) for r in rows]
+
+    def round(self, round_id: int) -> RoundRow | None:
+        row = self._db.execute("SELECT * FROM rounds WHERE id = ?", (round_id,)).fetchone()
+        return None if row is None else _round(row)
+
+    def clear_external_ids(self, round_id: int) -> None:
+        """Forget where a round's items were pushed (their tasks are gone), to push again."""
+        with self.transaction() as db:
+            db.execute("UPDATE queue SET external_id = NULL WHERE round_id = ?", (round_id,))
 
     def close_round(self, round_id: int) -> None:
         """Return unlabelled queued items to the pool and close the round: one transaction."""

@@ -181,3 +181,42 @@ def copy_workspace(template: Path, target: Path, keras_home: Path) -> Config:
 
     shutil.copytree(template, target)
     return _with_home(load_config(target), keras_home)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class StudioServer:
+    """The session's real Label Studio server: the workspace that runs it, its connection,
+    and the folder it serves files from (pytest's base temp dir, covering every test's)."""
+
+    config: Config
+    url: str
+    api_key: str
+    root: Path
+
+    def connect(self, config: Config) -> None:
+        from al_pipeline.studio import connect
+
+        connect(config, self.url, self.api_key, self.root)
+
+
+@pytest.fixture(scope="session")
+def studio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioServer]:
+    """One Label Studio on 127.0.0.1 for the session, started as 'al studio up' does."""
+    from al_pipeline.studio import connection, down, up
+
+    root = tmp_path_factory.getbasetemp().resolve()
+    config = init_workspace(tmp_path_factory.mktemp("studio") / "ws", TWO_CLASSES).config
+    with open_state(config.database) as state:
+        server = up(config, state, free_port(), root=root)
+    try:
+        yield StudioServer(config, server.url, connection(config).api_key, root)
+    finally:
+        down(config)

@@ -8,14 +8,32 @@ from al_pipeline.labellers.base import Labeller, Pulled
 from al_pipeline.labellers.oracle import OracleLabeller
 from al_pipeline.state import State
 
-LABELLERS = ("oracle",)
+LABELLERS = ("auto", "labelstudio", "oracle")
 
 
 def labeller_for(name: str, config: Config, state: State) -> Labeller:
-    """Build the labeller called ``name``, or raise an error listing the choices."""
+    """Build the labeller called ``name``, or raise an error listing the choices.
+
+    ``auto`` is Label Studio when the workspace has a server (``al studio up`` or ``al
+    studio connect``, or ``$LABEL_STUDIO_URL``), else the oracle.
+    """
+    from al_pipeline.studio import connection, has_connection
+
+    if name == "auto":
+        name = "labelstudio" if has_connection(config) else "oracle"
     if name == "oracle":
         return OracleLabeller(state)
+    if name == "labelstudio":
+        from al_pipeline.labellers.labelstudio import LabelStudioLabeller
+
+        return LabelStudioLabeller(config, state, connection(config))
     raise ConfigError(f"Unknown labeller '{name}'. Choose one of: {', '.join(LABELLERS)}.")
 
 
-__all__ = ["LABELLERS", "Labeller", "OracleLabeller", "Pulled", "labeller_for"]
+def round_labeller(config: Config, state: State) -> Labeller:
+    """The labeller the open round was pushed to (the oracle when no round is open)."""
+    open_round = state.open_round()
+    return labeller_for(open_round.labeller if open_round else "auto", config, state)
+
+
+__all__ = ["LABELLERS", "Labeller", "OracleLabeller", "Pulled", "labeller_for", "round_labeller"]

@@ -17,11 +17,13 @@ class Pulled:
         labels: One label per labelled item (the latest valid answer).
         skipped: Items the labeller declined (they return to the pool, flagged).
         unresolved: Items whose annotators disagree with no majority (left unlabelled).
+        retracted: Items whose label was withdrawn at the source (annotation deleted).
     """
 
     labels: list[PulledLabel] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     unresolved: list[int] = field(default_factory=list)
+    retracted: list[int] = field(default_factory=list)
 
 
 class Labeller(Protocol):

@@ -1,0 +1,229 @@
+"""[round] Webhook receiver: finish the round and start the next when a batch is labelled.
+
+``al serve`` registers a webhook on the workspace's Label Studio project for annotation
+events, carrying a random secret header. Requests go to a small HTTP server on 127.0.0.1
+that checks the secret and the project and only queues the event; one worker drains the
+queue, so a burst of annotations costs one pull, and training happens once per batch, one
+at a time, while later events wait.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import queue
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from al_pipeline.config import Config
+from al_pipeline.errors import PipelineError
+from al_pipeline.labellers.labelstudio import LabelStudioLabeller
+from al_pipeline.model import TrainingSettings
+from al_pipeline.progress import Progress, silent
+from al_pipeline.rounds import finish, is_complete, start
+from al_pipeline.state import open_state
+from al_pipeline.studio import connection
+
+SECRET_HEADER = "X-AL-Secret"
+PATH = "/webhook"
+
+
+class ServeError(PipelineError):
+    """The webhook receiver cannot start."""
+
+
+@dataclass
+class ServePlan:
+    """How ``al serve`` drives rounds.
+
+    Attributes:
+        strategy: For a first round when none is open (later rounds reuse the last one's).
+        size: Batch size of that first round.
+        balance: Class-balanced batches.
+        min_labelled: Finish a round once this many items are labelled (default: all).
+        settings: Training settings for each finish.
+        max_rounds: Stop after finishing this many rounds (None: until interrupted).
+    """
+
+    strategy: str = "margin"
+    size: int = 20
+    balance: bool = False
+    min_labelled: int | None = None
+    settings: TrainingSettings | None = None
+    max_rounds: int | None = None
+
+
+def serve(
+    config: Config,
+    plan: ServePlan,
+    port: int,
+    report: Callable[[str], None],
+    stop: threading.Event | None = None,
+    progress: Progress = silent,
+) -> int:
+    """Receive webhooks until ``stop`` is set (or ``plan.max_rounds`` rounds are finished).
+
+    Returns how many rounds were finished.
+    """
+    stop = stop or threading.Event()
+    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    secret = secrets.token_hex(16)
+    with open_state(config.database) as state:
+        labeller = LabelStudioLabeller(config, state, connection(config))
+        project = labeller.project()
+        server = _server(port, secret, project, events)
+        url = f"http://127.0.0.1:{server.server_address[1]}{PATH}"
+        labeller.gateway.register_webhook(project, url, {SECRET_HEADER: secret})
+        link = labeller.link()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    report(f"Listening on {url} for project {project} ({link})")
+    try:
+        return _work(config, plan, events, stop, report, progress)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _server(
+    port: int, secret: str, project: int, events: queue.Queue[dict[str, Any]]
+) -> ThreadingHTTPServer:
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            given = self.headers.get(SECRET_HEADER, "")
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(min(length, 1 << 20))
+            try:
+                payload = json.loads(body or b"{}")
+            except ValueError:
+                payload = None
+            if not isinstance(payload, dict):
+                return self._answer(400)
+            if self.path != PATH or not hmac.compare_digest(given, secret):
+                return self._answer(403)
+            if _project_of(payload) not in (None, project):
+                return self._answer(403)
+            events.put(payload)
+            return self._answer(200)
+
+        def _answer(self, code: int) -> None:
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    try:
+        return ThreadingHTTPServer(("127.0.0.1", port), Receiver)
+    except OSError as exc:
+        raise ServeError(
+            f"Cannot listen on 127.0.0.1:{port} ({exc.strerror}). Choose a free port with --port."
+        ) from None
+
+
+def _project_of(payload: dict[str, Any]) -> int | None:
+    project = payload.get("project")
+    if isinstance(project, dict):
+        project = project.get("id")
+    return project if isinstance(project, int) else None
+
+
+def _work(
+    config: Config,
+    plan: ServePlan,
+    events: queue.Queue[dict[str, Any]],
+    stop: threading.Event,
+    report: Callable[[str], None],
+    progress: Progress,
+) -> int:
+    finished = 0
+    _ensure_round(config, plan, report, progress)
+    while not stop.is_set():
+        try:
+            events.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        while not events.empty():
+            events.get_nowait()
+        if _on_batch(config, plan, report, progress):
+            finished += 1
+            if plan.max_rounds is not None and finished >= plan.max_rounds:
+                break
+    return finished
+
+
+def _ensure_round(
+    config: Config, plan: ServePlan, report: Callable[[str], None], progress: Progress
+) -> None:
+    with open_state(config.database) as state:
+        if state.open_round() is not None:
+            return
+        labeller = LabelStudioLabeller(config, state, connection(config))
+        started = start(
+            config,
+            state,
+            labeller,
+            strategy=plan.strategy,
+            size=plan.size,
+            balance=plan.balance,
+            progress=progress,
+        )
+        report(f"Started round {started.round_id}: {len(started.queued)} items to label")
+
+
+def _on_batch(
+    config: Config, plan: ServePlan, report: Callable[[str], None], progress: Progress
+) -> bool:
+    """Pull; when the open round is done, finish it and start the next. True if finished."""
+    with open_state(config.database) as state:
+        open_round = state.open_round()
+        if open_round is None:
+            return False
+        labeller = LabelStudioLabeller(config, state, connection(config))
+        pulled = labeller.pull(open_round.id, state.queue(open_round.id))
+        state.record_pulled(open_round.id, pulled.labels, pulled.skipped, pulled.retracted)
+        if not is_complete(state, open_round.id, plan.min_labelled):
+            return False
+        done = finish(
+            config,
+            state,
+            labeller,
+            plan.settings or TrainingSettings(seed=config.seed),
+            min_labelled=plan.min_labelled,
+            progress=progress,
+        )
+        accuracy = done.history.get("accuracy")
+        shown = "no model yet" if accuracy is None else f"accuracy {accuracy:.4f}"
+        report(f"Finished round {done.round_id}: {done.history['labelled']} labels, {shown}")
+    _next_round(config, open_round.strategy, open_round.size, open_round.params, report, progress)
+    return True
+
+
+def _next_round(
+    config: Config,
+    strategy: str,
+    size: int,
+    params: dict[str, Any],
+    report: Callable[[str], None],
+    progress: Progress,
+) -> None:
+    with open_state(config.database) as state:
+        if not state.selectable_items():
+            report("The pool is empty: no next round.")
+            return
+        labeller = LabelStudioLabeller(config, state, connection(config))
+        started = start(
+            config,
+            state,
+            labeller,
+            strategy=strategy,
+            size=size,
+            balance=bool(params.get("balance")),
+            progress=progress,
+        )
+        report(f"Started round {started.round_id}: {len(started.queued)} items to label")

@@ -1,0 +1,265 @@
+"""Rounds through a real Label Studio server (the session fixture), annotated through its
+API the way the editor does, with real photos and real Keras models."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from label_studio_sdk import LabelStudio
+
+from al_pipeline.config import Config
+from al_pipeline.gateway import Annotation, LabelStudioError, choice_result
+from al_pipeline.labellers import labeller_for
+from al_pipeline.labellers.labelstudio import LabelStudioLabeller, verdict
+from al_pipeline.model import TrainingSettings
+from al_pipeline.rounds import RoundError, finish, start, status
+from al_pipeline.state import PulledLabel, State
+from al_pipeline.studio import StudioError, connect, down, up
+from al_pipeline.train import train
+from tests.conftest import StudioServer, copy_workspace, free_port
+
+SETTINGS = TrainingSettings(epochs=5)
+
+
+def prepared(template: Path, target: Path, keras_home: Path, server: StudioServer) -> Config:
+    """A copy of the oracle workspace with 10 labels revealed, a first model, and the
+    session's Label Studio as its labeller."""
+    config = copy_workspace(template, target, keras_home)
+    with State(config.database) as state:
+        hidden = state.hidden_items()
+        seeds = [i for i in hidden if hidden[i] == "with_mask"][:5]
+        seeds += [i for i in hidden if hidden[i] == "without_mask"][:5]
+        state.record_pulled(None, [PulledLabel(i, hidden[i], "oracle") for i in seeds])
+        train(config, state, SETTINGS, tag="initial")
+    server.connect(config)
+    return config
+
+
+def sdk(server: StudioServer) -> LabelStudio:
+    return LabelStudio(base_url=server.url, api_key=server.api_key)  # type: ignore[no-untyped-call]
+
+
+def round_tasks(client: LabelStudio, project: int, round_id: int) -> list[Any]:
+    tasks = list(client.tasks.list(project=project, fields="all"))
+    return [t for t in tasks if (t.data or {}).get("al_round") == round_id]
+
+
+def annotate(client: LabelStudio, task: Any, choice: str | None, cancelled: bool = False) -> int:
+    result = [] if choice is None else choice_result(choice)
+    return int(client.annotations.create(id=task.id, result=result, was_cancelled=cancelled).id)
+
+
+@pytest.mark.integration
+def test_a_full_round_through_label_studio(
+    oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
+) -> None:
+    config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
+    client = sdk(studio_server)
+    with State(config.database) as state:
+        labeller = labeller_for("auto", config, state)
+        assert isinstance(labeller, LabelStudioLabeller)
+        started = start(config, state, labeller, strategy="margin", size=6)
+        project = labeller.project()
+        assert started.link == f"{studio_server.url}/projects/{project}/data"
+        tasks = round_tasks(client, project, started.round_id)
+        assert len(tasks) == 6
+        assert client.projects.get(id=project).model_version == "initial"
+        by_item = {q.item_id: q for q in started.queued}
+        for task in tasks:
+            queued = by_item[task.data["al_item"]]
+            [prediction] = task.predictions
+            assert prediction.model_version == "initial"
+            assert prediction.score == pytest.approx(queued.confidence)
+            assert prediction.result[0]["value"]["choices"] == [queued.predicted_class]
+            image = httpx.get(
+                studio_server.url + task.data["image"],
+                headers={"Authorization": f"Token {studio_server.api_key}"},
+            )
+            assert image.status_code == 200
+            assert image.content == (config.root / queued.path).read_bytes()
+
+        truth = state.oracle_labels(list(by_item))
+        skipped_task = tasks[0]
+        annotate(client, skipped_task, None, cancelled=True)
+        for task in tasks[1:]:
+            annotate(client, task, truth[task.data["al_item"]])
+        current = status(state, labeller)
+        assert (current.labelled, current.skipped, current.pending) == (5, 1, 0)
+
+        done = finish(config, state, labeller, SETTINGS)
+        assert done.history["labelled"] == 15 and done.history["accuracy"] >= 0.7
+        assert done.history["labeller"] == "labelstudio"
+        skipped_item = skipped_task.data["al_item"]
+        assert skipped_item not in {i.item_id for i in state.selectable_items()}
+        labels = state.current_labels(list(by_item))
+        assert {i: c for i, (c, _) in labels.items()} == {
+            i: truth[i] for i in by_item if i != skipped_item
+        }
+
+
+@pytest.mark.integration
+def test_an_interrupted_push_creates_no_duplicate_tasks(
+    oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
+) -> None:
+    config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
+    with State(config.database) as state:
+        labeller = labeller_for("labelstudio", config, state)
+        assert isinstance(labeller, LabelStudioLabeller)
+        started = start(config, state, labeller, strategy="entropy", size=5)
+        # As if the process died after Label Studio created the tasks but before their
+        # ids were recorded: the re-run must find them, not create them again.
+        state.clear_external_ids(started.round_id)
+        resumed = start(config, state, labeller, strategy="entropy", size=5)
+        assert resumed.resumed and resumed.round_id == started.round_id
+        project = labeller.project()
+        tasks = round_tasks(sdk(studio_server), project, started.round_id)
+        assert len(tasks) == 5
+        assert {q.external_id for q in state.queue(started.round_id)} == {str(t.id) for t in tasks}
+        with pytest.raises(RoundError, match="still open"):
+            start(config, state, labeller, strategy="entropy", size=5)
+
+
+@pytest.mark.integration
+def test_updated_and_deleted_annotations_are_reconciled(
+    oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
+) -> None:
+    config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
+    client = sdk(studio_server)
+    with State(config.database) as state:
+        labeller = labeller_for("labelstudio", config, state)
+        assert isinstance(labeller, LabelStudioLabeller)
+        started = start(config, state, labeller, strategy="margin", size=3)
+        task = round_tasks(client, labeller.project(), started.round_id)[0]
+        item = task.data["al_item"]
+        annotation = annotate(client, task, "with_mask")
+        status(state, labeller)
+        assert state.current_labels([item])[item][0] == "with_mask"
+
+        client.annotations.update(id=annotation, result=choice_result("without_mask"))
+        assert status(state, labeller).labelled == 1
+        assert state.current_labels([item])[item][0] == "without_mask"
+
+        client.annotations.delete(id=annotation)
+        after = status(state, labeller)
+        assert after.labelled == 0 and after.pending == 3
+        assert state.current_labels([item]) == {}
+        history = state.label_history(item)
+        assert [h["class_name"] for h in history] == ["with_mask", "without_mask"]
+        assert all(h["retired_at"] for h in history)
+
+
+def test_majority_wins_and_ties_stay_unresolved() -> None:
+    def vote(id: int, who: str, choice: str | None, when: str, cancelled: bool = False) -> Any:
+        return Annotation(id, choice, cancelled, who, when)
+
+    classes = ("a", "b")
+    two_to_one = [vote(1, "x", "a", "1"), vote(2, "y", "b", "2"), vote(3, "z", "a", "3")]
+    assert verdict(two_to_one, classes).choice == "a"
+    assert verdict(two_to_one, classes).annotation_ids == (1, 3)
+    changed_mind = [vote(1, "x", "a", "1"), vote(2, "x", "b", "2")]
+    assert verdict(changed_mind, classes).choice == "b"
+    tie = [vote(1, "x", "a", "1"), vote(2, "y", "b", "2")]
+    assert verdict(tie, classes).tie and verdict(tie, classes).choice is None
+    skipped = [vote(1, "x", None, "1", cancelled=True)]
+    assert verdict(skipped, classes).skipped
+    skip_then_label = [*skipped, vote(2, "y", "b", "2")]
+    assert verdict(skip_then_label, classes).choice == "b"
+
+
+@pytest.mark.integration
+def test_server_down_is_a_clear_error_and_a_rerun_completes(
+    oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
+) -> None:
+    config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
+    client = sdk(studio_server)
+    with State(config.database) as state:
+        labeller = labeller_for("labelstudio", config, state)
+        assert isinstance(labeller, LabelStudioLabeller)
+        started = start(config, state, labeller, strategy="margin", size=2)
+        truth = state.oracle_labels([q.item_id for q in started.queued])
+        for task in round_tasks(client, labeller.project(), started.round_id):
+            annotate(client, task, truth[task.data["al_item"]])
+        assert down(studio_server.config) is not None
+        try:
+            with pytest.raises(LabelStudioError, match="Cannot reach Label Studio"):
+                finish(config, state, labeller, SETTINGS)
+            assert state.open_round() is not None
+            assert all(q.state == "pending" for q in state.queue(started.round_id))
+        finally:
+            with State(studio_server.config.database) as server_state:
+                port = int(studio_server.url.rsplit(":", 1)[1])
+                up(studio_server.config, server_state, port, root=studio_server.root)
+        done = finish(config, state, labeller, SETTINGS)
+        assert done.round_id == started.round_id and done.history["labelled"] == 12
+
+
+@pytest.mark.integration
+def test_a_wrong_key_or_a_taken_port_is_a_clear_error(
+    studio_server: StudioServer, tmp_path: Path
+) -> None:
+    with pytest.raises(LabelStudioError, match="refused the API key"):
+        connect(studio_server.config, studio_server.url, "0" * 40)
+    with pytest.raises(LabelStudioError, match="Cannot reach"):
+        connect(studio_server.config, f"http://127.0.0.1:{free_port()}", "0" * 40)
+    port = int(studio_server.url.rsplit(":", 1)[1])
+    from al_pipeline.workspace import init_workspace
+
+    other = init_workspace(tmp_path / "other", "a,b").config
+    with State(other.database) as state, pytest.raises(StudioError, match=f"Port {port}"):
+        up(other, state, port)
+    assert not (other.studio_dir / "server.pid").exists()
+
+
+@pytest.mark.integration
+def test_the_webhook_finishes_a_round_once_when_its_last_task_is_labelled(
+    oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
+) -> None:
+    from al_pipeline.serve import SECRET_HEADER, ServePlan, serve
+
+    config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
+    client = sdk(studio_server)
+    port = free_port()
+    lines: list[str] = []
+    stop = threading.Event()
+    plan = ServePlan("margin", 3, settings=SETTINGS, max_rounds=1)
+    worker = threading.Thread(target=lambda: serve(config, plan, port, lines.append, stop))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any(line.startswith("Started round") for line in lines):
+            assert worker.is_alive() and time.monotonic() < deadline, lines
+            time.sleep(0.2)
+        webhook = f"http://127.0.0.1:{port}/webhook"
+        assert httpx.post(webhook, json={"action": "ANNOTATION_CREATED"}).status_code == 403
+        wrong = httpx.post(webhook, json={}, headers={SECRET_HEADER: "guess"})
+        assert wrong.status_code == 403
+        with State(config.database) as state:
+            open_round = state.open_round()
+            assert open_round is not None
+            round_id = open_round.id
+            project = LabelStudioLabeller(config, state, _connection(config)).project()
+            truth = state.oracle_labels([q.item_id for q in state.queue(round_id)])
+        for task in round_tasks(client, project, round_id):
+            annotate(client, task, truth[task.data["al_item"]])
+        worker.join(timeout=300)
+        assert not worker.is_alive(), lines
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert sum(line.startswith("Finished round") for line in lines) == 1, lines
+    with State(config.database) as state:
+        assert [row["round"] for row in state.history()] == [round_id]
+        next_round = state.open_round()
+        assert next_round is not None and next_round.strategy == "margin"
+        assert len(round_tasks(client, project, next_round.id)) == 3
+
+
+def _connection(config: Config) -> Any:
+    from al_pipeline.studio import connection
+
+    return connection(config)
