@@ -77,7 +77,11 @@ def serve(
         project = labeller.project()
         server = _server(port, secret, project, events)
         url = f"http://127.0.0.1:{server.server_address[1]}{PATH}"
-        labeller.gateway.register_webhook(project, url, {SECRET_HEADER: secret})
+        try:
+            labeller.gateway.register_webhook(project, url, {SECRET_HEADER: secret})
+        except PipelineError:
+            server.server_close()
+            raise
         link = labeller.link()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -95,16 +99,15 @@ def _server(
     class Receiver(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             given = self.headers.get(SECRET_HEADER, "")
+            if self.path != PATH or not hmac.compare_digest(given, secret):
+                return self._answer(403)
             length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(min(length, 1 << 20))
             try:
-                payload = json.loads(body or b"{}")
+                payload = json.loads(self.rfile.read(min(length, 1 << 20)) or b"{}")
             except ValueError:
                 payload = None
             if not isinstance(payload, dict):
                 return self._answer(400)
-            if self.path != PATH or not hmac.compare_digest(given, secret):
-                return self._answer(403)
             if _project_of(payload) not in (None, project):
                 return self._answer(403)
             events.put(payload)
@@ -142,7 +145,8 @@ def _work(
     progress: Progress,
 ) -> int:
     finished = 0
-    _ensure_round(config, plan, report, progress)
+    _start_round(config, plan.strategy, plan.size, plan.balance, report, progress)
+    events.put({})  # labels given while nothing listened count too: check once now
     while not stop.is_set():
         try:
             events.get(timeout=0.5)
@@ -157,20 +161,29 @@ def _work(
     return finished
 
 
-def _ensure_round(
-    config: Config, plan: ServePlan, report: Callable[[str], None], progress: Progress
+def _start_round(
+    config: Config,
+    strategy: str,
+    size: int,
+    balance: bool,
+    report: Callable[[str], None],
+    progress: Progress,
 ) -> None:
+    """Start a round unless one is open or the pool is empty."""
     with open_state(config.database) as state:
         if state.open_round() is not None:
+            return
+        if not state.selectable_items():
+            report("The pool has no unlabelled items left: no round to start.")
             return
         labeller = LabelStudioLabeller(config, state, connection(config))
         started = start(
             config,
             state,
             labeller,
-            strategy=plan.strategy,
-            size=plan.size,
-            balance=plan.balance,
+            strategy=strategy,
+            size=size,
+            balance=balance,
             progress=progress,
         )
         report(f"Started round {started.round_id}: {len(started.queued)} items to label")
@@ -200,30 +213,6 @@ def _on_batch(
         accuracy = done.history.get("accuracy")
         shown = "no model yet" if accuracy is None else f"accuracy {accuracy:.4f}"
         report(f"Finished round {done.round_id}: {done.history['labelled']} labels, {shown}")
-    _next_round(config, open_round.strategy, open_round.size, open_round.params, report, progress)
+    balance = bool(open_round.params.get("balance"))
+    _start_round(config, open_round.strategy, open_round.size, balance, report, progress)
     return True
-
-
-def _next_round(
-    config: Config,
-    strategy: str,
-    size: int,
-    params: dict[str, Any],
-    report: Callable[[str], None],
-    progress: Progress,
-) -> None:
-    with open_state(config.database) as state:
-        if not state.selectable_items():
-            report("The pool is empty: no next round.")
-            return
-        labeller = LabelStudioLabeller(config, state, connection(config))
-        started = start(
-            config,
-            state,
-            labeller,
-            strategy=strategy,
-            size=size,
-            balance=bool(params.get("balance")),
-            progress=progress,
-        )
-        report(f"Started round {started.round_id}: {len(started.queued)} items to label")

@@ -215,13 +215,24 @@ def _embedded_connection(stored: Connection | None, port: int, root: Path) -> Co
     return Connection(url, secrets.token_hex(20), True, str(root), ADMIN, secrets.token_urlsafe(18))
 
 
-def _require_free(port: int) -> None:
-    """Refuse a port something listens on. (Connections a stopped server left behind do
-    not count, and a race with another program is caught by :func:`_check_port`.)"""
+def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            pass
+            return True
     except OSError:
+        return False
+
+
+def _require_free(port: int, wait: float = 10.0) -> None:
+    """Refuse a port something listens on, after giving a server that is shutting down
+    ``wait`` seconds to let go. (A race with another program is caught by
+    :func:`_check_port`.)"""
+    deadline = time.monotonic() + wait
+    while _listening(port):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    else:
         return
     raise StudioError(
         f"Port {port} on 127.0.0.1 is taken (Label Studio would silently move to "
