@@ -210,17 +210,6 @@ class Gateway:
         )
         return [int(i) for i in getattr(answer, "task_ids", None) or []]
 
-    def annotate(self, task: int, choice: str | None, cancelled: bool = False) -> int:
-        """Label a task as the editor's Submit (or Skip) does."""
-        result = [] if choice is None else choice_result(choice)
-        annotation = self._call(
-            "creating an annotation",
-            lambda: self._client.annotations.create(
-                id=task, result=result, was_cancelled=cancelled
-            ),
-        )
-        return int(annotation.id or 0)
-
     def register_webhook(self, project: int, url: str, secret_header: dict[str, str]) -> int:
         """Point the project's annotation events at ``url`` (replacing an older hook there)."""
         hooks = self._call(

@@ -22,9 +22,9 @@ from al_pipeline.config import Config
 from al_pipeline.embeddings import Embedded, embed_items
 from al_pipeline.errors import PipelineError
 from al_pipeline.labellers.base import Labeller, Pulled
-from al_pipeline.model import Checkpoint, TrainingSettings, predict_proba
+from al_pipeline.model import Checkpoint, TrainingSettings
 from al_pipeline.progress import Progress, silent
-from al_pipeline.score import find_checkpoint, workspace_backbone
+from al_pipeline.score import find_checkpoint, head_probabilities, workspace_backbone
 from al_pipeline.state import ItemRef, QueuedItem, QueueEntry, RoundRow, State, now
 from al_pipeline.strategies import Pool, get_strategy, select
 from al_pipeline.train import train
@@ -83,7 +83,7 @@ def status(state: State, labeller: Labeller | None = None) -> RoundStatus:
     are the labeller's.
     """
     open_round = _require_open(state)
-    pulled = _pull(state, labeller, open_round.id) if labeller else Pulled()
+    pulled = pull(state, labeller, open_round.id) if labeller else Pulled()
     queue = state.queue(open_round.id)
     return RoundStatus(
         open_round.id,
@@ -99,7 +99,7 @@ def status(state: State, labeller: Labeller | None = None) -> RoundStatus:
     )
 
 
-def _pull(state: State, labeller: Labeller, round_id: int) -> Pulled:
+def pull(state: State, labeller: Labeller, round_id: int) -> Pulled:
     """Pull and write at once: nothing pulled is lost if a later step fails."""
     pulled = labeller.pull(round_id, state.queue(round_id))
     state.record_pulled(round_id, pulled.labels, pulled.skipped, pulled.retracted)
@@ -130,7 +130,7 @@ def wait_for_labels(
     deadline = None if timeout is None else time.monotonic() + timeout
     size = len(state.queue(round_id))
     while True:
-        _pull(state, labeller, round_id)
+        pull(state, labeller, round_id)
         labelled = sum(q.state != "pending" for q in state.queue(round_id))
         progress(f"Round {round_id}: waiting for labels", labelled, size)
         if is_complete(state, round_id, min_labelled):
@@ -257,10 +257,7 @@ def _current_model(config: Config, state: State) -> Checkpoint | None:
 
 
 def _probabilities(checkpoint: Checkpoint | None, embedded: Embedded) -> NDArray[np.float32] | None:
-    if checkpoint is None:
-        return None
-    head = checkpoint.head
-    return embedded.map(lambda features: predict_proba(head, features))
+    return None if checkpoint is None else head_probabilities(checkpoint, embedded)
 
 
 def _labelled_features(
@@ -315,7 +312,7 @@ def finish(
     fewer, ``partial`` accepts whatever came back. Unlabelled items return to the pool.
     """
     open_round = _require_open(state)
-    pulled = _pull(state, labeller, open_round.id)
+    pulled = pull(state, labeller, open_round.id)
     queue = state.queue(open_round.id)
     labelled = sum(q.state == "labelled" for q in queue)
     pending = sum(q.state == "pending" for q in queue)
@@ -340,7 +337,7 @@ def finish(
                 if pulled.unresolved
                 else ""
             )
-            + (f" Label them at {_link(labeller)}" if _link(labeller) else "")
+            + (f" Label them at {link}" if (link := _link(labeller)) else "")
         )
     row = _train_and_record(config, state, open_round, settings, progress)
     state.close_round(open_round.id)

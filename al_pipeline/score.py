@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from al_pipeline.backbones import Backbone, build_backbone, parse_weights
 from al_pipeline.config import Config
-from al_pipeline.embeddings import embed
+from al_pipeline.embeddings import Embedded, embed
 from al_pipeline.errors import PipelineError
 from al_pipeline.info import resolve_precision
 from al_pipeline.model import Checkpoint, load_checkpoint, predict_proba
@@ -78,6 +78,11 @@ def find_checkpoint(
     return row, checkpoint
 
 
+def head_probabilities(checkpoint: Checkpoint, embedded: Embedded) -> NDArray[np.float32] | None:
+    """The checkpoint's head over cached features (None when there are none)."""
+    return embedded.map(partial(predict_proba, checkpoint.head))
+
+
 def score(
     config: Config,
     state: State,
@@ -87,7 +92,7 @@ def score(
 ) -> Scored:
     """Probabilities for ``(sha256, path)`` items with a checkpoint's backbone and head."""
     embedded = embed(state, config.cache_dir, checkpoint.backbone(), items, progress)
-    probabilities = embedded.map(partial(predict_proba, checkpoint.head))
+    probabilities = head_probabilities(checkpoint, embedded)
     if probabilities is None:
         probabilities = np.zeros((0, len(config.classes)), np.float32)
     return Scored(probabilities, embedded.positions, embedded.computed, embedded.failures)

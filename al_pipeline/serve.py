@@ -24,7 +24,7 @@ from al_pipeline.errors import PipelineError
 from al_pipeline.labellers.labelstudio import LabelStudioLabeller
 from al_pipeline.model import TrainingSettings
 from al_pipeline.progress import Progress, silent
-from al_pipeline.rounds import finish, is_complete, start
+from al_pipeline.rounds import finish, is_complete, pull, start
 from al_pipeline.state import open_state
 from al_pipeline.studio import connection
 
@@ -198,8 +198,7 @@ def _on_batch(
         if open_round is None:
             return False
         labeller = LabelStudioLabeller(config, state, connection(config))
-        pulled = labeller.pull(open_round.id, state.queue(open_round.id))
-        state.record_pulled(open_round.id, pulled.labels, pulled.skipped, pulled.retracted)
+        pull(state, labeller, open_round.id)
         if not is_complete(state, open_round.id, plan.min_labelled):
             return False
         done = finish(

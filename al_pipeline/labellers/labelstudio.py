@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from al_pipeline.config import Config
-from al_pipeline.gateway import Annotation, LabelStudioError, Task, choice_result
+from al_pipeline.gateway import Annotation, LabelStudioError, choice_result
 from al_pipeline.labellers.base import Pulled
 from al_pipeline.state import PulledLabel, QueuedItem, State
 from al_pipeline.studio import Connection
@@ -177,23 +177,6 @@ class LabelStudioLabeller:
             if result.tie and item in pending:
                 pulled.unresolved.append(item)
         return pulled
-
-    def counts(self, round_id: int) -> dict[str, int]:
-        """The round's tasks in Label Studio: total, annotated and not yet annotated."""
-        tasks = [t for t in self.tasks() if t.data.get(ROUND_KEY) == round_id]
-        annotated = sum(any(not a.cancelled for a in t.annotations) for t in tasks)
-        skipped = sum(
-            bool(t.annotations) and all(a.cancelled for a in t.annotations) for t in tasks
-        )
-        return {
-            "tasks": len(tasks),
-            "annotated": annotated,
-            "skipped": skipped,
-            "pending": len(tasks) - annotated - skipped,
-        }
-
-    def tasks(self) -> list[Task]:
-        return self.gateway.tasks(self.project())
 
 
 def verdict(annotations: Sequence[Annotation], classes: Sequence[str]) -> Verdict:
