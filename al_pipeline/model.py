@@ -47,16 +47,23 @@ class TrainingSettings:
     seed: int = 0
 
 
-def build_head(dim: int, classes: int, dropout: float = 0.2, l2: float = 1e-3) -> keras.Model:
-    """Dropout then a softmax dense layer (float32 output, also under mixed precision)."""
+def build_head(
+    dim: int, classes: int, dropout: float = 0.2, l2: float = 1e-3, seed: int = 0
+) -> keras.Model:
+    """Dropout then a softmax dense layer (float32 output, also under mixed precision).
+
+    Its initial weights and dropout masks come from ``seed`` alone, not from whatever ran
+    before in the process, so one workspace trains to the same checkpoint every time.
+    """
     return keras.Sequential(
         [
             keras.Input((dim,)),
-            keras.layers.Dropout(dropout),
+            keras.layers.Dropout(dropout, seed=seed),
             keras.layers.Dense(
                 classes,
                 activation="softmax",
                 dtype="float32",
+                kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
                 kernel_regularizer=keras.regularizers.L2(l2),
             ),
         ],

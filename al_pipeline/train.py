@@ -85,7 +85,7 @@ def train(
     embedded = embed_items(config, state, backbone, items, progress)
     kept = [items[p] for p in embedded.positions]
     labels = np.array([config.class_index(i.label) for i in kept], dtype=np.int64)
-    head = build_head(backbone.dim, len(config.classes))
+    head = build_head(backbone.dim, len(config.classes), seed=settings.seed)
     progress("Training", 0, None)
     fit_head(head, embedded.features(), labels, settings, len(config.classes))
     fine_tuned = settings.fine_tune_layers > 0 or not backbone.pretrained
