@@ -231,6 +231,9 @@ class Gateway:
         )
         return int(hook.id or 0)
 
+    def remove_webhook(self, hook: int) -> None:
+        self._call("removing the webhook", partial(self._client.webhooks.delete, id=hook))
+
 
 def _annotation(raw: Any) -> Annotation:
     data = raw if isinstance(raw, dict) else raw.dict()

@@ -125,16 +125,17 @@ def wait_for_labels(
     timeout: float | None = None,
     progress: Progress = silent,
     sleep: Callable[[float], None] = time.sleep,
-) -> None:
-    """Pull every ``poll_seconds`` (writing each label at once) until the round is done."""
+) -> Pulled:
+    """Pull every ``poll_seconds`` (writing each label at once) until the round is done;
+    the last pull."""
     deadline = None if timeout is None else time.monotonic() + timeout
     size = len(state.queue(round_id))
     while True:
-        pull(state, labeller, round_id)
+        pulled = pull(state, labeller, round_id)
         labelled = sum(q.state != "pending" for q in state.queue(round_id))
         progress(f"Round {round_id}: waiting for labels", labelled, size)
         if is_complete(state, round_id, min_labelled):
-            return
+            return pulled
         if deadline is not None and time.monotonic() > deadline:
             raise RoundError(
                 f"Round {round_id}: {labelled} of {size} items labelled after waiting "
@@ -304,15 +305,19 @@ def finish(
     *,
     min_labelled: int | None = None,
     partial: bool = False,
+    pulled: Pulled | None = None,
     progress: Progress = silent,
 ) -> RoundFinished:
     """Pull labels, retrain, evaluate, record the history row and close the round.
 
     By default every queued item must be labelled (or skipped); ``min_labelled`` accepts
     fewer, ``partial`` accepts whatever came back. Unlabelled items return to the pool.
+    A caller that has just pulled (and so recorded) the round's labels passes that pull
+    as ``pulled`` rather than have Label Studio list every task again.
     """
     open_round = _require_open(state)
-    pulled = pull(state, labeller, open_round.id)
+    if pulled is None:
+        pulled = pull(state, labeller, open_round.id)
     queue = state.queue(open_round.id)
     labelled = sum(q.state == "labelled" for q in queue)
     pending = sum(q.state == "pending" for q in queue)
@@ -476,7 +481,6 @@ def run(
     until_accuracy: float | None = None,
     budget: int | None = None,
     min_change: float | None = None,
-    wait: Callable[[int], None] | None = None,
     poll_seconds: float = 10.0,
     progress: Progress = silent,
 ) -> RunReport:
@@ -485,21 +489,25 @@ def run(
     Rules: ``rounds`` done; the label ``budget`` (total training labels) reached; test
     accuracy at or above ``until_accuracy``; the share of the pool whose predicted class
     changed below ``min_change``; or nothing left to select. The oracle answers at once;
-    for any other labeller ``wait`` defaults to pulling every ``poll_seconds`` until the
-    round's items are all labelled or skipped.
+    any other labeller is pulled every ``poll_seconds`` until the round's items are all
+    labelled or skipped.
     """
     get_strategy(strategy)
-    if wait is None and labeller.name != "oracle":
 
-        def wait(round_id: int) -> None:
-            wait_for_labels(state, labeller, round_id, poll_seconds=poll_seconds, progress=progress)
+    def finish_when_labelled(round_id: int) -> dict[str, Any]:
+        pulled = (
+            None
+            if labeller.name == "oracle"
+            else wait_for_labels(
+                state, labeller, round_id, poll_seconds=poll_seconds, progress=progress
+            )
+        )
+        return finish(config, state, labeller, settings, pulled=pulled, progress=progress).history
 
     report = RunReport()
     open_round = state.open_round()
     if open_round is not None:
-        if wait is not None:
-            wait(open_round.id)
-        report.rows.append(finish(config, state, labeller, settings, progress=progress).history)
+        report.rows.append(finish_when_labelled(open_round.id))
     if state.checkpoint() is None and _can_train(config, state):
         report.initial = train(config, state, settings, tag="initial", progress=progress).metrics
     while len(report.rows) < rounds:
@@ -518,9 +526,7 @@ def run(
             balance=balance,
             progress=progress,
         )
-        if wait is not None:
-            wait(started.round_id)
-        report.rows.append(finish(config, state, labeller, settings, progress=progress).history)
+        report.rows.append(finish_when_labelled(started.round_id))
     report.stopped_because = (
         _stop_reason(state, report.rows, until_accuracy, budget, min_change)
         or f"ran {rounds} round{'s' if rounds != 1 else ''}"

@@ -21,6 +21,7 @@ from typing import Any
 
 from al_pipeline.config import Config
 from al_pipeline.errors import PipelineError
+from al_pipeline.gateway import Gateway
 from al_pipeline.labellers.labelstudio import LabelStudioLabeller
 from al_pipeline.model import TrainingSettings
 from al_pipeline.progress import Progress, silent
@@ -78,7 +79,7 @@ def serve(
         server = _server(port, secret, project, events)
         url = f"http://127.0.0.1:{server.server_address[1]}{PATH}"
         try:
-            labeller.gateway.register_webhook(project, url, {SECRET_HEADER: secret})
+            hook = labeller.gateway.register_webhook(project, url, {SECRET_HEADER: secret})
         except PipelineError:
             server.server_close()
             raise
@@ -91,6 +92,15 @@ def serve(
     finally:
         server.shutdown()
         server.server_close()
+        _unregister(labeller.gateway, hook, report)
+
+
+def _unregister(gateway: Gateway, hook: int, report: Callable[[str], None]) -> None:
+    """Remove the webhook so Label Studio stops calling a receiver that is gone."""
+    try:
+        gateway.remove_webhook(hook)
+    except PipelineError as exc:
+        report(f"Could not remove webhook {hook} from Label Studio ({exc}); delete it there.")
 
 
 def _server(
@@ -198,7 +208,7 @@ def _on_batch(
         if open_round is None:
             return False
         labeller = LabelStudioLabeller(config, state, connection(config))
-        pull(state, labeller, open_round.id)
+        pulled = pull(state, labeller, open_round.id)
         if not is_complete(state, open_round.id, plan.min_labelled):
             return False
         done = finish(
@@ -207,6 +217,7 @@ def _on_batch(
             labeller,
             plan.settings or TrainingSettings(seed=config.seed),
             min_labelled=plan.min_labelled,
+            pulled=pulled,
             progress=progress,
         )
         accuracy = done.history.get("accuracy")

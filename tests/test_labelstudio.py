@@ -4,7 +4,11 @@ API the way the editor does, with real photos and real Keras models."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -62,9 +66,18 @@ def round_tasks(client: LabelStudio, project: int, round_id: int) -> list[Any]:
     return [t for t in tasks if (t.data or {}).get("al_round") == round_id]
 
 
-def annotate(client: LabelStudio, task: Any, choice: str | None, cancelled: bool = False) -> int:
+def annotate(
+    client: LabelStudio,
+    task: Any,
+    choice: str | None,
+    cancelled: bool = False,
+    user: int | None = None,
+) -> int:
+    """Submit an annotation as the editor does, by the key's user or on behalf of ``user``."""
     result = [] if choice is None else choice_result(choice)
-    return int(client.annotations.create(id=task.id, result=result, was_cancelled=cancelled).id)
+    extra = {} if user is None else {"completed_by": user}
+    created = client.annotations.create(id=task.id, result=result, was_cancelled=cancelled, **extra)
+    return int(created.id)
 
 
 @pytest.mark.integration
@@ -140,6 +153,52 @@ def test_an_interrupted_push_creates_no_duplicate_tasks(
 
 
 @pytest.mark.integration
+def test_al_run_polls_label_studio_until_the_batch_is_labelled(
+    oracle_template: Path,
+    tmp_path: Path,
+    keras_home: Path,
+    studio_server: StudioServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    client = sdk(studio_server)
+    with State(config.database) as state:
+        project = LabelStudioLabeller(config, state, _connection(config)).project()
+        truth = state.hidden_items()
+    labelled: list[int] = []
+    stop = threading.Event()
+
+    def label_as_people_do() -> None:
+        """Label the batch one task at a time, once it shows up in Label Studio."""
+        while not stop.is_set() and len(labelled) < 3:
+            for task in round_tasks(client, project, 1):
+                if task.id not in labelled:
+                    annotate(client, task, truth[task.data["al_item"]])
+                    labelled.append(task.id)
+                    time.sleep(1)
+            time.sleep(0.5)
+
+    annotator = threading.Thread(target=label_as_people_do)
+    annotator.start()
+    try:
+        command = ["run", "--labeller", "labelstudio", "--rounds", "1", "--size", "3"]
+        ran = CliRunner().invoke(
+            app, ["-w", str(config.root), *command, "--poll-seconds", "0.3", "--epochs", "5"]
+        )
+    finally:
+        stop.set()
+        annotator.join(timeout=60)
+    assert ran.exit_code == 0, ran.output
+    assert "Stopped: ran 1 round" in ran.output
+    assert len(labelled) == 3
+    with State(config.database) as state:
+        [row] = state.history()
+        assert row["round"] == 1 and row["labelled"] == 13 and row["labeller"] == "labelstudio"
+        assert state.open_round() is None
+
+
+@pytest.mark.integration
 def test_studio_commands_report_the_running_server(studio_server: StudioServer) -> None:
     workspace = ["-w", str(studio_server.config.root)]
     shown = CliRunner().invoke(app, [*workspace, "studio", "status", "--json"])
@@ -181,6 +240,40 @@ def test_updated_and_deleted_annotations_are_reconciled(
         history = state.label_history(item)
         assert [h["class_name"] for h in history] == ["with_mask", "without_mask"]
         assert all(h["retired_at"] for h in history)
+
+
+@pytest.mark.integration
+def test_several_annotators_majority_wins_and_a_tie_waits(
+    oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
+) -> None:
+    config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
+    client = sdk(studio_server)
+    users = [
+        int(client.users.create(username=name, email=f"{name}@example.com").id)
+        for name in ("ann", "bob", "cy")
+    ]
+    with State(config.database) as state:
+        labeller, started = studio_round(config, state, 2)
+        outvoted, tied = round_tasks(client, labeller.project(), started.round_id)
+        for user, choice in zip(users, ("without_mask", "with_mask", "without_mask"), strict=True):
+            annotate(client, outvoted, choice, user=user)
+        annotate(client, tied, "with_mask", user=users[0])
+        annotate(client, tied, "without_mask", user=users[1])
+
+        current = status(state, labeller)
+        assert (current.labelled, current.pending) == (1, 1)
+        tied_item, outvoted_item = tied.data["al_item"], outvoted.data["al_item"]
+        assert current.unresolved == [tied_item]
+        [label] = [h for h in state.label_history(outvoted_item) if not h["retired_at"]]
+        assert label["class_name"] == "without_mask"
+        assert "ann@" in label["annotator"] and "cy@" in label["annotator"]
+        with pytest.raises(RoundError, match=f"no majority on items \\[{tied_item}\\]"):
+            finish(config, state, labeller, SETTINGS)
+
+        annotate(client, tied, "without_mask", user=users[2])
+        done = finish(config, state, labeller, SETTINGS)
+        assert done.history["labelled"] == 12
+        assert state.current_labels([tied_item])[tied_item][0] == "without_mask"
 
 
 def test_majority_wins_and_ties_stay_unresolved() -> None:
@@ -285,6 +378,72 @@ def test_the_webhook_finishes_a_round_once_when_its_last_task_is_labelled(
         next_round = state.open_round()
         assert next_round is not None and next_round.strategy == "margin"
         assert len(round_tasks(client, project, next_round.id)) == 3
+
+
+class Serving:
+    """``al serve`` running as the user starts it, its output collected line by line."""
+
+    def __init__(self, config: Config, keras_home: Path, port: int) -> None:
+        al = Path(sys.executable).parent / "al"
+        command = [str(al), "-w", str(config.root), "serve", "--port", str(port)]
+        self.process = subprocess.Popen(
+            [*command, "--size", "3", "--epochs", "5"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=os.environ | {"KERAS_HOME": str(keras_home), "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip())
+
+    def wait_for(self, start: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(line.startswith(start) for line in self.lines):
+            running = self.process.poll() is None
+            assert running and time.monotonic() < deadline, self.lines
+            time.sleep(0.2)
+
+    def interrupt(self) -> int:
+        """Ctrl+C, as in a terminal."""
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(timeout=60)
+        self.reader.join(timeout=10)
+        return code
+
+
+@pytest.mark.integration
+def test_al_serve_stops_on_ctrl_c_and_a_restart_finishes_what_was_labelled_meanwhile(
+    oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
+) -> None:
+    config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
+    client = sdk(studio_server)
+    port = free_port()
+    hook_url = f"http://127.0.0.1:{port}/webhook"
+    first = Serving(config, keras_home, port)
+    first.wait_for("Started round 1")
+    with State(config.database) as state:
+        project = LabelStudioLabeller(config, state, _connection(config)).project()
+        truth = state.oracle_labels([q.item_id for q in state.queue(1)])
+    assert [h.url for h in client.webhooks.list(project=str(project))] == [hook_url]
+    assert first.interrupt() == 0, first.lines
+    assert first.lines[-1] == "Stopped."
+    assert list(client.webhooks.list(project=str(project))) == []
+
+    for task in round_tasks(client, project, 1):
+        annotate(client, task, truth[task.data["al_item"]])
+    second = Serving(config, keras_home, port)
+    second.wait_for("Started round 2")
+    assert second.interrupt() == 0, second.lines
+    assert sum(line.startswith("Finished round 1") for line in second.lines) == 1
+    with State(config.database) as state:
+        assert [row["round"] for row in state.history()] == [1]
+        assert len(state.queue(2)) == 3
 
 
 def _connection(config: Config) -> Any:
