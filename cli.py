@@ -46,7 +46,7 @@ app = typer.Typer(
     name="al",
     help="Active-learning labelling for image pools: score, select, label, retrain, repeat.",
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 pool_app = typer.Typer(
@@ -916,8 +916,11 @@ def report(
         "report"
     ),
 ) -> None:
-    """A self-contained HTML report: history, learning curves, confusion matrix, and the
-    images the last round selected."""
+    """A self-contained HTML report of the history, curves and the last round's picks.
+
+    One HTML file with the history table, learning curves, the latest confusion matrix and
+    the images the last round selected, all inlined: it opens in a browser without a server.
+    """
     from al_pipeline.history import write_report
     from al_pipeline.workspace import opened
 
@@ -1017,8 +1020,10 @@ def studio_connect(
 @studio_app.command("reset-project")
 @handles_errors
 def studio_reset_project() -> None:
-    """Forget a project that was deleted in Label Studio; the next 'al round start' creates
-    a new one and pushes the open round to it."""
+    """Forget a project that was deleted in Label Studio, to create a new one.
+
+    The next 'al round start' creates a new project and pushes the open round to it.
+    """
     from al_pipeline.studio import reset_project
     from al_pipeline.workspace import opened
 
@@ -1043,11 +1048,12 @@ def serve(
     ] = None,
     epochs: HeadEpochs = 50,
 ) -> None:
-    """Retrain when a batch is labelled: receive Label Studio's webhooks, finish the round
-    (pull, train, evaluate, history) and start the next. Stop with Ctrl+C.
+    """Retrain whenever a batch is labelled in Label Studio (webhooks). Stop with Ctrl+C.
 
-    Starts a round (with --strategy and --size) if none is open; later rounds repeat the
-    last one's strategy and size.
+    Receives Label Studio's annotation webhooks; once the open round's batch is labelled it
+    finishes the round (pull, train, evaluate, history) and starts the next. Starts a round
+    (with --strategy and --size) if none is open; later rounds repeat the last one's
+    strategy and size.
     """
     from al_pipeline.serve import ServePlan
     from al_pipeline.serve import serve as receive
