@@ -47,11 +47,12 @@ class Annotation:
 
 @dataclass(frozen=True)
 class Task:
-    """A task with the item it shows and its annotations."""
+    """A task with the item it shows, its annotations and its predictions' model versions."""
 
     id: int
     data: dict[str, Any]
     annotations: list[Annotation] = field(default_factory=list)
+    prediction_versions: tuple[str, ...] = ()
 
 
 def label_config(classes: Sequence[str]) -> str:
@@ -193,9 +194,23 @@ class Gateway:
                 int(t.id or 0),
                 dict(t.data or {}),
                 [_annotation(a) for a in (t.annotations or [])],
+                tuple(_prediction_version(p) for p in (t.predictions or [])),
             )
             for t in listed
         ]
+
+    def add_prediction(self, task: int, choice: str, score: float | None, version: str) -> None:
+        self._call(
+            f"adding a prediction to task {task}",
+            lambda: self._client.predictions.create(
+                task=task, result=choice_result(choice), score=score, model_version=version
+            ),
+        )
+
+    def update_task_data(self, task: int, data: dict[str, Any]) -> None:
+        self._call(
+            f"updating task {task}", lambda: self._client.tasks.update(id=str(task), data=data)
+        )
 
     def import_tasks(self, project: int, tasks: Sequence[dict[str, Any]]) -> list[int]:
         """Create tasks (with inline predictions); returns their ids in order."""
@@ -233,6 +248,11 @@ class Gateway:
 
     def remove_webhook(self, hook: int) -> None:
         self._call("removing the webhook", partial(self._client.webhooks.delete, id=hook))
+
+
+def _prediction_version(raw: Any) -> str:
+    data = raw if isinstance(raw, dict) else raw.dict()
+    return str(data.get("model_version") or "")
 
 
 def _annotation(raw: Any) -> Annotation:

@@ -153,6 +153,39 @@ def test_an_interrupted_push_creates_no_duplicate_tasks(
 
 
 @pytest.mark.integration
+def test_an_item_picked_again_after_a_partial_round_keeps_its_one_task(
+    oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
+) -> None:
+    config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
+    client = sdk(studio_server)
+    with State(config.database) as state:
+        labeller, first = studio_round(config, state, 3)
+        project = labeller.project()
+        tasks = round_tasks(client, project, first.round_id)
+        truth = state.oracle_labels([q.item_id for q in first.queued])
+        annotate(client, tasks[0], truth[tasks[0].data["al_item"]])
+        finish(config, state, labeller, SETTINGS, partial=True)
+        returned = {t.data["al_item"]: t.id for t in tasks[1:]}
+
+        everything = len(state.selectable_items())
+        second = start(config, state, labeller, strategy="margin", size=everything)
+        assert set(returned) <= {q.item_id for q in second.queued}
+        items = [t.data["al_item"] for t in client.tasks.list(project=project, fields="all")]
+        assert len(items) == len(set(items)) == everything + 1
+        version = client.projects.get(id=project).model_version
+        for item, task_id in returned.items():
+            task = client.tasks.get(id=str(task_id))
+            assert task.data["al_round"] == second.round_id
+            assert [p.model_version for p in task.predictions].count(version) == 1
+        queued = {q.item_id: q.external_id for q in state.queue(second.round_id)}
+        assert all(queued[item] == str(task_id) for item, task_id in returned.items())
+
+        item, task_id = next(iter(returned.items()))
+        annotate(client, client.tasks.get(id=str(task_id)), truth[item])
+        assert status(state, labeller).labelled == 1
+
+
+@pytest.mark.integration
 def test_al_run_polls_label_studio_until_the_batch_is_labelled(
     oracle_template: Path,
     tmp_path: Path,

@@ -2,7 +2,8 @@
 come back from the annotations.
 
 Each task carries its item id and round in its data, so a push that was interrupted after
-Label Studio created some tasks finds them on the next run instead of creating them twice.
+Label Studio created some tasks finds them on the next run instead of creating them twice,
+and an item that a closed round returned to the pool keeps its task when it is picked again.
 Every pull reads every task of the project, so an annotation changed or deleted after an
 earlier pull (even of a closed round) is reconciled; the label history keeps each version.
 """
@@ -17,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from al_pipeline.config import Config
-from al_pipeline.gateway import Annotation, LabelStudioError, choice_result
+from al_pipeline.gateway import Annotation, LabelStudioError, Task, choice_result
 from al_pipeline.labellers.base import Pulled
 from al_pipeline.state import PulledLabel, QueuedItem, State
 from al_pipeline.studio import Connection
@@ -81,16 +82,19 @@ class LabelStudioLabeller:
         return f"{self.connection.url}/projects/{known}/data" if known else None
 
     def push(self, round_id: int, batch: Sequence[QueuedItem]) -> dict[int, str]:
+        """One task per item, ever: an item that already has a task (this round's, from an
+        interrupted push, or an earlier round's that returned it unlabelled) keeps it."""
         project = self.project()
-        existing = {
-            task.data[ITEM_KEY]: task.id
-            for task in self.gateway.tasks(project)
-            if task.data.get(ROUND_KEY) == round_id and ITEM_KEY in task.data
-        }
-        missing = [q for q in batch if q.item_id not in existing]
         version = self._model_version(round_id)
+        known = self._tasks_by_item(project, round_id)
+        for item in batch:
+            task = known.get(item.item_id)
+            if task is not None and task.data.get(ROUND_KEY) != round_id:
+                self._carry_over(task, round_id, item, version)
+        missing = [q for q in batch if q.item_id not in known]
         for folder in sorted({self._storage_folder(q) for q in missing}):
             self.gateway.ensure_local_storage(project, folder)
+        existing = {item: task.id for item, task in known.items()}
         for start in range(0, len(missing), IMPORT_BATCH):
             chunk = missing[start : start + IMPORT_BATCH]
             ids = self.gateway.import_tasks(
@@ -101,6 +105,19 @@ class LabelStudioLabeller:
             # After the import: Label Studio accepts only a version its predictions carry.
             self.gateway.set_model_version(project, version)
         return {q.item_id: str(existing[q.item_id]) for q in batch}
+
+    def _tasks_by_item(self, project: int, round_id: int) -> dict[int, Task]:
+        """Each item's task, this round's first where an item has several."""
+        tasks = [t for t in self.gateway.tasks(project) if isinstance(t.data.get(ITEM_KEY), int)]
+        tasks.sort(key=lambda t: (t.data.get(ROUND_KEY) == round_id, t.id))
+        return {task.data[ITEM_KEY]: task for task in tasks}
+
+    def _carry_over(self, task: Task, round_id: int, item: QueuedItem, version: str | None) -> None:
+        """Move an earlier round's task into this round with this round's guess. The
+        prediction goes first, so a re-run after a failure in between adds none twice."""
+        if version and item.predicted_class and version not in task.prediction_versions:
+            self.gateway.add_prediction(task.id, item.predicted_class, item.confidence, version)
+        self.gateway.update_task_data(task.id, task.data | {ROUND_KEY: round_id})
 
     def _model_version(self, round_id: int) -> str | None:
         row = self.state.round(round_id)
