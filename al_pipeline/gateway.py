@@ -23,6 +23,7 @@ from al_pipeline.errors import PipelineError
 T = TypeVar("T")
 CONTROL = "label"
 OBJECT = "image"
+ROUND_TAB_SUFFIX = " · least confident first"
 WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 
 
@@ -47,12 +48,13 @@ class Annotation:
 
 @dataclass(frozen=True)
 class Task:
-    """A task with the item it shows, its annotations and its predictions' model versions."""
+    """A task with the item it shows, its annotations and its predictions (id -> model
+    version)."""
 
     id: int
     data: dict[str, Any]
     annotations: list[Annotation] = field(default_factory=list)
-    prediction_versions: tuple[str, ...] = ()
+    predictions: dict[int, str] = field(default_factory=dict)
 
 
 def label_config(classes: Sequence[str]) -> str:
@@ -194,7 +196,7 @@ class Gateway:
                 int(t.id or 0),
                 dict(t.data or {}),
                 [_annotation(a) for a in (t.annotations or [])],
-                tuple(_prediction_version(p) for p in (t.predictions or [])),
+                dict(_prediction(p) for p in (t.predictions or [])),
             )
             for t in listed
         ]
@@ -206,6 +208,48 @@ class Gateway:
                 task=task, result=choice_result(choice), score=score, model_version=version
             ),
         )
+
+    def remove_prediction(self, prediction: int) -> None:
+        self._call(
+            "removing an outdated prediction",
+            partial(self._client.predictions.delete, id=prediction),
+        )
+
+    def show_round(self, project: int, round_id: int) -> int:
+        """A Data Manager tab holding only the round's tasks, least confident first; its id.
+
+        The labelling stream opened from a tab serves tasks in the tab's order: the browser
+        always sends the tab's filters, so Label Studio uses its Data Manager queue rather
+        than the project's uncertainty sampling. This tab is what puts the least certain
+        image first. The one tab is reused round after round.
+        """
+        data = {
+            "title": f"Round {round_id}{ROUND_TAB_SUFFIX}",
+            "ordering": ["tasks:predictions_score"],
+            "filters": {
+                "conjunction": "and",
+                "items": [
+                    {
+                        "filter": "filter:tasks:data.al_round",
+                        "operator": "equal",
+                        "type": "Number",
+                        "value": round_id,
+                    }
+                ],
+            },
+        }
+        tabs = self._call(
+            "listing Data Manager tabs", lambda: self._client.views.list(project=project), project
+        )
+        ours = [
+            t.id for t in tabs if str((t.data or {}).get("title", "")).endswith(ROUND_TAB_SUFFIX)
+        ]
+        if ours and ours[0] is not None:
+            update = partial(self._client.views.update, id=str(ours[0]), project=project, data=data)
+            self._call("updating the round's tab", update, project)
+            return int(ours[0])
+        create = partial(self._client.views.create, project=project, data=data)
+        return int(self._call("adding the round's tab", create, project).id or 0)
 
     def update_task_data(self, task: int, data: dict[str, Any]) -> None:
         self._call(
@@ -250,9 +294,9 @@ class Gateway:
         self._call("removing the webhook", partial(self._client.webhooks.delete, id=hook))
 
 
-def _prediction_version(raw: Any) -> str:
+def _prediction(raw: Any) -> tuple[int, str]:
     data = raw if isinstance(raw, dict) else raw.dict()
-    return str(data.get("model_version") or "")
+    return int(data["id"]), str(data.get("model_version") or "")
 
 
 def _annotation(raw: Any) -> Annotation:

@@ -66,6 +66,24 @@ def round_tasks(client: LabelStudio, project: int, round_id: int) -> list[Any]:
     return [t for t in tasks if (t.data or {}).get("al_round") == round_id]
 
 
+def next_in_stream(server: StudioServer, link: str) -> dict[str, Any]:
+    """The task the labelling stream opened from ``link``'s tab serves, asked the way the
+    browser asks: with the tab's filters and ordering."""
+    project, tab = link.split("/projects/")[1].split("/data?tab=")
+    headers = {"Authorization": f"Token {server.api_key}"}
+    data = httpx.get(f"{server.url}/api/dm/views/{tab}", headers=headers).json()["data"]
+    body = {
+        "filters": data["filters"],
+        "ordering": data["ordering"],
+        "selectedItems": {"all": False, "included": []},
+        "project": project,
+    }
+    url = f"{server.url}/api/dm/actions?id=next_task&tabID={tab}&project={project}"
+    answer = httpx.post(url, json=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
 def annotate(
     client: LabelStudio,
     task: Any,
@@ -91,9 +109,12 @@ def test_a_full_round_through_label_studio(
         assert isinstance(labeller, LabelStudioLabeller)
         started = start(config, state, labeller, strategy="margin", size=6)
         project = labeller.project()
-        assert started.link == f"{studio_server.url}/projects/{project}/data"
+        assert started.link is not None
+        assert started.link.startswith(f"{studio_server.url}/projects/{project}/data?tab=")
         tasks = round_tasks(client, project, started.round_id)
         assert len(tasks) == 6
+        least_confident = min(started.queued, key=lambda q: q.confidence or 0).item_id
+        assert next_in_stream(studio_server, started.link)["data"]["al_item"] == least_confident
         assert client.projects.get(id=project).model_version == "initial"
         by_item = {q.item_id: q for q in started.queued}
         for task in tasks:
@@ -108,6 +129,9 @@ def test_a_full_round_through_label_studio(
             )
             assert image.status_code == 200
             assert image.content == (config.root / queued.path).read_bytes()
+        newest = max(tasks, key=lambda t: t.id)
+        client.predictions.update(id=newest.predictions[0].id, score=0.0)
+        assert next_in_stream(studio_server, started.link)["id"] == newest.id
 
         truth = state.oracle_labels(list(by_item))
         skipped_task = tasks[0]
@@ -173,10 +197,13 @@ def test_an_item_picked_again_after_a_partial_round_keeps_its_one_task(
         items = [t.data["al_item"] for t in client.tasks.list(project=project, fields="all")]
         assert len(items) == len(set(items)) == everything + 1
         version = client.projects.get(id=project).model_version
-        for item, task_id in returned.items():
+        for task_id in returned.values():
             task = client.tasks.get(id=str(task_id))
             assert task.data["al_round"] == second.round_id
-            assert [p.model_version for p in task.predictions].count(version) == 1
+            assert [p.model_version for p in task.predictions] == [version]
+        assert second.link is not None and second.link == first.link
+        least_confident = min(second.queued, key=lambda q: q.confidence or 0).item_id
+        assert next_in_stream(studio_server, second.link)["data"]["al_item"] == least_confident
         queued = {q.item_id: q.external_id for q in state.queue(second.round_id)}
         assert all(queued[item] == str(task_id) for item, task_id in returned.items())
 

@@ -76,10 +76,19 @@ class LabelStudioLabeller:
 
     def forget_project(self) -> None:
         self.state.delete_meta(self._project_key)
+        self.state.delete_meta(self._tab_key)
+
+    @property
+    def _tab_key(self) -> str:
+        return f"labelstudio.tab:{self.connection.url}"
 
     def link(self) -> str | None:
+        """The project's Data Manager, on the open round's tab once one was pushed."""
         known = self.state.get_meta(self._project_key)
-        return f"{self.connection.url}/projects/{known}/data" if known else None
+        if not known:
+            return None
+        tab = self.state.get_meta(self._tab_key)
+        return f"{self.connection.url}/projects/{known}/data" + (f"?tab={tab}" if tab else "")
 
     def push(self, round_id: int, batch: Sequence[QueuedItem]) -> dict[int, str]:
         """One task per item, ever: an item that already has a task (this round's, from an
@@ -104,6 +113,8 @@ class LabelStudioLabeller:
         if version is not None:
             # After the import: Label Studio accepts only a version its predictions carry.
             self.gateway.set_model_version(project, version)
+        tab = self.gateway.show_round(project, round_id)
+        self.state.set_meta(self._tab_key, str(tab))
         return {q.item_id: str(existing[q.item_id]) for q in batch}
 
     def _tasks_by_item(self, project: int, round_id: int) -> dict[int, Task]:
@@ -113,10 +124,14 @@ class LabelStudioLabeller:
         return {task.data[ITEM_KEY]: task for task in tasks}
 
     def _carry_over(self, task: Task, round_id: int, item: QueuedItem, version: str | None) -> None:
-        """Move an earlier round's task into this round with this round's guess. The
-        prediction goes first, so a re-run after a failure in between adds none twice."""
-        if version and item.predicted_class and version not in task.prediction_versions:
+        """Move an earlier round's task into this round with this round's guess only (the
+        tab sorts by the mean prediction score). In this order a re-run after a failure
+        in between adds no prediction twice."""
+        if version and item.predicted_class and version not in task.predictions.values():
             self.gateway.add_prediction(task.id, item.predicted_class, item.confidence, version)
+        for prediction, old in task.predictions.items():
+            if old != version:
+                self.gateway.remove_prediction(prediction)
         self.gateway.update_task_data(task.id, task.data | {ROUND_KEY: round_id})
 
     def _model_version(self, round_id: int) -> str | None:
