@@ -218,10 +218,10 @@ class Gateway:
     def show_round(self, project: int, round_id: int) -> int:
         """A Data Manager tab holding only the round's tasks, least confident first; its id.
 
-        The labelling stream opened from a tab serves tasks in the tab's order: the browser
-        always sends the tab's filters, so Label Studio uses its Data Manager queue rather
-        than the project's uncertainty sampling. This tab is what puts the least certain
-        image first. The one tab is reused round after round.
+        The labelling stream opened from the Default tab serves tasks by id, not by the
+        project's uncertainty sampling (the browser sends the tab's settings, which makes
+        Label Studio use its Data Manager queue). This tab, sorted by prediction score, is
+        what puts the least certain image first. The one tab is reused round after round.
         """
         data = {
             "title": f"Round {round_id}{ROUND_TAB_SUFFIX}",
