@@ -294,13 +294,18 @@ class Gateway:
         self._call("removing the webhook", partial(self._client.webhooks.delete, id=hook))
 
 
+def _as_dict(raw: Any) -> dict[str, Any]:
+    """The SDK lists nested objects as models or as plain dicts, depending on the call."""
+    return raw if isinstance(raw, dict) else dict(raw.dict())
+
+
 def _prediction(raw: Any) -> tuple[int, str]:
-    data = raw if isinstance(raw, dict) else raw.dict()
+    data = _as_dict(raw)
     return int(data["id"]), str(data.get("model_version") or "")
 
 
 def _annotation(raw: Any) -> Annotation:
-    data = raw if isinstance(raw, dict) else raw.dict()
+    data = _as_dict(raw)
     choices = [
         choice
         for region in data.get("result") or []

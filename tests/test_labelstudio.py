@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -411,10 +412,7 @@ def test_the_webhook_finishes_a_round_once_when_its_last_task_is_labelled(
     worker = threading.Thread(target=lambda: serve(config, plan, port, lines.append, stop))
     worker.start()
     try:
-        deadline = time.monotonic() + 120
-        while not any(line.startswith("Started round") for line in lines):
-            assert worker.is_alive() and time.monotonic() < deadline, lines
-            time.sleep(0.2)
+        wait_for_line(lines, "Started round", worker.is_alive, timeout=120)
         webhook = f"http://127.0.0.1:{port}/webhook"
         assert httpx.post(webhook, json={"action": "ANNOTATION_CREATED"}).status_code == 403
         wrong = httpx.post(webhook, json={}, headers={SECRET_HEADER: "guess"})
@@ -440,6 +438,16 @@ def test_the_webhook_finishes_a_round_once_when_its_last_task_is_labelled(
         assert len(round_tasks(client, project, next_round.id)) == 3
 
 
+def wait_for_line(
+    lines: list[str], start: str, running: Callable[[], bool], timeout: float
+) -> None:
+    """Until a collected output line starts with ``start``; fails if the producer stops."""
+    deadline = time.monotonic() + timeout
+    while not any(line.startswith(start) for line in lines):
+        assert running() and time.monotonic() < deadline, lines
+        time.sleep(0.2)
+
+
 class Serving:
     """``al serve`` running as the user starts it, its output collected line by line."""
 
@@ -462,12 +470,8 @@ class Serving:
         for line in self.process.stdout:
             self.lines.append(line.rstrip())
 
-    def wait_for(self, start: str, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(line.startswith(start) for line in self.lines):
-            running = self.process.poll() is None
-            assert running and time.monotonic() < deadline, self.lines
-            time.sleep(0.2)
+    def wait_for(self, start: str) -> None:
+        wait_for_line(self.lines, start, lambda: self.process.poll() is None, timeout=180)
 
     def interrupt(self) -> int:
         """Ctrl+C, as in a terminal."""
