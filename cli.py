@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import traceback
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -31,7 +33,7 @@ from rich.table import Table
 
 from al_pipeline import __version__
 from al_pipeline.config import Config, resolve_config
-from al_pipeline.errors import PipelineError
+from al_pipeline.errors import PipelineError, explain
 
 if TYPE_CHECKING:
     from al_pipeline.ingest import IngestReport
@@ -101,16 +103,20 @@ GLOBALS = Globals()
 
 
 def handles_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn a PipelineError into a message and exit code 1 (traceback with --verbose)."""
+    """Turn a PipelineError (or a full disk, see ``explain``) into a message and exit code 1
+    (traceback with --verbose)."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except PipelineError as exc:
+        except Exception as exc:
+            error = explain(exc)
+            if error is None:
+                raise
             if GLOBALS.verbose:
                 err.print(traceback.format_exc(), markup=False, highlight=False)
-            err.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]Error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -120,8 +126,26 @@ def config_for(**overrides: Any) -> Config:
     return resolve_config(GLOBALS.workspace, **overrides)
 
 
+def waiting(message: str) -> None:
+    """Say once that a command waits for another one holding the workspace."""
+    err.print(message, highlight=False)
+
+
 def print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
+    """Strict JSON: NaN and infinities become null (JSON has no such numbers)."""
+    typer.echo(json.dumps(_plain(data), indent=2, default=str, allow_nan=False))
+
+
+def _plain(value: Any) -> Any:
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 class BarProgress:
@@ -279,7 +303,8 @@ def pool_add(
     from al_pipeline.workspace import opened
 
     config = config_for()
-    with opened(config) as state, BarProgress() as progress:
+    check_report(report)
+    with opened(config, "al pool add", waiting) as state, BarProgress() as progress:
         result = add_folder(
             config,
             state,
@@ -321,7 +346,8 @@ def pool_import_voc(
     from al_pipeline.workspace import opened
 
     config = config_for()
-    with opened(config) as state, BarProgress() as progress:
+    check_report(report)
+    with opened(config, "al pool import-voc", waiting) as state, BarProgress() as progress:
         result = import_voc(
             config,
             state,
@@ -333,6 +359,13 @@ def pool_import_voc(
             progress=progress,
         )
     render_ingest(result, report, as_json)
+
+
+def check_report(report: Path | None) -> None:
+    from al_pipeline.paths import output_file
+
+    if report is not None:
+        output_file(report, "--report")
 
 
 def render_ingest(result: IngestReport, report: Path | None, as_json: bool) -> None:
@@ -453,6 +486,9 @@ def train(
     fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning.")] = 5,
     seed: Annotated[int | None, typer.Option(help="Seed (default: workspace seed).")] = None,
     tag: Annotated[str | None, typer.Option(help="Checkpoint name (default: train-NNN).")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the checkpoint --tag names if it exists.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Train on every labelled, non-test item; save a checkpoint and evaluate it."""
@@ -467,8 +503,8 @@ def train(
         fine_tune_epochs=fine_tune_epochs,
         seed=config.seed,
     )
-    with opened(config) as state, BarProgress() as progress:
-        report = run_training(config, state, settings, tag=tag, progress=progress)
+    with opened(config, "al train", waiting) as state, BarProgress() as progress:
+        report = run_training(config, state, settings, tag=tag, force=force, progress=progress)
     if as_json:
         print_json(dataclasses.asdict(report))
         return
@@ -497,7 +533,7 @@ def evaluate(
     from al_pipeline.workspace import opened
 
     config = config_for()
-    with opened(config) as state, BarProgress() as progress:
+    with opened(config, "al evaluate", waiting) as state, BarProgress() as progress:
         report = run_evaluation(config, state, checkpoint, progress)
     if as_json:
         print_json(dataclasses.asdict(report))
@@ -524,28 +560,23 @@ def predict(
     ] = None,
 ) -> None:
     """Class and confidence for each image (or each face); unreadable files are reported."""
-    import csv
-
-    from al_pipeline.predict import predict_faces, predict_files
+    from al_pipeline.paths import output_file
+    from al_pipeline.predict import predict_faces, predict_files, write_csv
     from al_pipeline.score import find_checkpoint
     from al_pipeline.workspace import opened
 
     config = config_for()
+    if csv_file is not None:
+        output_file(csv_file, "--csv")
     with opened(config) as state:
         _, model = find_checkpoint(config, state, checkpoint)
     with BarProgress() as progress:
         run = predict_faces if faces else predict_files
         results = run(config, model, paths, progress)
-    rows = [dataclasses.asdict(r) for r in results]
     if csv_file is not None:
-        with csv_file.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(
-                handle, ["path", "label", "confidence", "box", "error"], extrasaction="ignore"
-            )
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(results, csv_file)
     if as_json:
-        print_json(rows)
+        print_json([dataclasses.asdict(r) for r in results])
         return
     table = Table()
     for column in ("path", "label", "confidence", *(("box",) if faces else ())):
@@ -610,7 +641,7 @@ def round_start(
     from al_pipeline.workspace import opened
 
     config = config_for()
-    with opened(config) as state, BarProgress() as progress:
+    with opened(config, "al round start", waiting) as state, BarProgress() as progress:
         started = start(
             config,
             state,
@@ -683,7 +714,7 @@ def round_finish(
     from al_pipeline.workspace import opened
 
     config = config_for()
-    with opened(config) as state, BarProgress() as progress:
+    with opened(config, "al round finish", waiting) as state, BarProgress() as progress:
         done = finish(
             config,
             state,
@@ -767,7 +798,7 @@ def run_rounds(
     from al_pipeline.workspace import opened
 
     config = config_for()
-    with opened(config) as state, BarProgress() as progress:
+    with opened(config, "al run", waiting) as state, BarProgress() as progress:
         report = run(
             config,
             state,
@@ -862,7 +893,7 @@ def simulate(
             config = resolve_config(config.root)
         else:
             config = config_for()
-        with opened(config) as state:
+        with opened(config, "al simulate", waiting) as state:
             result = run_simulation(
                 config,
                 state,
@@ -941,7 +972,7 @@ def studio_up(port: StudioPort = 8080, as_json: JsonFlag = False) -> None:
     from al_pipeline.workspace import opened
 
     config = config_for()
-    with opened(config) as state, BarProgress() as progress:
+    with opened(config, "al studio up", waiting) as state, BarProgress() as progress:
         server = up(config, state, port, progress=progress)
     render_server(server, as_json)
     if not as_json:
@@ -957,8 +988,12 @@ def studio_down() -> None:
     """Stop the workspace's Label Studio server (SIGTERM)."""
     from al_pipeline.studio import down
 
-    pid = down(config_for())
-    out.print(f"Stopped Label Studio (pid {pid})." if pid else "Label Studio was not running.")
+    stopped = down(config_for())
+    if stopped.pid is None:
+        out.print("Label Studio was not running.")
+    else:
+        how = ", killed: it did not stop on SIGTERM" if stopped.killed else ""
+        out.print(f"Stopped Label Studio (pid {stopped.pid}{how}).")
 
 
 @studio_app.command("status")
@@ -1028,7 +1063,7 @@ def studio_reset_project() -> None:
     from al_pipeline.workspace import opened
 
     config = config_for()
-    with opened(config) as state:
+    with opened(config, "al studio reset-project", waiting) as state:
         round_id = reset_project(config, state)
     out.print(
         "Forgot the project."

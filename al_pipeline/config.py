@@ -51,6 +51,8 @@ class Config:
         studio_url: A Label Studio server to use instead of the stored connection
             (``$LABEL_STUDIO_URL``).
         studio_api_key: Its API key (``$LABEL_STUDIO_API_KEY``).
+        lock_wait: Seconds a command that writes waits for another one holding the
+            workspace before it gives up (``$AL_LOCK_WAIT``).
     """
 
     root: Path
@@ -72,6 +74,7 @@ class Config:
     studio_dir: Path = field(default=Path("studio"))
     studio_url: str | None = None
     studio_api_key: str | None = None
+    lock_wait: float = 300.0
 
     def __post_init__(self) -> None:
         for name in ("pools_dir", "checkpoints_dir", "database", "cache_dir", "studio_dir"):
@@ -152,12 +155,25 @@ def load_config(root: Path) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"Cannot read {path}: {exc.strerror}. Check its permissions.") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start}). Save it as UTF-8, or restore it."
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}). Fix the file by hand.") from exc
     return _config_from_mapping(root, data, source=str(path))
 
 
+_TABLES = ("workspace", "model", "ingest", "paths")
+
+
 def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Config:
+    for table in _TABLES:
+        if not isinstance(data.get(table, {}), dict):
+            raise ConfigError(
+                f"{source}: [{table}] must be a table, got {data[table]!r}. Fix the file by "
+                "hand (see 'al init' for the layout)."
+            )
     workspace = data.get("workspace", {})
     model = data.get("model", {})
     ingest = data.get("ingest", {})
@@ -170,13 +186,13 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
     try:
         return Config(
             root=root,
-            name=str(workspace.get("name", root.name)),
+            name=workspace_name(str(workspace.get("name", root.name))),
             classes=parse_classes(",".join(classes)),
             backbone=str(model.get("backbone", Config.backbone)),
             weights=str(model.get("weights", Config.weights)),
             precision=_precision(model.get("precision", Config.precision)),
             image_size=_positive_int(model.get("image_size", Config.image_size), "image_size"),
-            seed=int(workspace.get("seed", Config.seed)),
+            seed=_non_negative_int(workspace.get("seed", Config.seed), "seed"),
             max_pixels=_positive_int(ingest.get("max_pixels", Config.max_pixels), "max_pixels"),
             near_duplicate_bits=int(ingest.get("near_duplicate_bits", Config.near_duplicate_bits)),
             pools_dir=Path(paths.get("pools", "pools")),
@@ -202,6 +218,23 @@ def _positive_int(value: object, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def _non_negative_int(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an integer of 0 or more, got {value!r}")
+    return value
+
+
+def workspace_name(name: str) -> str:
+    """A workspace name: printable (it titles the Label Studio project), 1-100 characters."""
+    stripped = name.strip()
+    if not stripped or len(stripped) > 100 or not stripped.isprintable():
+        raise ConfigError(
+            f"Workspace name {name!r} is not allowed: use 1 to 100 printable characters "
+            "(no control characters such as newlines or tabs)."
+        )
+    return stripped
 
 
 def resolve_config(
@@ -236,6 +269,13 @@ def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
         values["studio_url"] = env["LABEL_STUDIO_URL"]
     if env.get("LABEL_STUDIO_API_KEY"):
         values["studio_api_key"] = env["LABEL_STUDIO_API_KEY"]
+    if env.get("AL_LOCK_WAIT"):
+        try:
+            values["lock_wait"] = max(0.0, float(env["AL_LOCK_WAIT"]))
+        except ValueError:
+            raise ConfigError(
+                f"$AL_LOCK_WAIT is {env['AL_LOCK_WAIT']!r}; set it to a number of seconds."
+            ) from None
     return values
 
 
@@ -306,4 +346,4 @@ def new_config(root: Path, classes: tuple[str, ...], name: str | None = None) ->
             f"'{root}' is already a workspace ({CONFIG_FILE} exists). Use it as it is, "
             "or choose another folder."
         )
-    return Config(root=root, name=name or root.name, classes=classes)
+    return Config(root=root, name=workspace_name(name or root.name), classes=classes)

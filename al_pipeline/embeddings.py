@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,9 +23,10 @@ from numpy.typing import NDArray
 
 from al_pipeline.backbones import Backbone
 from al_pipeline.config import Config
+from al_pipeline.images import file_state
 from al_pipeline.loader import image_batches
 from al_pipeline.progress import Progress, silent
-from al_pipeline.state import State
+from al_pipeline.state import CachedRow, State
 
 DTYPE = np.float16
 BATCH = 32
@@ -37,7 +39,13 @@ def cache_digest(backbone: Backbone) -> str:
 
 
 class EmbeddingCache:
-    """The on-disk feature rows of one backbone + weights."""
+    """The on-disk feature rows of one backbone + weights.
+
+    Each row's CRC-32 is indexed with it, and the file's size and time are recorded after
+    every write. When the file is not as this workspace left it (edited, copied over,
+    restored), every row is checked on open, and rows that fail are forgotten: their
+    features are computed again, so a damaged cache never changes what is selected.
+    """
 
     def __init__(self, state: State, directory: Path, backbone: Backbone) -> None:
         self.state = state
@@ -48,25 +56,62 @@ class EmbeddingCache:
         state.ensure_embedding_set(
             self.digest, backbone.name, backbone.image_size, backbone.weights_digest, self.dim
         )
-        self.index = state.embedding_rows(self.digest)
-        if self.index and max(self.index.values()) >= self._rows_on_disk():
-            state.drop_embedding_rows(self.digest)
-            self.index = {}
+        index = state.embedding_index(self.digest)
+        recorded = state.embedding_file_state(self.digest)
+        self.damaged = 0
+        if index and recorded != file_state(self.file):
+            index = self._verify(index, trust_unchecked=recorded is None)
+        self.index = {sha: cached.row for sha, cached in index.items()}
+
+    @property
+    def _row_bytes(self) -> int:
+        return self.dim * np.dtype(DTYPE).itemsize
 
     def _rows_on_disk(self) -> int:
         size = self.file.stat().st_size if self.file.exists() else 0
-        return size // (self.dim * np.dtype(DTYPE).itemsize)
+        return size // self._row_bytes
+
+    def _verify(self, index: dict[str, CachedRow], trust_unchecked: bool) -> dict[str, CachedRow]:
+        """Check every indexed row against its checksum; forget the rows that fail.
+
+        Rows indexed before checksums existed (``trust_unchecked``: the file state was never
+        recorded) get their checksum now.
+        """
+        on_disk = self._rows_on_disk()
+        table = (
+            np.memmap(self.file, dtype=DTYPE, mode="r").reshape(-1, self.dim) if on_disk else None
+        )
+        kept: dict[str, CachedRow] = {}
+        for sha, cached in index.items():
+            if table is None or cached.row >= on_disk:
+                continue
+            crc = zlib.crc32(table[cached.row].tobytes())
+            if cached.crc == crc or (cached.crc is None and trust_unchecked):
+                kept[sha] = CachedRow(cached.row, crc)
+        self.damaged = len(index) - len(kept)
+        drop = [sha for sha in index if sha not in kept]
+        fill = [
+            (sha, c.row, c.crc)
+            for sha, c in kept.items()
+            if c.crc is not None and index[sha].crc is None
+        ]
+        self.state.add_embedding_rows(self.digest, fill, file_state(self.file), drop)
+        return kept
 
     def append(self, shas: Sequence[str], features: NDArray[np.floating]) -> None:
         first = self._rows_on_disk()
+        data = np.ascontiguousarray(features, dtype=DTYPE)
         with self.file.open("ab") as handle:
-            handle.truncate(first * self.dim * np.dtype(DTYPE).itemsize)
-            handle.write(np.ascontiguousarray(features, dtype=DTYPE).tobytes())
+            handle.truncate(first * self._row_bytes)
+            handle.write(data.tobytes())
             handle.flush()
             os.fsync(handle.fileno())
-        rows = [(sha, first + offset) for offset, sha in enumerate(shas)]
-        self.state.add_embedding_rows(self.digest, rows)
-        self.index.update(rows)
+        rows = [
+            (sha, first + offset, zlib.crc32(data[offset].tobytes()))
+            for offset, sha in enumerate(shas)
+        ]
+        self.state.add_embedding_rows(self.digest, rows, file_state(self.file))
+        self.index.update((sha, row) for sha, row, _ in rows)
 
     def read(self, rows: NDArray[np.int64]) -> NDArray[np.float32]:
         """Features for ``rows`` as float32 (reads only those rows through a memory map)."""

@@ -269,12 +269,16 @@ class Gateway:
         )
         return [int(i) for i in getattr(answer, "task_ids", None) or []]
 
-    def register_webhook(self, project: int, url: str, secret_header: dict[str, str]) -> int:
-        """Point the project's annotation events at ``url`` (replacing an older hook there)."""
+    def register_webhook(
+        self, project: int, url: str, secret_header: dict[str, str]
+    ) -> tuple[int, int]:
+        """Point the project's annotation events at ``url``, replacing older hooks there (left
+        by a receiver that died); the new hook's id and how many were replaced."""
         hooks = self._call(
             "listing webhooks", lambda: self._client.webhooks.list(project=str(project)), project
         )
-        for old in [int(h.id) for h in hooks if h.id is not None and h.url == url]:
+        stale = [int(h.id) for h in hooks if h.id is not None and h.url == url]
+        for old in stale:
             self._call("removing an old webhook", partial(self._client.webhooks.delete, id=old))
         hook = self._call(
             "registering the webhook",
@@ -288,7 +292,7 @@ class Gateway:
             ),
             project,
         )
-        return int(hook.id or 0)
+        return int(hook.id or 0), len(stale)
 
     def remove_webhook(self, hook: int) -> None:
         self._call("removing the webhook", partial(self._client.webhooks.delete, id=hook))

@@ -12,8 +12,9 @@ from typing import Any
 import pandas as pd
 
 from al_pipeline.config import Config
-from al_pipeline.errors import PipelineError
+from al_pipeline.errors import OutputError, PipelineError
 from al_pipeline.images import load_rgb
+from al_pipeline.paths import output_file, output_folder, write_atomically
 from al_pipeline.state import State
 
 COLUMNS = (
@@ -50,14 +51,10 @@ def load_history(state: State) -> pd.DataFrame:
 
 def write_table(frame: pd.DataFrame, path: Path) -> Path:
     """Write CSV or Parquet, chosen by the file's extension."""
-    try:
-        if path.suffix.lower() == ".parquet":
-            frame.to_parquet(path, index=False)
-        else:
-            frame.to_csv(path, index=False)
-    except OSError as exc:
-        raise PipelineError(f"Cannot write {path}: {exc.strerror}.") from exc
-    return path
+    output_file(path, "The table file")
+    if path.suffix.lower() == ".parquet":
+        return write_atomically(path, lambda handle: frame.to_parquet(handle, index=False))
+    return write_atomically(path, lambda handle: frame.to_csv(handle, index=False))
 
 
 def plot_learning_curve(
@@ -74,6 +71,8 @@ def plot_learning_curve(
         raise PipelineError(
             "No closed rounds yet: nothing to plot. Run 'al run' or finish a round first."
         )
+    if path is not None:
+        output_file(path, "The plot file")
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
     for name, part in frame.groupby(group, sort=True):
         part = part.sort_values("labelled")
@@ -90,15 +89,19 @@ def plot_learning_curve(
     plt.close(figure)
     data = buffer.getvalue()
     if path is not None:
-        path.write_bytes(data)
+        write_atomically(path, lambda handle: handle.write(data), "the plot")
     return data
 
 
 def write_report(config: Config, state: State, folder: Path) -> Path:
     """A self-contained HTML page (images inlined): history table, learning curves, the
     latest confusion matrix, and the images the last round selected."""
+    output_folder(folder, "The report folder")
     frame = load_history(state)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"Cannot create the report folder {folder}: {exc.strerror}.") from exc
     parts = [f"<h1>al-pipeline report: {html.escape(config.name)}</h1>"]
     if frame.empty:
         parts.append("<p>No closed rounds yet.</p>")
@@ -114,11 +117,10 @@ def write_report(config: Config, state: State, folder: Path) -> Path:
         )
     parts.append(_confusion_matrix(state))
     parts.append(_last_selection(config, state))
-    page = folder / "report.html"
-    page.write_text(
-        _PAGE.format(title=html.escape(config.name), body="\n".join(parts)), encoding="utf-8"
+    text = _PAGE.format(title=html.escape(config.name), body="\n".join(parts))
+    return write_atomically(
+        folder / "report.html", lambda handle: handle.write(text.encode("utf-8")), "the report"
     )
-    return page
 
 
 def _confusion_matrix(state: State) -> str:

@@ -7,11 +7,12 @@ and palette, alpha, greyscale, CMYK and 16-bit images become 8-bit RGB.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
+import stat
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import scipy.fft
@@ -87,11 +88,36 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if mode == "RGB" else image.convert("RGB")
 
 
+def require_regular_file(path: Path) -> Path:
+    """Refuse FIFOs, sockets and devices before opening them: reading a FIFO blocks until
+    some other program writes to it."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError("not a regular file (a FIFO, socket or device)")
+    return path
+
+
 def load_rgb(path: Path) -> Image.Image:
     """Open an image file and return it as normalised RGB (fully loaded)."""
-    with Image.open(path) as image:
+    with Image.open(require_regular_file(path)) as image:
         image.load()
         return to_rgb(image)
+
+
+def load_checked(path: Path, max_pixels: int) -> Image.Image:
+    """:func:`load_rgb` after the checks ingestion applies (format, ``max_pixels``).
+
+    Raises:
+        ImageRejected: with the reason, before anything large is decoded.
+    """
+    try:
+        with require_regular_file(path).open("rb") as handle:
+            _check_header(handle, max_pixels)
+            handle.seek(0)
+            return _decode(handle)
+    except ValueError as exc:
+        raise ImageRejected(Reason.NOT_A_FILE, str(exc)) from exc
+    except OSError as exc:
+        raise ImageRejected(Reason.UNREADABLE, f"cannot read: {exc.strerror}") from exc
 
 
 def inspect_file(path: Path, root: Path, max_pixels: int) -> tuple[ImageFile, Image.Image]:
@@ -104,30 +130,34 @@ def inspect_file(path: Path, root: Path, max_pixels: int) -> tuple[ImageFile, Im
     """
     real = _resolve_inside(path, root)
     try:
-        stat = real.stat()
+        facts = real.stat()
     except OSError as exc:
         raise ImageRejected(Reason.UNREADABLE, f"cannot stat: {exc.strerror}") from exc
-    if not real.is_file():
+    if not stat.S_ISREG(facts.st_mode):
         raise ImageRejected(Reason.NOT_A_FILE, "not a regular file")
-    if stat.st_size == 0:
+    if facts.st_size == 0:
         raise ImageRejected(Reason.EMPTY, "file is empty (0 bytes)")
     try:
-        data = real.read_bytes()
+        with real.open("rb") as handle:
+            sha256 = _sha256(handle)
+            handle.seek(0)
+            image_format = _check_header(handle, max_pixels)
+            handle.seek(0)
+            rgb = _decode(handle)
     except OSError as exc:
         raise ImageRejected(Reason.UNREADABLE, f"cannot read: {exc.strerror}") from exc
-    image_format = _check_header(data, max_pixels)
-    rgb = _decode(data)
     return (
-        ImageFile(
-            hashlib.sha256(data).hexdigest(),
-            stat.st_size,
-            stat.st_mtime_ns,
-            image_format,
-            rgb.width,
-            rgb.height,
-        ),
+        ImageFile(sha256, facts.st_size, facts.st_mtime_ns, image_format, rgb.width, rgb.height),
         rgb,
     )
+
+
+def _sha256(handle: BinaryIO) -> str:
+    """The file's content hash, read in 1 MiB chunks: memory stays flat for any size."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _resolve_inside(path: Path, root: Path) -> Path:
@@ -144,9 +174,9 @@ def _resolve_inside(path: Path, root: Path) -> Path:
     return real
 
 
-def _check_header(data: bytes, max_pixels: int) -> str:
+def _check_header(handle: BinaryIO, max_pixels: int) -> str:
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(handle) as image:
             image_format = image.format or "unknown"
             width, height = image.size
             if image_format not in ACCEPTED_FORMATS:
@@ -171,9 +201,9 @@ def _check_header(data: bytes, max_pixels: int) -> str:
     return image_format
 
 
-def _decode(data: bytes) -> Image.Image:
+def _decode(handle: BinaryIO) -> Image.Image:
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(handle) as image:
             image.load()
             return to_rgb(image)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -7,7 +7,6 @@ skips files already registered (same path, size and mtime) and adds only the res
 
 from __future__ import annotations
 
-import csv
 import os
 import sqlite3
 from collections import Counter
@@ -19,9 +18,10 @@ from pathlib import Path
 from al_pipeline.config import Config
 from al_pipeline.errors import IngestError
 from al_pipeline.images import ImageFile, ImageRejected, file_state, inspect_file, is_image_name
+from al_pipeline.paths import name_from, plain_name, write_csv
 from al_pipeline.progress import Progress, silent
 from al_pipeline.split import SplitSummary, assign_test_split
-from al_pipeline.state import KnownFile, NewItem, Pool, State
+from al_pipeline.state import KnownFile, KnownItem, NewItem, Pool, State
 
 BATCH = 128
 WORKERS = min(4, os.cpu_count() or 1)
@@ -63,14 +63,8 @@ class IngestReport:
         )
 
     def write_csv(self, path: Path) -> None:
-        try:
-            with path.open("w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["path", "status", "reason", "detail"])
-                for o in self.outcomes:
-                    writer.writerow([o.path, o.status, o.reason, o.detail])
-        except OSError as exc:
-            raise IngestError(f"Cannot write the report {path}: {exc.strerror}.") from exc
+        rows = ([o.path, o.status, o.reason, o.detail] for o in self.outcomes)
+        write_csv(path, ["path", "status", "reason", "detail"], rows, "the report")
 
 
 @dataclass(frozen=True)
@@ -109,11 +103,12 @@ def add_folder(
     """
     _check_fraction(test_fraction)
     root = existing_folder(folder)
-    pool = ensure_pool(config, state, pool_name or root.name, root)
-    report = IngestReport(pool.name, root)
-    paths = list(_walk(root, progress))
+    name = pool_name_for(config, state, pool_name, root)
+    report = IngestReport(name, root)
+    paths = list(_walk(root, report, progress))
     if labelled:
         _check_class_folders(config, root, paths)
+    pool = ensure_pool(config, state, name, root)
     candidates: list[Candidate] = []
     for path in paths:
         rel = path.relative_to(root)
@@ -203,6 +198,10 @@ def _commit_batch(
             if isinstance(result, ImageRejected):
                 outcomes.append(FileOutcome(rel, REJECTED, result.reason.value, result.detail))
                 continue
+            at_path = state.item_at(pool.id, rel)
+            if at_path is not None:
+                outcomes.append(_changed_in_place(state, db, at_path, result, rel))
+                continue
             existing = state.item_by_sha256(result.sha256)
             if existing is not None:
                 outcomes.append(_duplicate(state, db, existing, candidate, rel, report))
@@ -223,6 +222,23 @@ def _commit_batch(
             report.labels_added += item.label is not None and not item.hidden_label
             outcomes.append(FileOutcome(rel, ADDED))
     return outcomes
+
+
+def _changed_in_place(
+    state: State, db: sqlite3.Connection, item: KnownItem, found: ImageFile, rel: str
+) -> FileOutcome:
+    """A registered path whose size or time changed: the same content is only touched; new
+    content is refused, since the item's labels and features belong to the old one."""
+    if found.sha256 == item.sha256:
+        state.touch_item(db, item.item_id, found.size, found.mtime_ns)
+        return FileOutcome(rel, KNOWN)
+    return FileOutcome(
+        rel,
+        REJECTED,
+        "changed_since_registered",
+        "the file was replaced after it was registered (its labels and features belong to "
+        "the old content); restore it, or add the new image under another name",
+    )
 
 
 def _duplicate(
@@ -257,17 +273,50 @@ def _batches(items: Sequence[Candidate], size: int) -> Iterator[Sequence[Candida
         yield items[start : start + size]
 
 
-def _walk(root: Path, progress: Progress) -> Iterator[Path]:
-    """Yield every non-directory entry under root, sorted, without following directory links."""
+def _walk(root: Path, report: IngestReport, progress: Progress) -> Iterator[Path]:
+    """Yield every non-directory entry under root, sorted, without following directory
+    links. Hidden folders (``.git``, ``.ipynb_checkpoints``) are passed over, and names that
+    are not valid UTF-8 are reported and skipped: they cannot be stored or shown."""
     found = 0
     for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in sorted(dirs):
+            if name.startswith(".") or not _valid_name(name):
+                dirs.remove(name)
+                _passed_over(report, root, Path(folder) / name, folder=True)
         dirs.sort()
         for name in sorted(files):
+            if not _valid_name(name):
+                _passed_over(report, root, Path(folder) / name, folder=False)
+                continue
             found += 1
             if found % 500 == 0:
                 progress("Finding files", found, None)
             yield Path(folder) / name
     progress("Finding files", found, found)
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _passed_over(report: IngestReport, root: Path, path: Path, folder: bool) -> None:
+    shown = os.fsencode(path.relative_to(root)).decode("utf-8", "backslashreplace")
+    if not _valid_name(path.name):
+        what = "folder" if folder else "file"
+        report.outcomes.append(
+            FileOutcome(
+                shown + ("/" if folder else ""),
+                REJECTED,
+                "bad_file_name",
+                f"the {what} name is not valid UTF-8; rename it to register it",
+            )
+        )
+    else:
+        report.outcomes.append(FileOutcome(shown + "/", IGNORED, "hidden_folder", "hidden folder"))
 
 
 def _check_class_folders(config: Config, root: Path, paths: Iterable[Path]) -> None:
@@ -301,6 +350,19 @@ def _check_fraction(test_fraction: float | None) -> None:
             f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}. "
             "A typical value is 0.2."
         )
+
+
+def pool_name_for(
+    config: Config, state: State, given: str | None, root: Path, default: str | None = None
+) -> str:
+    """The pool's name: ``--pool`` when given (a plain name), else the pool already
+    registered at ``root``, else one made from ``default`` (the folder's name)."""
+    if given is not None:
+        return plain_name(given, "--pool")
+    for pool in state.pools():
+        if (config.root / pool.root).resolve() == root.resolve():
+            return pool.name
+    return name_from(default or root.name)
 
 
 def ensure_pool(config: Config, state: State, name: str, root: Path) -> Pool:

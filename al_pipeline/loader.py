@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
-from al_pipeline.images import to_rgb
+from al_pipeline.images import require_regular_file, to_rgb
 
 WORKERS = min(8, os.cpu_count() or 1)
 
@@ -39,7 +39,7 @@ class Batch:
 
 def decode(path: Path, size: int) -> NDArray[np.uint8]:
     """Decode one file to a ``size`` x ``size`` RGB array (EXIF-oriented)."""
-    with Image.open(path) as image:
+    with Image.open(require_regular_file(path)) as image:
         image.draft("RGB", (size, size))
         image.load()
         rgb = to_rgb(image)

@@ -25,6 +25,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from al_pipeline.backbones import Backbone, Preprocess
 from al_pipeline.errors import PipelineError
 from al_pipeline.loader import WORKERS, decode
+from al_pipeline.paths import at_least
 
 MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
@@ -45,6 +46,13 @@ class TrainingSettings:
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 5
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        at_least(self.epochs, 1, "--epochs")
+        at_least(self.batch_size, 1, "The batch size")
+        at_least(self.fine_tune_layers, 0, "--fine-tune-layers")
+        at_least(self.fine_tune_epochs, 1, "--fine-tune-epochs")
+        at_least(self.seed, 0, "--seed")
 
 
 def build_head(
@@ -261,16 +269,40 @@ class Checkpoint:
 
 
 def save_checkpoint(model: keras.Model, folder: Path, meta: dict[str, Any]) -> Path:
-    """Write ``model.keras`` and ``meta.json`` into ``folder`` atomically (all or nothing)."""
+    """Write ``model.keras`` and ``meta.json`` into ``folder`` atomically (all or nothing).
+
+    The new folder is written beside the old one as ``.<tag>.partial``, then swapped in by
+    renames; a failure (a full disk, say) removes what it wrote and leaves the old folder as
+    it was.
+    """
     partial = folder.with_name(f".{folder.name}.partial")
+    retired = folder.with_name(f".{folder.name}.old")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    model.save(partial / MODEL_FILE)
-    write_meta(partial, meta)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(partial, folder)
+    shutil.rmtree(retired, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+        model.save(partial / MODEL_FILE)
+        write_meta(partial, meta)
+        if folder.exists():
+            os.replace(folder, retired)
+        os.replace(partial, folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        if retired.exists() and not folder.exists():
+            os.replace(retired, folder)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
     return folder
+
+
+def is_own_leftover(folder: Path, tag: str) -> bool:
+    """True when ``folder`` is a checkpoint this workspace wrote for ``tag`` but never
+    registered (a command killed between saving and registering): safe to replace."""
+    try:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("tag") == tag
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:

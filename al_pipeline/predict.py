@@ -21,6 +21,7 @@ from al_pipeline.errors import PipelineError
 from al_pipeline.images import is_image_name, load_rgb
 from al_pipeline.loader import image_batches
 from al_pipeline.model import Checkpoint
+from al_pipeline.paths import write_csv as write_csv_file
 from al_pipeline.progress import Progress, silent
 
 BATCH = 32
@@ -37,6 +38,14 @@ class Prediction:
     probabilities: dict[str, float] | None = None
     box: tuple[int, int, int, int] | None = None
     error: str | None = None
+
+
+def write_csv(results: Sequence[Prediction], path: Path) -> Path:
+    """Predictions as CSV: path, label, confidence, box, error."""
+    rows = ([r.path, r.label, r.confidence, r.box, r.error] for r in results)
+    return write_csv_file(
+        path, ["path", "label", "confidence", "box", "error"], rows, "the predictions"
+    )
 
 
 def expand_paths(paths: Sequence[Path]) -> list[Path]:

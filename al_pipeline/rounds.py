@@ -21,8 +21,10 @@ from al_pipeline.backbones import Backbone
 from al_pipeline.config import Config
 from al_pipeline.embeddings import Embedded, embed_items
 from al_pipeline.errors import PipelineError
+from al_pipeline.evaluate import evaluate
 from al_pipeline.labellers.base import Labeller, Pulled
 from al_pipeline.model import Checkpoint, TrainingSettings
+from al_pipeline.paths import at_least
 from al_pipeline.progress import Progress, silent
 from al_pipeline.score import find_checkpoint, head_probabilities, workspace_backbone
 from al_pipeline.state import ItemRef, QueuedItem, QueueEntry, RoundRow, State, now
@@ -166,8 +168,7 @@ def start(
     round is an error.
     """
     get_strategy(strategy)
-    if size < 1:
-        raise RoundError(f"--size must be at least 1, got {size}.")
+    at_least(size, 1, "--size")
     existing = state.open_round()
     if existing is not None:
         return _resume(state, labeller, existing)
@@ -315,6 +316,8 @@ def finish(
     A caller that has just pulled (and so recorded) the round's labels passes that pull
     as ``pulled`` rather than have Label Studio list every task again.
     """
+    if min_labelled is not None:
+        at_least(min_labelled, 1, "--min-labelled")
     open_round = _require_open(state)
     if pulled is None:
         pulled = pull(state, labeller, open_round.id)
@@ -356,28 +359,25 @@ def _train_and_record(
     settings: TrainingSettings,
     progress: Progress,
 ) -> dict[str, Any]:
-    previous = state.checkpoint()
     registered = state.round_checkpoint(open_round.id)
-    started = time.perf_counter()
     if registered is None and not _can_train(config, state):
         return _record_untrained(config, state, open_round)
     if registered is None:
-        report = train(
-            config,
-            state,
-            settings,
-            tag=f"round-{open_round.id:03d}",
-            round_id=open_round.id,
-            progress=progress,
-        )
-        training_seconds, tag = report.seconds, report.tag
-    else:
-        training_seconds, tag = time.perf_counter() - started, registered.tag
+        tag = f"round-{open_round.id:03d}"
+        train(config, state, settings, tag=tag, round_id=open_round.id, progress=progress)
+    elif not registered.meta.get("metrics") and state.labelled_items("test"):
+        # Killed between registering the round's model and evaluating it: evaluate now, so
+        # the row is the one a clean run records.
+        evaluate(config, state, registered.tag, progress)
     row_checkpoint = state.round_checkpoint(open_round.id)
     assert row_checkpoint is not None
+    previous = state.checkpoint_before(row_checkpoint.id)
     metrics = row_checkpoint.meta.get("metrics") or {}
-    change = _pool_change(config, state, tag, previous.tag if previous else None, progress)
-    row = _history_row(config, state, open_round, metrics, change, training_seconds, tag)
+    change = _pool_change(
+        config, state, row_checkpoint.tag, previous.tag if previous else None, progress
+    )
+    seconds = float(row_checkpoint.meta.get("training_seconds", 0.0))
+    row = _history_row(config, state, open_round, metrics, change, seconds, row_checkpoint.tag)
     state.save_history(open_round.id, row)
     return row
 
@@ -493,6 +493,12 @@ def run(
     labelled or skipped.
     """
     get_strategy(strategy)
+    at_least(rounds, 1, "--rounds")
+    at_least(size, 1, "--size")
+    at_least(poll_seconds, 0.1, "--poll-seconds")
+    for value, flag in ((budget, "--budget"), (until_accuracy, "--until-accuracy")):
+        if value is not None:
+            at_least(value, 0, flag)
 
     def finish_when_labelled(round_id: int) -> dict[str, Any]:
         pulled = (

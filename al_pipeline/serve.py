@@ -13,8 +13,10 @@ import hmac
 import json
 import queue
 import secrets
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -24,13 +26,17 @@ from al_pipeline.errors import PipelineError
 from al_pipeline.gateway import Gateway
 from al_pipeline.labellers.labelstudio import LabelStudioLabeller
 from al_pipeline.model import TrainingSettings
+from al_pipeline.paths import at_least, port_number
 from al_pipeline.progress import Progress, silent
 from al_pipeline.rounds import finish, is_complete, pull, start
 from al_pipeline.state import open_state
 from al_pipeline.studio import connection
+from al_pipeline.workspace import workspace_lock
 
 SECRET_HEADER = "X-AL-Secret"
 PATH = "/webhook"
+MAX_BODY = 1 << 20
+EVENT_BACKLOG = 1024
 
 
 class ServeError(PipelineError):
@@ -70,8 +76,48 @@ def serve(
 
     Returns how many rounds were finished.
     """
+    port_number(port)
+    if plan.min_labelled is not None:
+        at_least(plan.min_labelled, 1, "--min-labelled")
     stop = stop or threading.Event()
-    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    with workspace_lock(config, "al serve", report), stopped_by_signals(stop):
+        return _serve(config, plan, port, report, stop, progress)
+
+
+@contextmanager
+def stopped_by_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM (kill, systemd, docker) acts as SIGINT (Ctrl+C): ``stop`` is set and
+    KeyboardInterrupt raised, so a training in progress is abandoned (its transaction rolls
+    back; the next start redoes it) and the receiver removes its webhook on the way out.
+    SIGINT is set explicitly because a program started in the background by a script
+    inherits it ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        stop.set()
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve(
+    config: Config,
+    plan: ServePlan,
+    port: int,
+    report: Callable[[str], None],
+    stop: threading.Event,
+    progress: Progress,
+) -> int:
+    events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=EVENT_BACKLOG)
     secret = secrets.token_hex(16)
     with open_state(config.database) as state:
         labeller = LabelStudioLabeller(config, state, connection(config))
@@ -79,11 +125,15 @@ def serve(
         server = _server(port, secret, project, events)
         url = f"http://127.0.0.1:{server.server_address[1]}{PATH}"
         try:
-            hook = labeller.gateway.register_webhook(project, url, {SECRET_HEADER: secret})
+            hook, replaced = labeller.gateway.register_webhook(
+                project, url, {SECRET_HEADER: secret}
+            )
         except PipelineError:
             server.server_close()
             raise
         link = labeller.link()
+    if replaced:
+        report(f"Replaced {replaced} stale webhook(s) to {url} left by an earlier 'al serve'.")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     report(f"Listening on {url} for project {project} ({link})")
@@ -107,20 +157,30 @@ def _server(
     port: int, secret: str, project: int, events: queue.Queue[dict[str, Any]]
 ) -> ThreadingHTTPServer:
     class Receiver(BaseHTTPRequestHandler):
+        timeout = 10  # a client that stops sending mid-request does not hold a thread
+
         def do_POST(self) -> None:
             given = self.headers.get(SECRET_HEADER, "")
             if self.path != PATH or not hmac.compare_digest(given, secret):
                 return self._answer(403)
-            length = int(self.headers.get("Content-Length") or 0)
             try:
-                payload = json.loads(self.rfile.read(min(length, 1 << 20)) or b"{}")
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                return self._answer(400)
+            if not 0 <= length <= MAX_BODY:
+                return self._answer(413 if length > MAX_BODY else 400)
+            try:
+                payload = json.loads(self.rfile.read(length) or b"{}")
             except ValueError:
                 payload = None
             if not isinstance(payload, dict):
                 return self._answer(400)
             if _project_of(payload) not in (None, project):
                 return self._answer(403)
-            events.put(payload)
+            # The worker only needs to know that something happened: when the backlog is
+            # full, an event is already waiting, so nothing is lost by not queueing this one.
+            with suppress(queue.Full):
+                events.put_nowait(payload)
             return self._answer(200)
 
         def _answer(self, code: int) -> None:
@@ -131,8 +191,15 @@ def _server(
         def log_message(self, format: str, *args: Any) -> None:
             return
 
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 256  # a burst of webhooks waits in the backlog, none is refused
+        daemon_threads = True
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            """A client that hung up mid-answer is its own problem: no traceback."""
+
     try:
-        return ThreadingHTTPServer(("127.0.0.1", port), Receiver)
+        return Server(("127.0.0.1", port), Receiver)
     except OSError as exc:
         raise ServeError(
             f"Cannot listen on 127.0.0.1:{port} ({exc.strerror}). Choose a free port with --port."

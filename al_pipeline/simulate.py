@@ -23,6 +23,7 @@ from al_pipeline.errors import PipelineError
 from al_pipeline.history import history_frame
 from al_pipeline.labellers import OracleLabeller
 from al_pipeline.model import TrainingSettings
+from al_pipeline.paths import at_least, output_folder
 from al_pipeline.progress import Progress, silent
 from al_pipeline.rounds import run
 from al_pipeline.state import PulledLabel, State, open_state
@@ -61,8 +62,11 @@ def simulate(
     A strategy name ending in ``+balance`` (``margin+balance``) selects class-balanced
     batches, so it can be compared with the plain strategy in one simulation.
     """
+    output_folder(out, "--out")
     for name in strategies:
         parse_run_strategy(name)
+    for flag, value in (("--size", size), ("--rounds", rounds), ("--seeds", seeds)):
+        at_least(value, 1, flag)
     if initial < len(config.classes):
         raise PipelineError(
             f"--initial {initial} is too few: every class needs a seed label, so use at least "
@@ -288,6 +292,7 @@ def dataset_workspace(
 
     if not dataset.is_dir():
         raise PipelineError(f"--dataset '{dataset}' is not a folder of class subfolders.")
+    output_folder(out, "--out")
     root = out / "workspace"
     if (root / CONFIG_FILE).is_file():
         config = load_config(root)

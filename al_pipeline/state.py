@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from al_pipeline.errors import StateError
+from al_pipeline.errors import StateError, explain
 
 LABEL_SOURCES = ("import", "human", "oracle")
 
@@ -142,8 +142,34 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE rounds ADD COLUMN labeller TEXT NOT NULL DEFAULT 'oracle';
     ALTER TABLE items ADD COLUMN flag TEXT;
     """,
+    # 4: our mark in the file header, and checksums that make the embedding cache verifiable.
+    f"""
+    PRAGMA application_id = {0x616C7070};
+    ALTER TABLE embedding_rows ADD COLUMN crc INTEGER;
+    ALTER TABLE embedding_sets ADD COLUMN file_size INTEGER;
+    ALTER TABLE embedding_sets ADD COLUMN file_mtime_ns INTEGER;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+APPLICATION_ID = 0x616C7070  # "alpp": written by migration 4
+SQLITE_HEADER = b"SQLite format 3\x00"
+# How long a write waits for another process's transaction before giving up.
+BUSY_SECONDS = 60.0
+
+
+def _tables_by_version() -> list[frozenset[str]]:
+    """The tables a database of each schema version has (index = version)."""
+    memory = sqlite3.connect(":memory:")
+    found = [frozenset[str]()]
+    for script in MIGRATIONS:
+        memory.executescript(script)
+        rows = memory.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        found.append(frozenset(str(r[0]) for r in rows))
+    memory.close()
+    return found
+
+
+_TABLES = _tables_by_version()
 
 
 def now() -> str:
@@ -186,6 +212,14 @@ class KnownFile:
 
 
 @dataclass(frozen=True)
+class KnownItem:
+    """The item registered at a pool path."""
+
+    item_id: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class SplitCandidate:
     """A labelled item as the test split sees it."""
 
@@ -216,6 +250,14 @@ class LabelledItem:
 
 
 @dataclass(frozen=True)
+class CachedRow:
+    """Where an item's features are in a feature file, and their checksum (CRC-32)."""
+
+    row: int
+    crc: int | None
+
+
+@dataclass(frozen=True)
 class CheckpointRow:
     """A registered checkpoint."""
 
@@ -227,6 +269,7 @@ class CheckpointRow:
     labelled_count: int
     meta: dict[str, Any]
     created_at: str
+    round_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -297,15 +340,58 @@ class State:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        _check_header(path)
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_SECONDS)
         except sqlite3.Error as exc:
             raise StateError(f"Cannot open the state database {path}: {exc}.") from exc
+        try:
+            self._open()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
+        """Check that the file is ours and not newer, and only then change anything."""
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._migrate()
+        try:
+            self._check_ours()
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and explain(exc) is not None:
+                raise
+            raise StateError(
+                f"{self.path} is not a readable al-pipeline state database ({exc}). Restore "
+                "it from a backup, or move it away and run 'al init' in a new folder."
+            ) from exc
+
+    def _check_ours(self) -> None:
+        version = self.version
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path} has schema version {version}, newer than this al-pipeline "
+                f"understands ({SCHEMA_VERSION}). Upgrade al-pipeline; the file was not changed."
+            )
+        application = int(self._db.execute("PRAGMA application_id").fetchone()[0])
+        tables = {
+            str(r[0])
+            for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if application not in (0, APPLICATION_ID) or (version == 0 and tables):
+            raise StateError(
+                f"{self.path} is a SQLite database of another application, not al-pipeline "
+                "state; it was not changed. Point --workspace at an al-pipeline workspace, or "
+                "move that file away."
+            )
+        missing = sorted(_TABLES[version] - tables)
+        if missing:
+            raise StateError(
+                f"{self.path} is damaged: table(s) {', '.join(missing)} are missing. Restore "
+                "it from a backup; the file was not changed."
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -330,10 +416,11 @@ class State:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     @property
     def version(self) -> int:
@@ -395,6 +482,19 @@ class State:
     def item_by_sha256(self, sha256: str) -> int | None:
         row = self._db.execute("SELECT id FROM items WHERE sha256 = ?", (sha256,)).fetchone()
         return None if row is None else int(row[0])
+
+    def item_at(self, pool_id: int, relpath: str) -> KnownItem | None:
+        row = self._db.execute(
+            "SELECT id, sha256 FROM items WHERE pool_id = ? AND relpath = ?", (pool_id, relpath)
+        ).fetchone()
+        return None if row is None else KnownItem(int(row[0]), str(row[1]))
+
+    def touch_item(self, db: sqlite3.Connection, item_id: int, size: int, mtime_ns: int) -> None:
+        """Record a registered file's new size and time (same content) in an open
+        transaction."""
+        db.execute(
+            "UPDATE items SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, item_id)
+        )
 
     def current_label(self, item_id: int) -> str | None:
         row = self._db.execute(
@@ -540,22 +640,43 @@ class State:
                 (digest, backbone, image_size, weights_digest, dim, now()),
             )
 
-    def embedding_rows(self, digest: str) -> dict[str, int]:
+    def embedding_index(self, digest: str) -> dict[str, CachedRow]:
+        """Every cached row of a feature file: content hash -> row and checksum."""
         rows = self._db.execute(
-            "SELECT sha256, row FROM embedding_rows WHERE digest = ?", (digest,)
+            "SELECT sha256, row, crc FROM embedding_rows WHERE digest = ?", (digest,)
         )
-        return {r["sha256"]: int(r["row"]) for r in rows}
+        return {r[0]: CachedRow(int(r[1]), None if r[2] is None else int(r[2])) for r in rows}
 
-    def add_embedding_rows(self, digest: str, rows: Sequence[tuple[str, int]]) -> None:
+    def embedding_file_state(self, digest: str) -> tuple[int, int] | None:
+        """(size, mtime_ns) of the feature file after this workspace last wrote it."""
+        row = self._db.execute(
+            "SELECT file_size, file_mtime_ns FROM embedding_sets WHERE digest = ?", (digest,)
+        ).fetchone()
+        return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
+
+    def add_embedding_rows(
+        self,
+        digest: str,
+        rows: Sequence[tuple[str, int, int]],
+        file_state: tuple[int, int] | None,
+        drop: Sequence[str] = (),
+    ) -> None:
+        """Index ``(sha256, row, crc)`` rows (and forget the ``drop`` ones), and record the
+        file's state after the write: one transaction."""
         with self.transaction() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO embedding_rows (digest, sha256, row) VALUES (?, ?, ?)",
-                [(digest, sha, row) for sha, row in rows],
+                "DELETE FROM embedding_rows WHERE digest = ? AND sha256 = ?",
+                [(digest, sha) for sha in drop],
             )
-
-    def drop_embedding_rows(self, digest: str) -> None:
-        with self.transaction() as db:
-            db.execute("DELETE FROM embedding_rows WHERE digest = ?", (digest,))
+            db.executemany(
+                "INSERT OR REPLACE INTO embedding_rows (digest, sha256, row, crc)"
+                " VALUES (?, ?, ?, ?)",
+                [(digest, sha, row, crc) for sha, row, crc in rows],
+            )
+            db.execute(
+                "UPDATE embedding_sets SET file_size = ?, file_mtime_ns = ? WHERE digest = ?",
+                (*(file_state or (None, None)), digest),
+            )
 
     # -- checkpoints and metrics --------------------------------------------------------
 
@@ -568,8 +689,18 @@ class State:
         labelled_count: int,
         meta: dict[str, Any],
         round_id: int | None = None,
+        replace: bool = False,
     ) -> int:
+        """Register a checkpoint; with ``replace``, one registered under the same tag (and
+        its evaluations) gives way, in the same transaction."""
         with self.transaction() as db:
+            if replace:
+                db.execute(
+                    "DELETE FROM metrics WHERE checkpoint_id IN"
+                    " (SELECT id FROM checkpoints WHERE tag = ?)",
+                    (tag,),
+                )
+                db.execute("DELETE FROM checkpoints WHERE tag = ?", (tag,))
             cursor = db.execute(
                 "INSERT INTO checkpoints (tag, round_id, path, backbone, weights_digest,"
                 " image_size, labelled_count, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -593,6 +724,13 @@ class State:
             row = self._db.execute("SELECT * FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
         else:
             row = self._db.execute("SELECT * FROM checkpoints WHERE tag = ?", (tag,)).fetchone()
+        return None if row is None else _checkpoint(row)
+
+    def checkpoint_before(self, checkpoint_id: int) -> CheckpointRow | None:
+        """The latest checkpoint registered before ``checkpoint_id``."""
+        row = self._db.execute(
+            "SELECT * FROM checkpoints WHERE id < ? ORDER BY id DESC LIMIT 1", (checkpoint_id,)
+        ).fetchone()
         return None if row is None else _checkpoint(row)
 
     def checkpoints(self) -> list[CheckpointRow]:
@@ -898,7 +1036,24 @@ def _checkpoint(row: sqlite3.Row) -> CheckpointRow:
         row["labelled_count"],
         json.loads(row["meta"]),
         row["created_at"],
+        row["round_id"],
     )
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a file that is not SQLite before SQLite touches it."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateError(f"Cannot read the state database {path}: {exc.strerror}.") from exc
+    if header and header != SQLITE_HEADER:
+        raise StateError(
+            f"{path} is not a SQLite database (the file was not changed). Restore it from a "
+            "backup, or move it away and run 'al init' in a new folder."
+        )
 
 
 def open_state(path: Path) -> State:

@@ -20,13 +20,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from al_pipeline.config import Config, server_environment
 from al_pipeline.errors import PipelineError
-from al_pipeline.gateway import Gateway, health
+from al_pipeline.paths import port_number
 from al_pipeline.progress import Progress, silent
 from al_pipeline.state import State
+
+if TYPE_CHECKING:
+    from al_pipeline.gateway import Gateway
 
 CONNECTION_FILE = "connection.json"
 PID_FILE = "server.pid"
@@ -94,6 +97,8 @@ class Connection:
     password: str | None = None
 
     def gateway(self) -> Gateway:
+        from al_pipeline.gateway import Gateway  # the SDK loads only when a server is used
+
         return Gateway(self.url, self.api_key)
 
 
@@ -143,9 +148,17 @@ def _stored(config: Config) -> Connection | None:
         ) from exc
 
 
+def _private_folder(config: Config) -> Path:
+    """``studio/`` readable by the owner only: it holds the API key, in connection.json and
+    in Label Studio's own database."""
+    config.studio_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.studio_dir, 0o700)
+    return config.studio_dir
+
+
 def _save(config: Config, value: Connection) -> None:
     """Write the connection file atomically, readable by the owner only."""
-    config.studio_dir.mkdir(parents=True, exist_ok=True)
+    _private_folder(config)
     path = config.studio_dir / CONNECTION_FILE
     temporary = path.with_suffix(".tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -194,10 +207,12 @@ def up(
     takes about 30 s for database migrations; later starts take a few seconds. ``root``
     overrides the document root (default: see :func:`document_root`).
     """
+    port_number(port)
     stored = _stored(config)
     running = _running_pid(config)
     if running is not None and stored is not None:
         return _status_of(stored, running, config)
+    _private_folder(config)
     _require_free(port)
     root = (root or document_root(config, state)).resolve()
     value = _embedded_connection(stored, port, root)
@@ -296,6 +311,8 @@ def _wait_until_healthy(
 ) -> None:
     deadline = time.monotonic() + timeout
     progress("Starting Label Studio (about 30 s the first time)", 0, None)
+    from al_pipeline.gateway import health
+
     while not health(value.url):
         if process.poll() is not None:
             (config.studio_dir / PID_FILE).unlink(missing_ok=True)
@@ -334,27 +351,67 @@ def _tail(config: Config, lines: int = 15) -> str:
     return "\n".join(text[-lines:])
 
 
-def down(config: Config) -> int | None:
-    """Stop the embedded server with SIGTERM; return its pid (None if it was not running)."""
+@dataclass
+class Stopped:
+    """What ``al studio down`` did: the server's pid (None: it was not running), and
+    whether it had to be killed after not stopping on SIGTERM."""
+
+    pid: int | None
+    killed: bool = False
+
+
+def down(config: Config) -> Stopped:
+    """Stop the embedded server and every process it started; return only once they are
+    gone (SIGTERM, then SIGKILL after a grace period)."""
     pid = _running_pid(config)
     if pid is None:
-        return None
-    _stop(config, pid)
-    return pid
+        return Stopped(None)
+    return Stopped(pid, killed=_stop(config, pid))
 
 
-def _stop(config: Config, pid: int, grace: float = 15.0) -> None:
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+def _stop(config: Config, pid: int, grace: float = 15.0) -> bool:
+    """Stop the process group led by ``pid``; True when SIGKILL was needed."""
+    killed = False
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:
             break
+        killed = sig == signal.SIGKILL
         deadline = time.monotonic() + wait
-        while _alive(pid) and time.monotonic() < deadline:
+        while _group_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not _alive(pid):
+        if not _group_alive(pid):
             break
+    if _group_alive(pid):
+        raise StudioError(
+            f"Label Studio (process group {pid}) did not stop, even after SIGKILL. Check it "
+            f"with 'ps -g {pid}'."
+        )
     (config.studio_dir / PID_FILE).unlink(missing_ok=True)
+    return killed
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group is still alive (zombies do not count)."""
+    _alive(pgid)  # reaps the leader when it is our own child
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def _alive(pid: int) -> bool:
@@ -397,6 +454,8 @@ def server_status(config: Config) -> ServerStatus:
 
 
 def _status_of(value: Connection, pid: int | None, config: Config) -> ServerStatus:
+    from al_pipeline.gateway import health
+
     healthy = health(value.url)
     version = value.gateway().version() if healthy else None
     log = config.studio_dir / LOG_FILE if value.embedded else None

@@ -20,13 +20,16 @@ from al_pipeline.embeddings import embed_items
 from al_pipeline.errors import NoLabelsError
 from al_pipeline.evaluate import evaluate
 from al_pipeline.model import (
+    CheckpointError,
     TrainingSettings,
     build_classifier,
     build_head,
     fine_tune,
     fit_head,
+    is_own_leftover,
     save_checkpoint,
 )
+from al_pipeline.paths import plain_name
 from al_pipeline.progress import Progress, silent
 from al_pipeline.score import workspace_backbone
 from al_pipeline.state import LabelledItem, State, now
@@ -74,11 +77,17 @@ def train(
     *,
     tag: str | None = None,
     round_id: int | None = None,
+    force: bool = False,
     progress: Progress = silent,
 ) -> TrainReport:
-    """Train on every labelled, non-test item, save a checkpoint and evaluate it."""
+    """Train on every labelled, non-test item, save a checkpoint and evaluate it.
+
+    ``tag`` must be a plain name. A checkpoint already registered under it is replaced only
+    with ``force`` (never one that a round recorded in its history).
+    """
     started = time.perf_counter()
     backbone_spec(config.backbone)
+    tag = checkpoint_tag(config, state, tag, force)
     items = state.labelled_items("train")
     per_class = check_labels(config, items)
     backbone = workspace_backbone(config)
@@ -101,7 +110,6 @@ def train(
         )
         backbone = replace(backbone, weights_digest=weights_digest(backbone))
     progress("Training", 1, 1)
-    tag = tag or f"train-{len(state.checkpoints()) + 1:03d}"
     folder = config.checkpoints_dir / tag
     meta = {
         "tag": tag,
@@ -118,6 +126,7 @@ def train(
         "epochs": settings.epochs,
         "seed": settings.seed,
         "round_id": round_id,
+        "training_seconds": round(time.perf_counter() - started, 2),
         "created_at": now(),
     }
     save_checkpoint(build_classifier(backbone, head), folder, meta)
@@ -129,6 +138,7 @@ def train(
         len(kept),
         meta,
         round_id,
+        replace=force,
     )
     report = TrainReport(
         tag,
@@ -144,6 +154,37 @@ def train(
     if state.labelled_items("test"):
         report.metrics = evaluate(config, state, tag, progress).metrics
     return report
+
+
+def checkpoint_tag(config: Config, state: State, tag: str | None, force: bool) -> str:
+    """The tag to save under: ``tag`` checked, or the next free ``train-NNN``.
+
+    Checked before any training, so a refusal costs nothing and changes nothing.
+    """
+    if tag is None:
+        taken = {row.tag for row in state.checkpoints()}
+        number = len(taken) + 1
+        while (
+            f"train-{number:03d}" in taken
+            or (config.checkpoints_dir / f"train-{number:03d}").exists()
+        ):
+            number += 1
+        return f"train-{number:03d}"
+    plain_name(tag, "--tag")
+    folder = config.checkpoints_dir / tag
+    registered = state.checkpoint(tag)
+    if registered is not None and registered.round_id is not None:
+        raise CheckpointError(
+            f"Checkpoint '{tag}' is round {registered.round_id}'s model, recorded in the "
+            "history; it is never replaced. Choose another --tag."
+        )
+    exists = registered is not None or (folder.exists() and not is_own_leftover(folder, tag))
+    if exists and not force:
+        raise CheckpointError(
+            f"Checkpoint '{tag}' already exists ({folder}). Choose another --tag, or pass "
+            "--force to replace it."
+        )
+    return tag
 
 
 def weights_digest(backbone: Backbone) -> str:

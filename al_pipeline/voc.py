@@ -8,6 +8,7 @@ are never used: annotations pair with images by base name.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +21,7 @@ from PIL import Image
 
 from al_pipeline.config import Config
 from al_pipeline.errors import IngestError
-from al_pipeline.images import is_image_name, load_rgb
+from al_pipeline.images import ImageRejected, is_image_name, load_checked
 from al_pipeline.ingest import (
     IGNORED,
     REJECTED,
@@ -31,6 +32,7 @@ from al_pipeline.ingest import (
     existing_folder,
     register,
 )
+from al_pipeline.paths import name_from, plain_name
 from al_pipeline.progress import Progress, silent
 from al_pipeline.split import assign_test_split
 from al_pipeline.state import State
@@ -81,9 +83,12 @@ _KEYS = ("xmin", "ymin", "xmax", "ymax")
 def _coordinate(box: Element, key: str, index: int) -> float:
     text = box.findtext(key)
     try:
-        return float(text or "")
+        value = float(text or "")
     except ValueError:
-        raise AnnotationError(f"object {index} has a bad <{key}>: {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise AnnotationError(f"object {index} has a bad <{key}>: {text!r} (not a finite number)")
+    return value
 
 
 def crop_box(image: Image.Image, box: Box, margin: float) -> Image.Image | None:
@@ -116,13 +121,19 @@ def import_voc(
     if not 0 <= margin <= 1:
         raise IngestError(f"--margin must be between 0 and 1, got {margin}. Try 0.15.")
     source = existing_folder(folder)
-    name = pool_name or f"{source.name}-crops"
+    name = plain_name(pool_name, "--pool") if pool_name else name_from(f"{source.name}-crops")
     out = config.pools_dir / name
     pairs = _pair_files(source)
     if not pairs:
         raise IngestError(
             f"No VOC annotations found under '{source}': expected *.xml files with images of "
             "the same base name (e.g. annotations/a.xml and images/a.jpg)."
+        )
+    existing = state.pool(name)
+    if existing is not None and (config.root / existing.root).resolve() != out.resolve():
+        raise IngestError(
+            f"Pool '{name}' already exists with root '{config.root / existing.root}'. Choose "
+            "another name with --pool NAME."
         )
     out.mkdir(parents=True, exist_ok=True)
     pool = ensure_pool(config, state, name, out.resolve())
@@ -169,17 +180,17 @@ def _write_crops(
             continue
         try:
             boxes = parse_annotation(xml)
-            image = load_rgb(image_path)
+            image = load_checked(image_path, config.max_pixels)
         except AnnotationError as exc:
             report.outcomes.append(FileOutcome(rel_xml, REJECTED, "bad_annotation", str(exc)))
             continue
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except ImageRejected as exc:
             report.outcomes.append(
                 FileOutcome(
                     image_path.relative_to(source).as_posix(),
                     REJECTED,
-                    "unreadable_image",
-                    str(exc),
+                    exc.reason.value,
+                    exc.detail,
                 )
             )
             continue

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from al_pipeline.config import CONFIG_FILE, Config, new_config, parse_classes, render_toml
-from al_pipeline.errors import ConfigError
-from al_pipeline.state import State, open_state
+from al_pipeline.errors import BusyError, ConfigError
+from al_pipeline.state import State, now, open_state
 
-_GITIGNORE = "# al-pipeline state and caches: not for version control\nstate.sqlite3*\ncache/\n"
+_GITIGNORE = (
+    "# al-pipeline state and caches: not for version control\nstate.sqlite3*\ncache/\n.al.lock\n"
+)
 
 
 @dataclass(frozen=True)
@@ -49,11 +54,86 @@ def init_workspace(folder: Path, classes: str, name: str | None = None) -> InitR
     return InitResult(config, version)
 
 
+LOCK_FILE = ".al.lock"
+# Commands that hold the workspace for as long as they run: others refuse at once rather
+# than wait for them.
+LONG_RUNNING = frozenset({"al serve", "al run"})
+
+
 @contextmanager
-def opened(config: Config) -> Iterator[State]:
-    """The workspace's state database, open for the length of a command."""
-    state = open_state(config.database)
+def opened(
+    config: Config, command: str | None = None, on_wait: Callable[[str], None] | None = None
+) -> Iterator[State]:
+    """The workspace's state database, open for the length of a command.
+
+    A ``command`` that writes (its name, e.g. ``"al pool add"``) first takes the
+    workspace's lock, so two writers never interleave: see :func:`workspace_lock`.
+    """
+    with workspace_lock(config, command, on_wait):
+        state = open_state(config.database)
+        try:
+            yield state
+        finally:
+            state.close()
+
+
+@contextmanager
+def workspace_lock(
+    config: Config, command: str | None, on_wait: Callable[[str], None] | None = None
+) -> Iterator[None]:
+    """Hold the workspace's writer lock (an OS file lock, released if the process dies).
+
+    A second writer waits, saying once whom it waits for, up to ``config.lock_wait``
+    seconds, then refuses; behind a long-running holder (``al serve``, ``al run``) it refuses
+    at once. ``command=None`` takes no lock (reading commands).
+    """
+    if command is None:
+        yield
+        return
+    path = config.root / LOCK_FILE
     try:
-        yield state
-    finally:
-        state.close()
+        handle = path.open("a+", encoding="utf-8")
+    except OSError as exc:
+        raise BusyError(f"Cannot open the workspace lock {path}: {exc.strerror}.") from exc
+    with handle:
+        _acquire(handle, config.lock_wait, on_wait)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\t{command}\t{now()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _acquire(handle: TextIO, wait: float, on_wait: Callable[[str], None] | None) -> None:
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        holder = _holder(handle)
+        if holder.split(" (")[0] in LONG_RUNNING or time.monotonic() >= deadline:
+            raise BusyError(
+                f"Another command is using this workspace: {holder}. Run this one when it "
+                "has ended (or stop it); nothing was changed."
+            )
+        if not told and on_wait is not None:
+            on_wait(f"Waiting for {holder} to finish (up to {wait:.0f} s; Ctrl+C gives up)…")
+            told = True
+        time.sleep(0.2)
+
+
+def _holder(handle: TextIO) -> str:
+    handle.seek(0)
+    parts = handle.read().strip().split("\t")
+    if len(parts) != 3:
+        return "another al command"
+    pid, command, since = parts
+    return f"{command} (pid {pid}, since {since})"

@@ -220,3 +220,46 @@ def studio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioSe
         yield StudioServer(config, server.url, connection(config).api_key, root)
     finally:
         down(config)
+
+
+def snapshot(root: Path) -> tuple[str, dict[str, int]]:
+    """The workspace as a refusing command must leave it: the state database's content
+    (a SQL dump, read-only) and every file's size (the lock file aside)."""
+    import sqlite3
+
+    database = root / "state.sqlite3"
+    dump = ""
+    if database.is_file():
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+            dump = "\n".join(db.iterdump())
+    files = {
+        str(p.relative_to(root)): p.stat().st_size
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".al.lock" and not p.name.startswith("state.sqlite3")
+    }
+    return dump, files
+
+
+def run_al(*args: str, cwd: Path | None = None, **env: str) -> Any:
+    """Run the real `al` in a child process; the completed process (text output)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=cwd or REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def strict_json(text: str) -> Any:
+    """Parse JSON as a strict parser would: NaN and Infinity are not JSON."""
+    import json
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)

@@ -8,12 +8,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from al_pipeline import __version__
 from al_pipeline.config import Config
 from cli import app
-from tests.conftest import Trained
+from tests.conftest import Trained, copy_workspace, face_like, strict_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,3 +142,63 @@ def test_train_without_labels_is_a_clear_error(cli: CliRunner, workspace: Config
     assert "No labelled training items yet" in result.output
     unknown = cli.invoke(app, ["-w", str(workspace.root), "train", "--backbone", "alexnet"])
     assert unknown.exit_code == 1 and "Choose one of: mobilenet_v2" in unknown.output
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_every_command_prints_strict_json(
+    cli: CliRunner,
+    oracle_template: Path,
+    keras_home: Path,
+    tmp_path: Path,
+    make_images: Callable[..., list[Path]],
+) -> None:
+    """Each command's --json output parses with a strict parser (no NaN, no Infinity)."""
+    config = copy_workspace(oracle_template, tmp_path / "ws", keras_home)
+    make_images(tmp_path / "more", 3)
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    face_like(5, 120).save(voc / "p.png")
+    (voc / "p.xml").write_text(
+        "<annotation><object><name>with_mask</name><bndbox><xmin>10</xmin><ymin>10</ymin>"
+        "<xmax>60</xmax><ymax>70</ymax></bndbox></object></annotation>"
+    )
+    photo = next((oracle_template.parent / "photos" / "with_mask").iterdir())
+    commands = [
+        ["info"],
+        ["pool", "add", str(tmp_path / "more")],
+        ["pool", "import-voc", str(voc)],
+        ["pool", "stats"],
+        ["train", "--epochs", "3"],
+        ["evaluate"],
+        ["checkpoints"],
+        ["predict", str(photo)],
+        ["round", "start", "--labeller", "oracle", "--size", "4"],
+        ["round", "status"],
+        ["round", "finish", "--epochs", "3"],
+        ["run", "--rounds", "1", "--size", "4", "--labeller", "oracle", "--epochs", "3"],
+        ["history"],
+        [
+            "simulate",
+            "--strategies",
+            "margin",
+            "--initial",
+            "4",
+            "--size",
+            "4",
+            "--rounds",
+            "1",
+            "--seeds",
+            "1",
+            "--epochs",
+            "3",
+            "--out",
+            str(tmp_path / "sim"),
+        ],
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERAS_HOME", str(keras_home))
+        for command in commands:
+            result = cli.invoke(app, ["-w", str(config.root), *command, "--json"])
+            assert result.exit_code == 0, (command, result.output)
+            strict_json(result.stdout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from al_pipeline.config import (
     Config,
@@ -14,6 +15,7 @@ from al_pipeline.config import (
     resolve_config,
 )
 from al_pipeline.errors import ConfigError, UnknownClassError, WorkspaceNotFoundError
+from cli import app
 
 
 def test_toml_round_trip(workspace: Config) -> None:
@@ -75,3 +77,28 @@ def test_precision_must_be_a_known_policy(workspace: Config) -> None:
     )
     with pytest.raises(ConfigError, match="precision must be one of auto, float32"):
         load_config(workspace.root)
+
+
+def test_al_toml_that_is_not_utf8_or_has_a_scalar_table_is_one_line(
+    cli: CliRunner, workspace: Config
+) -> None:
+    path = workspace.root / "al.toml"
+    good = path.read_bytes()
+    for text, says in (
+        (b'[workspace]\nname = "caf\xe9"\n', "is not UTF-8 text"),
+        (b"workspace = 3\n", "[workspace] must be a table"),
+        (good.replace(b"seed = 0", b"seed = -4"), "seed must be an integer of 0 or more"),
+    ):
+        path.write_bytes(text)
+        result = cli.invoke(app, ["-w", str(workspace.root), "pool", "stats"])
+        assert result.exit_code == 1, result.output
+        assert says in result.output and "Traceback" not in result.output
+        assert path.read_bytes() == text
+
+
+def test_init_refuses_a_name_with_control_characters(cli: CliRunner, tmp_path: Path) -> None:
+    for name in ("bad\nname", "tab\tname", "bell\x07"):
+        result = cli.invoke(app, ["init", str(tmp_path / "ws"), "--classes", "a,b", "--name", name])
+        assert result.exit_code == 1, result.output
+        assert "control characters" in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "ws").exists()

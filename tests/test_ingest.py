@@ -21,7 +21,7 @@ from PIL import Image
 from al_pipeline.config import Config
 from al_pipeline.errors import IngestError
 from al_pipeline.images import load_rgb
-from al_pipeline.ingest import add_folder
+from al_pipeline.ingest import IngestReport, add_folder
 from al_pipeline.state import State
 from cli import app
 from tests.conftest import face_like
@@ -270,3 +270,95 @@ def test_whole_real_set_registers_with_nothing_rejected(workspace: Config, state
         "MANIFEST.tsv",
     }
     assert report.labels_added == 3847
+
+
+def _outcomes(report: IngestReport) -> dict[str, tuple[str, str]]:
+    return {o.path: (o.status, o.reason) for o in report.outcomes}
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_the_rest_registered(
+    workspace: Config, state: State, tmp_path: Path, make_images: Callable[..., list[Path]]
+) -> None:
+    folder = tmp_path / "pool"
+    make_images(folder, 2)
+    face_like(7).save(os.fsencode(folder) + b"/bad-\xff-name.png", format="PNG")
+    report = add_folder(workspace, state, folder)
+    outcomes = _outcomes(report)
+    assert outcomes["bad-\\xff-name.png"] == ("rejected", "bad_file_name")
+    assert report.counts()["added"] == 2 and state.item_count() == 2
+    report.write_csv(tmp_path / "report.csv")
+    assert "bad_file_name" in (tmp_path / "report.csv").read_text(encoding="utf-8")
+
+
+def test_a_file_replaced_in_place_is_reported_and_a_touched_one_is_known(
+    workspace: Config, state: State, tmp_path: Path, make_images: Callable[..., list[Path]]
+) -> None:
+    first, second = make_images(tmp_path / "pool", 2)
+    add_folder(workspace, state, tmp_path / "pool")
+    face_like(99).save(first)  # new content at the same path
+    os.utime(second, ns=(10**18, 10**18))  # same content, new time
+    report = add_folder(workspace, state, tmp_path / "pool")
+    outcomes = _outcomes(report)
+    assert outcomes[first.name] == ("rejected", "changed_since_registered")
+    assert outcomes[second.name] == ("already registered", "")
+    assert state.item_count() == 2
+    again = add_folder(workspace, state, tmp_path / "pool")
+    assert _outcomes(again)[second.name] == ("already registered", "")
+
+
+def test_hidden_folders_are_ignored_and_a_refused_labelled_pool_leaves_no_row(
+    workspace: Config, state: State, tmp_path: Path, make_images: Callable[..., list[Path]]
+) -> None:
+    folder = tmp_path / "labelled"
+    make_images(folder / "with_mask", 2)
+    make_images(folder / "without_mask", 2, start=10)
+    make_images(folder / ".ipynb_checkpoints", 1, start=20)
+    report = add_folder(workspace, state, folder, labelled=True)
+    assert report.counts()["added"] == 4
+    assert _outcomes(report)[".ipynb_checkpoints/"] == ("ignored", "hidden_folder")
+    other = tmp_path / "other"
+    make_images(other / "not_a_class", 1, start=30)
+    with pytest.raises(IngestError, match="not a class"):
+        add_folder(workspace, state, other, labelled=True)
+    assert [p.name for p in state.pools()] == ["labelled"]
+
+
+def test_a_huge_file_is_hashed_and_rejected_in_constant_memory(
+    workspace: Config, tmp_path: Path
+) -> None:
+    """A 1 GiB file named .jpg (sparse: no disk used) is rejected by a real `al pool add`
+    whose peak memory stays far below the file's size."""
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    with (folder / "huge.jpg").open("wb") as handle:
+        handle.truncate(1 << 30)
+    code = (
+        "import resource, sys\n"
+        "from cli import app\n"
+        "try:\n"
+        "    app(sys.argv[1:])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "-w",
+            str(workspace.root),
+            "pool",
+            "add",
+            str(folder),
+            "--json",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"rejected:not_an_image": 1' in done.stdout
+    peak_kib = int(done.stdout.rsplit("peak", 1)[1])
+    assert peak_kib < 512 * 1024, f"peak {peak_kib} KiB"

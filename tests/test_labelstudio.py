@@ -3,7 +3,6 @@ API the way the editor does, with real photos and real Keras models."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
@@ -28,10 +27,10 @@ from al_pipeline.labellers.labelstudio import LabelStudioLabeller, verdict
 from al_pipeline.model import TrainingSettings
 from al_pipeline.rounds import RoundError, RoundStarted, finish, start, status
 from al_pipeline.state import PulledLabel, State
-from al_pipeline.studio import StudioError, connect, down, up
+from al_pipeline.studio import StudioError, _group_alive, connect, down, up
 from al_pipeline.train import train
 from cli import app
-from tests.conftest import StudioServer, copy_workspace, free_port
+from tests.conftest import StudioServer, copy_workspace, free_port, strict_json
 
 SETTINGS = TrainingSettings(epochs=5)
 
@@ -264,16 +263,18 @@ def test_studio_commands_report_the_running_server(studio_server: StudioServer) 
     workspace = ["-w", str(studio_server.config.root)]
     shown = CliRunner().invoke(app, [*workspace, "studio", "status", "--json"])
     assert shown.exit_code == 0, shown.output
-    server = json.loads(shown.stdout)
+    server = strict_json(shown.stdout)
     assert server["healthy"] and server["embedded"] and server["url"] == studio_server.url
     assert server["version"] == label_studio.__version__ and isinstance(server["pid"], int)
     again = CliRunner().invoke(app, [*workspace, "studio", "up", "--json"])
-    assert again.exit_code == 0 and json.loads(again.stdout)["pid"] == server["pid"]
+    assert again.exit_code == 0 and strict_json(again.stdout)["pid"] == server["pid"]
     assert studio_server.api_key not in again.output
     secret = CliRunner().invoke(app, [*workspace, "studio", "credentials", "--json"])
-    assert json.loads(secret.stdout)["api_key"] == studio_server.api_key
+    assert strict_json(secret.stdout)["api_key"] == studio_server.api_key
     stored = studio_server.config.studio_dir / "connection.json"
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    # Label Studio's own database holds the key too: the whole folder is the owner's.
+    assert stat.S_IMODE(studio_server.config.studio_dir.stat().st_mode) == 0o700
 
 
 @pytest.mark.integration
@@ -366,7 +367,8 @@ def test_server_down_is_a_clear_error_and_a_rerun_completes(
         truth = state.oracle_labels([q.item_id for q in started.queued])
         for task in round_tasks(client, labeller.project(), started.round_id):
             annotate(client, task, truth[task.data["al_item"]])
-        assert down(studio_server.config) is not None
+        stopped = down(studio_server.config)
+        assert stopped.pid is not None and not _group_alive(stopped.pid)
         try:
             with pytest.raises(LabelStudioError, match="Cannot reach Label Studio"):
                 finish(config, state, labeller, SETTINGS)
@@ -451,7 +453,9 @@ def wait_for_line(
 class Serving:
     """``al serve`` running as the user starts it, its output collected line by line."""
 
-    def __init__(self, config: Config, keras_home: Path, port: int) -> None:
+    def __init__(
+        self, config: Config, keras_home: Path, port: int, in_background: bool = False
+    ) -> None:
         al = Path(sys.executable).parent / "al"
         command = [str(al), "-w", str(config.root), "serve", "--port", str(port)]
         self.process = subprocess.Popen(
@@ -460,6 +464,10 @@ class Serving:
             stderr=subprocess.STDOUT,
             text=True,
             env=os.environ | {"KERAS_HOME": str(keras_home), "PYTHONUNBUFFERED": "1"},
+            # As 'al serve &' from a script: the shell starts it with SIGINT ignored.
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+            if in_background
+            else None,
         )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -473,16 +481,16 @@ class Serving:
     def wait_for(self, start: str) -> None:
         wait_for_line(self.lines, start, lambda: self.process.poll() is None, timeout=180)
 
-    def interrupt(self) -> int:
-        """Ctrl+C, as in a terminal."""
-        self.process.send_signal(signal.SIGINT)
+    def interrupt(self, sig: signal.Signals = signal.SIGINT) -> int:
+        """Ctrl+C as in a terminal (or ``kill``'s SIGTERM)."""
+        self.process.send_signal(sig)
         code = self.process.wait(timeout=60)
         self.reader.join(timeout=10)
         return code
 
 
 @pytest.mark.integration
-def test_al_serve_stops_on_ctrl_c_and_a_restart_finishes_what_was_labelled_meanwhile(
+def test_al_serve_stops_on_sigint_or_sigterm_and_a_restart_finishes_what_was_labelled(
     oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
 ) -> None:
     config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
@@ -495,16 +503,24 @@ def test_al_serve_stops_on_ctrl_c_and_a_restart_finishes_what_was_labelled_meanw
         project = LabelStudioLabeller(config, state, _connection(config)).project()
         truth = state.oracle_labels([q.item_id for q in state.queue(1)])
     assert [h.url for h in client.webhooks.list(project=str(project))] == [hook_url]
-    assert first.interrupt() == 0, first.lines
-    assert first.lines[-1] == "Stopped."
+    assert first.interrupt(signal.SIGKILL) == -signal.SIGKILL
+    assert [h.url for h in client.webhooks.list(project=str(project))] == [hook_url]
+
+    second = Serving(config, keras_home, port, in_background=True)
+    second.wait_for("Listening on")
+    assert any(line.startswith("Replaced 1 stale webhook") for line in second.lines)
+    assert second.interrupt() == 0, second.lines
+    assert second.lines[-1] == "Stopped."
     assert list(client.webhooks.list(project=str(project))) == []
 
     for task in round_tasks(client, project, 1):
         annotate(client, task, truth[task.data["al_item"]])
-    second = Serving(config, keras_home, port)
-    second.wait_for("Started round 2")
-    assert second.interrupt() == 0, second.lines
-    assert sum(line.startswith("Finished round 1") for line in second.lines) == 1
+    third = Serving(config, keras_home, port)
+    third.wait_for("Started round 2")
+    assert third.interrupt(signal.SIGTERM) == 0, third.lines
+    assert third.lines[-1] == "Stopped."
+    assert list(client.webhooks.list(project=str(project))) == []
+    assert sum(line.startswith("Finished round 1") for line in third.lines) == 1
     with State(config.database) as state:
         assert [row["round"] for row in state.history()] == [1]
         assert len(state.queue(2)) == 3

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +23,7 @@ from al_pipeline.model import TrainingSettings
 from al_pipeline.rounds import RoundError, finish, run, start, status
 from al_pipeline.state import QueuedItem, State
 from cli import app
-from tests.conftest import copy_workspace
+from tests.conftest import REPO, copy_workspace, run_al
 
 pytestmark = pytest.mark.integration
 SETTINGS = TrainingSettings(epochs=20)
@@ -181,3 +187,44 @@ def test_round_whose_labels_miss_a_class_closes_without_a_model(oracle_ws: Confi
         assert done.history["checkpoint"] is None and "no model" in done.history["note"]
         assert state.open_round() is None and state.checkpoint() is None
         assert start(config, state, OracleLabeller(state), strategy="margin", size=5).cold_start
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_run_killed_after_registering_its_model_resumes_to_the_clean_row(
+    oracle_template: Path, keras_home: Path, tmp_path: Path
+) -> None:
+    """SIGKILL once the round's checkpoint is registered (before its evaluation is stored):
+    the resumed row equals the clean run's, accuracy and pool change included."""
+    env = {"KERAS_HOME": str(keras_home), "AL_OFFLINE": "1"}
+    args = ["run", "--rounds", "1", "--size", "6", "--labeller", "oracle", "--epochs", "5"]
+    clean = copy_workspace(oracle_template, tmp_path / "clean", keras_home)
+    assert run_al("-w", str(clean.root), *args, **env).returncode == 0
+    killed = copy_workspace(oracle_template, tmp_path / "killed", keras_home)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cli", "-w", str(killed.root), *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    query = "SELECT COUNT(*) FROM checkpoints WHERE tag = 'round-001'"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None:
+        with sqlite3.connect(killed.database) as db:
+            if db.execute(query).fetchone()[0]:
+                break
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    with State(killed.database) as state:
+        assert state.history() == [] and state.open_round() is not None
+    resumed = run_al("-w", str(killed.root), "round", "finish", "--epochs", "5", **env)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = []
+    for config in (clean, killed):
+        with State(config.database) as state:
+            (row,) = state.history()
+        rows.append({k: v for k, v in row.items() if not k.endswith(("seconds", "timestamp"))})
+    assert rows[0]["accuracy"] is not None and rows[0]["pool_change"] is not None
+    assert rows[1] == rows[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,25 @@ def test_real_voc_sample(tmp_path: Path) -> None:
         assert counts["added"] + counts.get("duplicate", 0) + counts.get("rejected", 0) == expected
         assert counts["added"] >= expected - 2
         assert report.split is not None and report.split.test_total > 0
+
+
+def test_non_finite_coordinates_and_oversized_photos_are_rejected(tmp_path: Path) -> None:
+    config = replace(
+        init_workspace(tmp_path / "ws", "with_mask,without_mask").config, max_pixels=10_000
+    )
+    voc = tmp_path / "voc"
+    write_voc(voc, "fine", [("with_mask", 10, 10, 50, 60)])
+    for stem, value in (("nan", "nan"), ("inf", "inf"), ("minus", "-Infinity")):
+        write_voc(voc, stem, [("with_mask", 10, 10, 50, 60)])
+        xml = voc / "annotations" / f"{stem}.xml"
+        xml.write_text(xml.read_text().replace("<xmax>50</xmax>", f"<xmax>{value}</xmax>"))
+    Image.new("RGB", (200, 100)).save(voc / "images" / "fine.jpg")  # 20,000 px > 10,000
+    with State(config.database) as state:
+        report = import_voc(config, state, voc)
+    outcomes = {o.path: (o.status, o.reason, o.detail) for o in report.outcomes}
+    for stem in ("nan", "inf", "minus"):
+        status, reason, detail = outcomes[f"annotations/{stem}.xml"]
+        assert (status, reason) == ("rejected", "bad_annotation")
+        assert "not a finite number" in detail
+    assert outcomes["images/fine.jpg"][:2] == ("rejected", "decompression_bomb")
+    assert report.counts().get("added", 0) == 0

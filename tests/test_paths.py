@@ -1,0 +1,151 @@
+"""Names that become paths, output paths, and numbers that make no sense: each refused with
+one line, exit 1, and the workspace left exactly as it was."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from al_pipeline.config import Config
+from al_pipeline.paths import is_plain_name, name_from
+from cli import app
+from tests.conftest import snapshot
+
+
+def refused(cli: CliRunner, config: Config, *args: str, says: str) -> str:
+    """Run a command that must refuse; check the exit code, the one line and no change."""
+    before = snapshot(config.root)
+    result = cli.invoke(app, ["-w", str(config.root), *args])
+    assert result.exit_code == 1, result.output
+    assert says in result.output, result.output
+    assert "Traceback" not in result.output
+    assert snapshot(config.root) == before
+    return result.output
+
+
+def test_plain_names() -> None:
+    for good in ("train-001", "round.3", "my_tag", "фото", "A"):
+        assert is_plain_name(good), good
+    for bad in ("", "/abs/dir", "../x", "a/b", "..", ".hidden", "a..b", "x" * 65, "tab\there"):
+        assert not is_plain_name(bad), bad
+    assert name_from("My Photos (2024)") == "My_Photos__2024"
+    assert is_plain_name(name_from("../../etc"))
+
+
+@pytest.mark.parametrize("tag", ["/tmp/al-abs-target", "../outside", "a/b", ".."])
+def test_train_tag_must_be_a_plain_name(
+    cli: CliRunner, workspace: Config, tmp_path: Path, tag: str
+) -> None:
+    victim = Path("/tmp/al-abs-target")
+    victim.mkdir(exist_ok=True)
+    (victim / "keep.txt").write_text("mine")
+    output = refused(cli, workspace, "train", "--tag", tag, says="is not a plain name")
+    assert "--tag" in output
+    assert (victim / "keep.txt").read_text() == "mine"
+    assert not (workspace.root.parent / "outside").exists()
+
+
+def test_pool_names_must_be_plain(
+    cli: CliRunner, workspace: Config, tmp_path: Path, make_images: Callable[..., list[Path]]
+) -> None:
+    make_images(tmp_path / "photos", 2)
+    refused(
+        cli,
+        workspace,
+        "pool",
+        "add",
+        str(tmp_path / "photos"),
+        "--pool",
+        "../x",
+        says="--pool '../x' is not a plain name",
+    )
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    (voc / "a.xml").write_text("<annotation/>")
+    make_images(voc, 1)
+    refused(
+        cli,
+        workspace,
+        "pool",
+        "import-voc",
+        str(voc),
+        "--pool",
+        "../../escaped",
+        says="is not a plain name",
+    )
+    assert not (workspace.root.parent / "escaped").exists()
+    assert not (workspace.pools_dir.parent.parent / "escaped").exists()
+
+
+def test_a_folder_name_becomes_a_plain_pool_name_and_a_rerun_finds_the_pool(
+    cli: CliRunner, workspace: Config, tmp_path: Path, make_images: Callable[..., list[Path]]
+) -> None:
+    folder = tmp_path / "My Photos"
+    make_images(folder, 3)
+    ws = ["-w", str(workspace.root)]
+    first = cli.invoke(app, [*ws, "pool", "add", str(folder), "--json"])
+    assert first.exit_code == 0, first.output
+    make_images(folder, 1, start=10)
+    again = cli.invoke(app, [*ws, "pool", "add", str(folder), "--json"])
+    assert again.exit_code == 0, again.output
+    import json
+
+    assert json.loads(first.stdout)["pool"] == json.loads(again.stdout)["pool"] == "My_Photos"
+    assert json.loads(again.stdout)["counts"] == {"added": 1, "already registered": 3}
+
+
+def test_unwritable_report_path_is_refused_before_anything_is_registered(
+    cli: CliRunner, workspace: Config, tmp_path: Path, make_images: Callable[..., list[Path]]
+) -> None:
+    make_images(tmp_path / "photos", 3)
+    for report in (tmp_path / "missing" / "r.csv", tmp_path):
+        refused(
+            cli,
+            workspace,
+            "pool",
+            "add",
+            str(tmp_path / "photos"),
+            "--report",
+            str(report),
+            says="--report",
+        )
+
+
+def test_unwritable_history_outputs_are_refused(
+    cli: CliRunner, workspace: Config, tmp_path: Path
+) -> None:
+    for flag in ("--csv", "--parquet"):
+        refused(
+            cli, workspace, "history", flag, str(tmp_path / "no" / "h.csv"), says="does not exist"
+        )
+    (tmp_path / "file.txt").write_text("x")
+    refused(
+        cli,
+        workspace,
+        "report",
+        "--out",
+        str(tmp_path / "file.txt"),
+        says="is a file, not a folder",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["train", "--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["train", "--epochs", "-3"], "--epochs must be at least 1, got -3"),
+        (["train", "--seed", "-1"], "--seed must be at least 0, got -1"),
+        (["round", "finish", "--min-labelled", "-1"], "--min-labelled must be at least 1"),
+        (["run", "--poll-seconds", "-1"], "--poll-seconds must be at least 0.1"),
+        (["run", "--rounds", "0"], "--rounds must be at least 1"),
+        (["serve", "--port", "99999"], "--port must be a port number from 1 to 65535"),
+        (["studio", "up", "--port", "-1"], "--port must be a port number from 1 to 65535"),
+    ],
+)
+def test_numbers_that_make_no_sense(
+    cli: CliRunner, workspace: Config, args: list[str], says: str
+) -> None:
+    refused(cli, workspace, *args, says=says)
