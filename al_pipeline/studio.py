@@ -217,9 +217,11 @@ def up(
     root = (root or document_root(config, state)).resolve()
     value = _embedded_connection(stored, port, root)
     _save(config, value)
+    log = config.studio_dir / LOG_FILE
+    since = log.stat().st_size if log.is_file() else 0
     process = _launch(config, value, port, root)
-    _wait_until_healthy(config, value, process, timeout, progress)
-    _check_port(config, port)
+    _wait_until_healthy(config, value, process, timeout, progress, since)
+    _check_port(config, port, since)
     return _status_of(value, process.pid, config)
 
 
@@ -308,12 +310,17 @@ def _wait_until_healthy(
     process: subprocess.Popen[bytes],
     timeout: float,
     progress: Progress,
+    since: int,
 ) -> None:
+    """Until the server answers on its port; it fails fast when the server exits or
+    says it moved to another port (waiting for health there would wait for ever)."""
     deadline = time.monotonic() + timeout
     progress("Starting Label Studio (about 30 s the first time)", 0, None)
     from al_pipeline.gateway import health
 
+    port = int(value.url.rsplit(":", 1)[1])
     while not health(value.url):
+        _check_port(config, port, since)
         if process.poll() is not None:
             (config.studio_dir / PID_FILE).unlink(missing_ok=True)
             raise StudioError(
@@ -330,9 +337,10 @@ def _wait_until_healthy(
     progress("Starting Label Studio (about 30 s the first time)", 1, 1)
 
 
-def _check_port(config: Config, port: int) -> None:
-    """Label Studio moves to the next free port when its port is taken; catch that race."""
-    found = _LISTENING.findall(_tail(config, 200))
+def _check_port(config: Config, port: int, since: int) -> None:
+    """Label Studio moves to the next free port when its port is taken; catch that race in
+    what it logged since byte ``since`` (this start's lines only)."""
+    found = _LISTENING.findall(_log_since(config, since))
     if found and int(found[-1]) != port:
         pid = _running_pid(config)
         if pid is not None:
@@ -341,6 +349,15 @@ def _check_port(config: Config, port: int) -> None:
             f"Port {port} was taken while Label Studio started, and it moved to port "
             f"{found[-1]}; it has been stopped. Run 'al studio up --port P' with a free port."
         )
+
+
+def _log_since(config: Config, offset: int) -> str:
+    try:
+        with (config.studio_dir / LOG_FILE).open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _tail(config: Config, lines: int = 15) -> str:

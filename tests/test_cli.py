@@ -155,7 +155,8 @@ def test_every_command_prints_strict_json(
 ) -> None:
     """Each command's --json output parses with a strict parser (no NaN, no Infinity)."""
     config = copy_workspace(oracle_template, tmp_path / "ws", keras_home)
-    make_images(tmp_path / "more", 3)
+    make_images(tmp_path / "more" / "with_mask", 3)
+    make_images(tmp_path / "more" / "without_mask", 3, start=20)
     voc = tmp_path / "voc"
     voc.mkdir()
     face_like(5, 120).save(voc / "p.png")
@@ -166,7 +167,7 @@ def test_every_command_prints_strict_json(
     photo = next((oracle_template.parent / "photos" / "with_mask").iterdir())
     commands = [
         ["info"],
-        ["pool", "add", str(tmp_path / "more")],
+        ["pool", "add", str(tmp_path / "more"), "--labelled"],
         ["pool", "import-voc", str(voc)],
         ["pool", "stats"],
         ["train", "--epochs", "3"],

@@ -176,6 +176,72 @@ def test_an_interrupted_push_creates_no_duplicate_tasks(
     assert f"/projects/{project}/data" in shown.output
 
 
+def _task_count(server: StudioServer, project: int) -> int:
+    headers = {"Authorization": f"Token {server.api_key}"}
+    try:
+        answer = httpx.get(f"{server.url}/api/projects/{project}", headers=headers, timeout=5)
+        return int(answer.json()["task_number"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return -1
+
+
+@pytest.mark.integration
+def test_a_server_killed_mid_push_reconciles_to_one_task_per_item(
+    oracle_template: Path,
+    tmp_path: Path,
+    keras_home: Path,
+    studio_server: StudioServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGKILL to Label Studio while 150 tasks are being imported (in batches of 10 here, so
+    the kill lands between and inside requests); after a restart the re-run leaves exactly
+    one task per item."""
+    import al_pipeline.labellers.labelstudio as module
+
+    monkeypatch.setattr(module, "IMPORT_BATCH", 10)
+    config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
+    with State(config.database) as state:
+        project = LabelStudioLabeller(config, state, _connection(config)).project()
+    failures: list[Exception] = []
+
+    def push() -> None:
+        with State(config.database) as state:
+            try:
+                start(
+                    config,
+                    state,
+                    labeller_for("labelstudio", config, state),
+                    strategy="random",
+                    size=150,
+                )
+            except LabelStudioError as exc:
+                failures.append(exc)
+
+    pusher = threading.Thread(target=push)
+    pusher.start()
+    pid = int((studio_server.config.studio_dir / "server.pid").read_text())
+    deadline = time.monotonic() + 120
+    while _task_count(studio_server, project) < 30 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(pid, signal.SIGKILL)
+    pusher.join(timeout=180)
+    port = int(studio_server.url.rsplit(":", 1)[1])
+    with State(studio_server.config.database) as server_state:
+        up(studio_server.config, server_state, port, root=studio_server.root)
+    assert failures, "the push finished before the kill"
+    assert 0 < _task_count(studio_server, project) < 150
+    with State(config.database) as state:
+        resumed = start(
+            config, state, labeller_for("labelstudio", config, state), strategy="random", size=150
+        )
+        assert resumed.resumed
+        tasks = round_tasks(sdk(studio_server), project, resumed.round_id)
+        items = [t.data["al_item"] for t in tasks]
+        assert len(items) == len(set(items)) == 150
+        queued = state.queue(resumed.round_id)
+        assert {q.external_id for q in queued} == {str(t.id) for t in tasks}
+
+
 @pytest.mark.integration
 def test_an_item_picked_again_after_a_partial_round_keeps_its_one_task(
     oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
@@ -397,6 +463,32 @@ def test_a_wrong_key_or_a_taken_port_is_a_clear_error(
     with State(other.database) as state, pytest.raises(StudioError, match=f"Port {port}"):
         up(other, state, port)
     assert not (other.studio_dir / "server.pid").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_port_taken_during_start_up_fails_fast_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another program binds the port after the check (the race): Label Studio moves to
+    another port, and 'up' stops it and says so rather than wait for health that never
+    comes."""
+    import socket
+
+    import al_pipeline.studio as studio
+    from al_pipeline.workspace import init_workspace
+
+    monkeypatch.setattr(studio, "_require_free", lambda port: None)
+    config = init_workspace(tmp_path / "ws", "a,b").config
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        began = time.monotonic()
+        with State(config.database) as state, pytest.raises(StudioError, match="moved to port"):
+            up(config, state, port, timeout=600)
+    assert time.monotonic() - began < 300
+    assert not (config.studio_dir / "server.pid").exists()
 
 
 @pytest.mark.integration

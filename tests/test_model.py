@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,6 +19,7 @@ from al_pipeline.errors import NoLabelsError
 from al_pipeline.evaluate import evaluate
 from al_pipeline.ingest import add_folder
 from al_pipeline.model import (
+    CheckpointError,
     TrainingSettings,
     build_classifier,
     build_head,
@@ -31,7 +33,7 @@ from al_pipeline.predict import predict_files
 from al_pipeline.score import find_checkpoint, score
 from al_pipeline.state import State
 from al_pipeline.train import train
-from tests.conftest import Trained, face_like
+from tests.conftest import Trained, copy_workspace, face_like, run_al
 
 
 @pytest.mark.integration
@@ -214,3 +216,40 @@ def test_fine_tuning_on_real_photos(trained: Trained, tmp_path: Path) -> None:
     meta = load_checkpoint(report.path).meta
     assert meta["fine_tuned"] and meta["features_digest"].startswith("weights:")
     assert report.metrics is not None and report.metrics["accuracy"] >= 0.8
+
+
+@pytest.mark.integration
+def test_predict_reports_a_fifo_instead_of_hanging(trained: Trained, tmp_path: Path) -> None:
+    """A FIFO named .jpg would block the reader until someone writes to it."""
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    photo = sorted((trained.photos / "with_mask").iterdir())[0]
+    env = {"KERAS_HOME": str(trained.config.keras_home), "AL_OFFLINE": "1"}
+    for extra in ([], ["--faces"]):
+        done = run_al(
+            "-w",
+            str(trained.config.root),
+            "predict",
+            str(fifo),
+            str(photo),
+            "--json",
+            *extra,
+            **env,
+        )
+        assert done.returncode == 0, done.stderr
+        rows = {row["path"]: row for row in json.loads(done.stdout)}
+        assert "not a regular file" in rows[str(fifo)]["error"]
+
+
+@pytest.mark.integration
+def test_an_existing_tag_is_replaced_only_with_force(trained: Trained, tmp_path: Path) -> None:
+    config = copy_workspace(trained.config.root, tmp_path / "ws", trained.config.keras_home)
+    tag = trained.report.tag
+    with State(config.database) as state:
+        with pytest.raises(CheckpointError, match=r"already exists.*--force"):
+            train(config, state, TrainingSettings(epochs=2), tag=tag)
+        assert [c.tag for c in state.checkpoints()] == [tag]
+        replaced = train(config, state, TrainingSettings(epochs=2), tag=tag, force=True)
+        assert [c.tag for c in state.checkpoints()] == [tag]
+        assert state.checkpoint(tag) is not None and replaced.metrics is not None
+        assert not list(config.checkpoints_dir.glob(".*"))
