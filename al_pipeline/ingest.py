@@ -352,17 +352,15 @@ def _check_fraction(test_fraction: float | None) -> None:
         )
 
 
-def pool_name_for(
-    config: Config, state: State, given: str | None, root: Path, default: str | None = None
-) -> str:
+def pool_name_for(config: Config, state: State, given: str | None, root: Path) -> str:
     """The pool's name: ``--pool`` when given (a plain name), else the pool already
-    registered at ``root``, else one made from ``default`` (the folder's name)."""
+    registered at ``root``, else one made from the folder's name."""
     if given is not None:
         return plain_name(given, "--pool")
     for pool in state.pools():
         if (config.root / pool.root).resolve() == root.resolve():
             return pool.name
-    return name_from(default or root.name)
+    return name_from(root.name)
 
 
 def ensure_pool(config: Config, state: State, name: str, root: Path) -> Pool:
