@@ -11,6 +11,7 @@ setup:
 	$(BIN)/python -m pip install --quiet -e '.[server,dev]'
 	$(BIN)/python -m pip check
 	$(BIN)/al --version
+	@scripts/ensure-chromium.sh
 
 test: lint
 	$(BIN)/python -m pytest

@@ -15,10 +15,12 @@ import math
 import os
 import traceback
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -170,6 +172,8 @@ class BarProgress:
         self._bars.stop()
 
     def __call__(self, phase: str, done: int, total: int | None) -> None:
+        if phase not in self._tasks and total == 0:
+            return  # nothing to do in this phase: no empty "0/0" bar
         if phase not in self._tasks:
             self._tasks[phase] = self._bars.add_task(phase, total=total)
         self._bars.update(self._tasks[phase], completed=done, total=total)
@@ -513,7 +517,10 @@ def train(
         + ", ".join(f"{k} {v}" for k, v in report.per_class.items())
         + f") in {report.seconds:.1f} s -> {report.path}"
     )
-    out.print(f"Backbone features computed: {report.features_computed} (the rest were cached)")
+    out.print(
+        f"Backbone features computed: {report.features_computed} for training and the test "
+        "split (the rest were cached)"
+    )
     for path, why in report.skipped:
         err.print(f"[yellow]Skipped[/] {path}: {why}")
     if report.metrics:
@@ -676,7 +683,7 @@ def round_start(
 def round_status(as_json: JsonFlag = False) -> None:
     """The open round: strategy, size, labelled and pending counts (pulled from the labeller)."""
     from al_pipeline.labellers import round_labeller
-    from al_pipeline.rounds import status
+    from al_pipeline.round_status import status
     from al_pipeline.workspace import opened
 
     config = config_for()
@@ -727,34 +734,92 @@ def round_finish(
     if as_json:
         print_json(dataclasses.asdict(done))
         return
+    out.print(
+        f"Pulled {done.labelled} label(s) of {done.size} ({done.new_labels} new since the last "
+        f"pull), {done.skipped} skipped."
+    )
     render_history_rows([done.history], f"Round {done.round_id} closed")
     if done.returned:
         out.print(f"{done.returned} unlabelled item(s) went back to the pool.")
+
+
+HISTORY_HEADERS = {
+    "round": "#",
+    "labelled": "labels",
+    "accuracy": "acc",
+    "macro_f1": "F1",
+    "roc_auc": "AUC",
+    "pool_change": "changed",
+    "training_seconds": "train s",
+    "selection_seconds": "select s",
+    "checkpoint": "model",
+    "timestamp": "closed (UTC)",
+}
+# Shown when the terminal is wide enough; always in --json, --csv and --parquet.
+HISTORY_OPTIONAL = ("selection_seconds", "checkpoint", "timestamp")
 
 
 def render_history_rows(rows: list[dict[str, Any]], title: str) -> None:
     from al_pipeline.history import history_frame
 
     frame = history_frame(rows)
-    table = Table(title=title)
     recalls = [c for c in frame.columns if c.startswith("recall_")]
-    wanted = ("round", "strategy", "labelled", "accuracy", "macro_f1", *recalls, "pool_change")
+    wanted = (
+        "round",
+        "strategy",
+        "labelled",
+        "accuracy",
+        "macro_f1",
+        "roc_auc",
+        *recalls,
+        "pool_change",
+        "selection_seconds",
+        "training_seconds",
+        "checkpoint",
+        "timestamp",
+    )
     columns = [c for c in wanted if c in frame.columns]
-    headers = {
-        "batch_size": "batch",
-        "pool_change": "changed",
-        "training_seconds": "train s",
-        "macro_f1": "macro F1",
-        "roc_auc": "ROC-AUC",
-    }
-    for column in columns:
-        table.add_column(
-            headers.get(column, column.replace("recall_", "recall ")),
-            justify="left" if column in ("strategy", "checkpoint") else "right",
-        )
-    for record in frame.to_dict("records"):
-        table.add_row(*(_cell(record[c]) for c in columns))
+    table = history_table(frame, columns, title)
+    natural = out.measure(table, options=out.options.update_width(100_000)).maximum
+    narrow = natural > out.width
+    if narrow:
+        columns = [c for c in columns if c not in HISTORY_OPTIONAL]
+        table = history_table(frame, columns, title)
     out.print(table)
+    if narrow:
+        out.print(
+            "[dim]Selection time, model and time closed do not fit this terminal: widen it, "
+            "or see 'al history --json' or '--csv FILE'.[/]"
+        )
+
+
+def history_table(frame: Any, columns: list[str], title: str) -> Table:
+    """acc, F1 and AUC on the held-out split; a class's column is its recall there."""
+    table = Table(
+        title=title,
+        caption="acc, F1, AUC and the per-class recall are on the held-out split",
+        box=box.SIMPLE_HEAD,  # columns apart by one space: the history fits 80 columns
+        padding=(0, 0),
+        show_edge=False,
+    )
+    cells = [
+        [
+            str(record[c])[:16].replace("T", " ") if c == "timestamp" else _cell(record[c])
+            for c in columns
+        ]
+        for record in frame.to_dict("records")
+    ]
+    for index, column in enumerate(columns):
+        key = column in ("round", "strategy")
+        table.add_column(
+            HISTORY_HEADERS.get(column, column.removeprefix("recall_")),
+            justify="left" if column in ("strategy", "checkpoint") else "right",
+            no_wrap=True,
+            min_width=max((len(row[index]) for row in cells), default=1) if key else None,
+        )
+    for row in cells:
+        table.add_row(*row)
+    return table
 
 
 def _cell(value: Any) -> str:
@@ -1009,7 +1074,13 @@ def render_server(server: Any, as_json: bool) -> None:
     if as_json:
         print_json(dataclasses.asdict(server))
         return
-    state = "[green]up[/]" if server.healthy else "[red]not answering[/]"
+    state = (
+        "[green]up[/]"
+        if server.healthy
+        else "[yellow]stopped[/] (start it with 'al studio up')"
+        if server.embedded and server.pid is None
+        else "[red]not answering[/]"
+    )
     where = "embedded" if server.embedded else "connected"
     out.print(f"Label Studio {server.version or ''} at {server.url} ({where}): {state}")
     if server.pid:
@@ -1096,9 +1167,14 @@ def serve(
     config = config_for()
     plan = ServePlan(strategy, size, balance, min_labelled, training_settings(config, epochs))
     try:
-        receive(config, plan, port, lambda line: out.print(line, highlight=False))
+        receive(config, plan, port, stamped)
     except KeyboardInterrupt:
         out.print("Stopped.")
+
+
+def stamped(line: str) -> None:
+    """A line of a long-running command, with the local time it happened."""
+    out.print(f"[dim]{datetime.now():%H:%M:%S}[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

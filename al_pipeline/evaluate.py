@@ -30,6 +30,7 @@ class EvaluationReport:
     tag: str
     metrics: dict[str, Any]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    features_computed: int = 0
 
 
 def compute_metrics(
@@ -98,5 +99,8 @@ def evaluate(
     state.record_evaluation(row.id, metrics)
     write_meta(checkpoint.path, checkpoint.meta | {"metrics": metrics})
     return EvaluationReport(
-        row.tag, metrics, skipped=[(str(test[p].path), why) for p, why in scored.failures]
+        row.tag,
+        metrics,
+        skipped=[(str(test[p].path), why) for p, why in scored.failures],
+        features_computed=scored.computed,
     )

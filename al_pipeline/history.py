@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from al_pipeline.config import Config
 from al_pipeline.errors import OutputError, PipelineError
 from al_pipeline.images import load_rgb
 from al_pipeline.paths import output_file, output_folder, write_atomically
+from al_pipeline.records import STARTING_POINT
 from al_pipeline.state import State
 
 COLUMNS = (
@@ -61,11 +62,13 @@ def plot_learning_curve(
     frame: pd.DataFrame, path: Path | None = None, group: str = "strategy"
 ) -> bytes:
     """Accuracy and macro-F1 against labelled count, one line per ``group``; PNG bytes
-    (also written to ``path`` when given)."""
+    (also written to ``path`` when given). The starting point (round 0) begins every line,
+    so the first round's gain or loss shows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if frame.empty:
         raise PipelineError(
@@ -74,11 +77,12 @@ def plot_learning_curve(
     if path is not None:
         output_file(path, "The plot file")
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
-    for name, part in frame.groupby(group, sort=True):
+    for name, part in _lines(frame, group):
         part = part.sort_values("labelled")
         for axis, metric in zip(axes, ("accuracy", "macro_f1"), strict=True):
             axis.plot(part["labelled"], part[metric], marker="o", label=str(name))
     for axis, title in zip(axes, ("Accuracy", "Macro-F1"), strict=True):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("labelled items")
         axis.set_title(f"{title} on the held-out split")
         axis.grid(alpha=0.3)
@@ -93,6 +97,15 @@ def plot_learning_curve(
     return data
 
 
+def _lines(frame: pd.DataFrame, group: str) -> list[tuple[str, pd.DataFrame]]:
+    """One frame per line: each group, with the starting point (round 0) in front."""
+    start = frame[frame[group] == STARTING_POINT] if group == "strategy" else frame.iloc[:0]
+    rest = frame.drop(start.index)
+    if rest.empty:
+        return [(STARTING_POINT, start)]
+    return [(str(name), pd.concat([start, part])) for name, part in rest.groupby(group, sort=True)]
+
+
 def write_report(config: Config, state: State, folder: Path) -> Path:
     """A self-contained HTML page (images inlined): history table, learning curves, the
     latest confusion matrix, and the images the last round selected."""
@@ -102,14 +115,15 @@ def write_report(config: Config, state: State, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"Cannot create the report folder {folder}: {exc.strerror}.") from exc
-    parts = [f"<h1>al-pipeline report: {html.escape(config.name)}</h1>"]
+    parts = [
+        f"<h1>{html.escape(config.name)}</h1>",
+        f"<p class=lead>Active-learning report: classes {html.escape(', '.join(config.classes))}"
+        f"; {_summary(frame)}</p>",
+    ]
     if frame.empty:
-        parts.append("<p>No closed rounds yet.</p>")
+        parts.append("<p>No model trained yet.</p>")
     else:
-        parts.append(
-            "<h2>History</h2>"
-            + frame.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="", border=0)
-        )
+        parts.append("<h2>What each round bought</h2>" + _history_table(frame, config.classes))
         curve = base64.b64encode(plot_learning_curve(frame)).decode()
         parts.append(
             f'<h2>Learning curves</h2><img alt="learning curves" '
@@ -121,6 +135,58 @@ def write_report(config: Config, state: State, folder: Path) -> Path:
     return write_atomically(
         folder / "report.html", lambda handle: handle.write(text.encode("utf-8")), "the report"
     )
+
+
+def _summary(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "no rounds yet."
+    last = frame.iloc[-1]
+    accuracy = "n/a" if pd.isna(last["accuracy"]) else f"{last['accuracy']:.3f}"
+    return (
+        f"{int(last['round'])} round(s) closed, {int(last['labelled'])} labels, held-out "
+        f"accuracy {accuracy} after the last one."
+    )
+
+
+def _history_table(frame: pd.DataFrame, classes: Sequence[str]) -> str:
+    """The history as a person reads it: titled columns, 3 decimals, short times."""
+    columns: list[tuple[str, str, Callable[[Any], str]]] = [
+        ("round", "Round", str),
+        ("strategy", "Strategy", str),
+        ("labelled", "Labels", str),
+        ("accuracy", "Accuracy", _decimal),
+        ("macro_f1", "Macro-F1", _decimal),
+        ("roc_auc", "ROC-AUC", _decimal),
+        *((f"recall_{c}", f"Recall {c.replace('_', ' ')}", _decimal) for c in classes),
+        ("pool_change", "Pool changed", _decimal),
+        ("training_seconds", "Training (s)", _seconds),
+        ("checkpoint", "Model", str),
+        ("timestamp", "Closed (UTC)", lambda t: str(t)[:16].replace("T", " ")),
+    ]
+    shown = [c for c in columns if c[0] in frame.columns]
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in shown)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{'' if _missing(row[key]) else html.escape(fmt(row[key]))}</td>"
+            for key, _, fmt in shown
+        )
+        + "</tr>"
+        for _, row in frame.iterrows()
+    )
+    return f"<table class=history><tr>{head}</tr>{body}</table>"
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _decimal(value: Any) -> str:
+    return f"{float(value):.3f}"
+
+
+def _seconds(value: Any) -> str:
+    return f"{float(value):.1f}"
 
 
 def _confusion_matrix(state: State) -> str:
@@ -160,10 +226,11 @@ def _last_selection(config: Config, state: State, limit: int = 60) -> str:
             if item.predicted_class and item.confidence is not None
             else "cold start"
         )
+        name = html.escape(item.path.name)
         cells.append(
-            f'<figure><img alt="{html.escape(item.path.name)}" '
-            f'src="data:image/jpeg;base64,{src}"><figcaption>{guess}</figcaption>'
-            "</figure>"
+            f'<figure title="{html.escape(str(item.path))}"><img alt="{name}" '
+            f'src="data:image/jpeg;base64,{src}"><figcaption><span class=file>{name}</span>'
+            f"{guess}</figcaption></figure>"
         )
     return (
         f"<h2>Round {last.id}: the {len(cells)} images {html.escape(last.strategy)} "
@@ -174,11 +241,21 @@ def _last_selection(config: Config, state: State, limit: int = 60) -> str:
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}: al-pipeline report</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85rem; }}
-td, th {{ border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }}
-.grid {{ display: flex; flex-wrap: wrap; gap: 0.5rem; }}
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; padding: 0 1rem;
+        max-width: 1100px; color: #222; line-height: 1.4; }}
+h1 {{ margin-bottom: 0.2rem; }}
+.lead {{ color: #555; margin-top: 0; }}
+table {{ border-collapse: collapse; font-size: 0.8rem; }}
+table.history {{ width: 100%; table-layout: fixed; }}
+td, th {{ border: 1px solid #ddd; padding: 0.3rem 0.4rem; text-align: right;
+          overflow-wrap: anywhere; }}
+th {{ background: #f4f4f4; font-weight: 600; }}
+tr:nth-child(even) td {{ background: #fafafa; }}
+td:nth-child(2), th:nth-child(2) {{ text-align: left; }}
+.grid {{ display: flex; flex-wrap: wrap; gap: 0.75rem; }}
 figure {{ margin: 0; width: 128px; font-size: 0.75rem; text-align: center; }}
+.file {{ display: block; overflow: hidden; text-overflow: ellipsis; white-space: nowrap;
+         color: #555; }}
 img {{ max-width: 100%; }}
 </style></head><body>
 {body}

@@ -10,7 +10,6 @@ command again: labels are not written twice, a round's model is not trained twic
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,38 +19,19 @@ from numpy.typing import NDArray
 from al_pipeline.backbones import Backbone
 from al_pipeline.config import Config
 from al_pipeline.embeddings import Embedded, embed_items
-from al_pipeline.errors import PipelineError
 from al_pipeline.evaluate import evaluate
 from al_pipeline.labellers.base import Labeller, Pulled
 from al_pipeline.model import Checkpoint, TrainingSettings
 from al_pipeline.paths import at_least
 from al_pipeline.progress import Progress, silent
+from al_pipeline.records import history_row
+from al_pipeline.round_status import RoundError, link_of, pull, require_open, wait_for_labels
 from al_pipeline.score import find_checkpoint, head_probabilities, workspace_backbone
-from al_pipeline.state import ItemRef, QueuedItem, QueueEntry, RoundRow, State, now
+from al_pipeline.state import ItemRef, QueuedItem, QueueEntry, RoundRow, State
 from al_pipeline.strategies import Pool, get_strategy, select
 from al_pipeline.train import train
 
 PREDICTIONS_FILE = "pool_predictions.npz"
-
-
-class RoundError(PipelineError):
-    """A round cannot be started or finished as asked."""
-
-
-@dataclass
-class RoundStatus:
-    """Where the open round stands."""
-
-    round_id: int
-    strategy: str
-    size: int
-    labeller: str
-    labelled: int
-    pending: int
-    skipped: int
-    opened_at: str
-    unresolved: list[int] = field(default_factory=list)
-    link: str | None = None
 
 
 @dataclass
@@ -76,80 +56,10 @@ class RoundFinished:
     round_id: int
     history: dict[str, Any]
     returned: int
-
-
-def status(state: State, labeller: Labeller | None = None) -> RoundStatus:
-    """The open round's progress, or an error saying there is none.
-
-    With a labeller, the labels given so far are pulled (and written) first, so the counts
-    are the labeller's.
-    """
-    open_round = _require_open(state)
-    pulled = pull(state, labeller, open_round.id) if labeller else Pulled()
-    queue = state.queue(open_round.id)
-    return RoundStatus(
-        open_round.id,
-        open_round.strategy,
-        open_round.size,
-        open_round.labeller,
-        labelled=sum(q.state == "labelled" for q in queue),
-        pending=sum(q.state == "pending" for q in queue),
-        skipped=sum(q.state == "skipped" for q in queue),
-        opened_at=open_round.opened_at,
-        unresolved=pulled.unresolved,
-        link=_link(labeller),
-    )
-
-
-def pull(state: State, labeller: Labeller, round_id: int) -> Pulled:
-    """Pull and write at once: nothing pulled is lost if a later step fails."""
-    pulled = labeller.pull(round_id, state.queue(round_id))
-    state.record_pulled(round_id, pulled.labels, pulled.skipped, pulled.retracted)
-    return pulled
-
-
-def is_complete(state: State, round_id: int, min_labelled: int | None = None) -> bool:
-    """Every queued item labelled or skipped (or at least ``min_labelled`` labelled)."""
-    queue = state.queue(round_id)
-    labelled = sum(q.state == "labelled" for q in queue)
-    if min_labelled is not None:
-        return labelled >= min(min_labelled, len(queue))
-    return all(q.state in ("labelled", "skipped") for q in queue)
-
-
-def wait_for_labels(
-    state: State,
-    labeller: Labeller,
-    round_id: int,
-    *,
-    min_labelled: int | None = None,
-    poll_seconds: float = 10.0,
-    timeout: float | None = None,
-    progress: Progress = silent,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Pulled:
-    """Pull every ``poll_seconds`` (writing each label at once) until the round is done;
-    the last pull."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    size = len(state.queue(round_id))
-    while True:
-        pulled = pull(state, labeller, round_id)
-        labelled = sum(q.state != "pending" for q in state.queue(round_id))
-        progress(f"Round {round_id}: waiting for labels", labelled, size)
-        if is_complete(state, round_id, min_labelled):
-            return pulled
-        if deadline is not None and time.monotonic() > deadline:
-            raise RoundError(
-                f"Round {round_id}: {labelled} of {size} items labelled after waiting "
-                f"{timeout:.0f} s. Run the same command again to keep waiting."
-            )
-        sleep(poll_seconds)
-
-
-def _link(labeller: Labeller | None) -> str | None:
-    """Where people label, for labellers that have a place (Label Studio's project)."""
-    link = getattr(labeller, "link", None)
-    return link() if callable(link) else None
+    size: int = 0
+    labelled: int = 0
+    skipped: int = 0
+    new_labels: int = 0
 
 
 def start(
@@ -216,7 +126,7 @@ def start(
         pool_probs is None,
         model_tag,
         seconds,
-        link=_link(labeller),
+        link=link_of(labeller),
     )
 
 
@@ -242,7 +152,7 @@ def _resume(state: State, labeller: Labeller, open_round: RoundRow) -> RoundStar
         params.get("model"),
         float(params.get("selection_seconds", 0.0)),
         resumed=True,
-        link=_link(labeller),
+        link=link_of(labeller),
     )
 
 
@@ -291,13 +201,6 @@ def _entries(
     return entries
 
 
-def _require_open(state: State) -> RoundRow:
-    open_round = state.open_round()
-    if open_round is None:
-        raise RoundError("No round is open. Start one with 'al round start'.")
-    return open_round
-
-
 def finish(
     config: Config,
     state: State,
@@ -318,7 +221,7 @@ def finish(
     """
     if min_labelled is not None:
         at_least(min_labelled, 1, "--min-labelled")
-    open_round = _require_open(state)
+    open_round = require_open(state)
     if pulled is None:
         pulled = pull(state, labeller, open_round.id)
     queue = state.queue(open_round.id)
@@ -345,11 +248,19 @@ def finish(
                 if pulled.unresolved
                 else ""
             )
-            + (f" Label them at {link}" if (link := _link(labeller)) else "")
+            + (f" Label them at {link}" if (link := link_of(labeller)) else "")
         )
     row = _train_and_record(config, state, open_round, settings, progress)
     state.close_round(open_round.id)
-    return RoundFinished(open_round.id, row, returned=pending)
+    return RoundFinished(
+        open_round.id,
+        row,
+        returned=pending,
+        size=len(queue),
+        labelled=labelled,
+        skipped=sum(q.state == "skipped" for q in queue),
+        new_labels=pulled.written,
+    )
 
 
 def _train_and_record(
@@ -377,14 +288,14 @@ def _train_and_record(
         config, state, row_checkpoint.tag, previous.tag if previous else None, progress
     )
     seconds = float(row_checkpoint.meta.get("training_seconds", 0.0))
-    row = _history_row(config, state, open_round, metrics, change, seconds, row_checkpoint.tag)
+    row = history_row(config, state, open_round, metrics, change, seconds, row_checkpoint.tag)
     state.save_history(open_round.id, row)
     return row
 
 
 def _record_untrained(config: Config, state: State, open_round: RoundRow) -> dict[str, Any]:
     """A round whose labels still miss a class: no model yet (the next round starts cold)."""
-    row = _history_row(
+    row = history_row(
         config,
         state,
         open_round,
@@ -395,41 +306,6 @@ def _record_untrained(config: Config, state: State, open_round: RoundRow) -> dic
         note="not every class has a label yet: no model trained",
     )
     state.save_history(open_round.id, row)
-    return row
-
-
-def _history_row(
-    config: Config,
-    state: State,
-    open_round: RoundRow,
-    metrics: dict[str, Any],
-    change: float | None,
-    training_seconds: float,
-    tag: str | None,
-    note: str | None = None,
-) -> dict[str, Any]:
-    """What a round bought: labels, test metrics, pool change, timing, model."""
-    counts = state.label_counts()
-    row: dict[str, Any] = {
-        "round": open_round.id,
-        "strategy": open_round.strategy,
-        "batch_size": open_round.size,
-        "labeller": open_round.labeller,
-        "labelled": sum(counts.values()),
-        "labelled_per_class": {c: counts.get(c, 0) for c in config.classes},
-        "accuracy": metrics.get("accuracy"),
-        "macro_f1": metrics.get("macro_f1"),
-        "roc_auc": metrics.get("roc_auc"),
-        "recall": {c: v["recall"] for c, v in metrics.get("per_class", {}).items()},
-        "pool_change": change,
-        "selection_seconds": open_round.params.get("selection_seconds"),
-        "training_seconds": round(training_seconds, 2),
-        "checkpoint": tag,
-        "model_version": tag,
-        "timestamp": now(),
-    }
-    if note:
-        row["note"] = note
     return row
 
 

@@ -28,7 +28,8 @@ from al_pipeline.labellers.labelstudio import LabelStudioLabeller
 from al_pipeline.model import TrainingSettings
 from al_pipeline.paths import at_least, port_number
 from al_pipeline.progress import Progress, silent
-from al_pipeline.rounds import finish, is_complete, pull, start
+from al_pipeline.round_status import is_complete, pull
+from al_pipeline.rounds import finish, start
 from al_pipeline.state import open_state
 from al_pipeline.studio import connection
 from al_pipeline.workspace import workspace_lock
@@ -263,7 +264,8 @@ def _start_round(
             balance=balance,
             progress=progress,
         )
-        report(f"Started round {started.round_id}: {len(started.queued)} items to label")
+        where = f" at {started.link}" if started.link else ""
+        report(f"Started round {started.round_id}: {len(started.queued)} items to label{where}")
 
 
 def _on_batch(

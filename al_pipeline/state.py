@@ -975,9 +975,11 @@ class State:
 
     # -- history ------------------------------------------------------------------------
 
-    def save_history(self, round_id: int, row: dict[str, Any]) -> None:
+    def save_history(self, round_id: int | None, row: dict[str, Any]) -> None:
+        """Store a round's history row (``None``: round 0, the starting point), replacing
+        an earlier one of the same round."""
         with self.transaction() as db:
-            db.execute("DELETE FROM metrics WHERE round_id = ? AND name = 'history'", (round_id,))
+            db.execute("DELETE FROM metrics WHERE round_id IS ? AND name = 'history'", (round_id,))
             db.execute(
                 "INSERT INTO metrics (round_id, name, value, data, created_at)"
                 " VALUES (?, 'history', ?, ?, ?)",
@@ -993,7 +995,7 @@ class State:
     def pool_stats(self) -> list[PoolStats]:
         rows = self._db.execute(
             "SELECT p.name AS pool, l.class_name AS class_name, COUNT(*) AS items,"
-            " SUM(i.split IS NULL OR i.split = 'train') AS train,"
+            " SUM(l.item_id IS NOT NULL AND (i.split IS NULL OR i.split = 'train')) AS train,"
             " SUM(i.split = 'test') AS test,"
             " SUM(i.status = 'queued') AS queued"
             " FROM items i JOIN pools p ON p.id = i.pool_id"

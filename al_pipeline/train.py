@@ -31,6 +31,7 @@ from al_pipeline.model import (
 )
 from al_pipeline.paths import plain_name
 from al_pipeline.progress import Progress, silent
+from al_pipeline.records import history_row
 from al_pipeline.score import workspace_backbone
 from al_pipeline.state import LabelledItem, State, now
 
@@ -82,6 +83,9 @@ def train(
 ) -> TrainReport:
     """Train on every labelled, non-test item, save a checkpoint and evaluate it.
 
+    Trained before the first round, the model is the starting point: the history's round 0
+    (a later one, still before round 1, replaces it).
+
     ``tag`` must be a plain name. A checkpoint already registered under it is replaced only
     with ``force`` (never one that a round recorded in its history).
     """
@@ -111,6 +115,7 @@ def train(
         backbone = replace(backbone, weights_digest=weights_digest(backbone))
     progress("Training", 1, 1)
     folder = config.checkpoints_dir / tag
+    training_seconds = round(time.perf_counter() - started, 2)
     meta = {
         "tag": tag,
         "backbone": backbone.name,
@@ -126,7 +131,7 @@ def train(
         "epochs": settings.epochs,
         "seed": settings.seed,
         "round_id": round_id,
-        "training_seconds": round(time.perf_counter() - started, 2),
+        "training_seconds": training_seconds,
         "created_at": now(),
     }
     save_checkpoint(build_classifier(backbone, head), folder, meta)
@@ -152,7 +157,13 @@ def train(
         skipped=[(str(items[p].path), why) for p, why in embedded.failures],
     )
     if state.labelled_items("test"):
-        report.metrics = evaluate(config, state, tag, progress).metrics
+        evaluation = evaluate(config, state, tag, progress)
+        report.metrics = evaluation.metrics
+        report.features_computed += evaluation.features_computed
+    if round_id is None and not state.rounds():
+        metrics = report.metrics or {}
+        row = history_row(config, state, None, metrics, None, training_seconds, tag)
+        state.save_history(None, row)
     return report
 
 

@@ -203,3 +203,81 @@ def test_every_command_prints_strict_json(
             result = cli.invoke(app, ["-w", str(config.root), *command, "--json"])
             assert result.exit_code == 0, (command, result.output)
             strict_json(result.stdout)
+
+
+HEAVY = ("keras", "tensorflow", "jax", "torch")
+REPORTING = (
+    ["pool", "stats"],
+    ["history"],
+    ["round", "status"],
+    ["checkpoints"],
+    ["studio", "status"],
+)
+
+
+def test_reporting_commands_never_load_the_model_stack(
+    workspace: Config, tmp_path: Path, make_images: Callable[..., list[Path]]
+) -> None:
+    """`round status` answered in 7-14 s when it imported Keras to print counts."""
+    from al_pipeline.ingest import add_folder
+    from al_pipeline.state import QueueEntry, open_state
+
+    make_images(tmp_path / "photos", 3)
+    with open_state(workspace.database) as state:
+        add_folder(workspace, state, tmp_path / "photos")
+        first = state.selectable_items()[0]
+        state.start_round("random", "oracle", {}, [QueueEntry(first.item_id, 0, None, None, None)])
+    code = (
+        "import sys\nfrom cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit:\n"
+        f"    pass\nprint('heavy:', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    for command in REPORTING:
+        done = subprocess.run(
+            [sys.executable, "-c", code, "-w", str(workspace.root), *command],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "heavy: []" in done.stdout, (command, done.stdout, done.stderr)
+    shown = subprocess.run(
+        [sys.executable, "-m", "cli", "-w", str(workspace.root), "round", "status"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "0 labelled, 1 pending" in shown.stdout, shown.stderr
+
+
+@pytest.mark.integration
+def test_history_starts_at_round_0_with_every_documented_column(
+    cli: CliRunner, trained: Trained, tmp_path: Path
+) -> None:
+    """The model trained before round 1 is the starting point, in JSON, CSV and the table."""
+    from al_pipeline.history import COLUMNS
+
+    ws = ["-w", str(trained.config.root)]
+    shown = cli.invoke(app, [*ws, "history", "--json"])
+    assert shown.exit_code == 0, shown.output
+    (start,) = strict_json(shown.stdout)
+    assert start["round"] == 0 and start["strategy"] == "initial"
+    assert start["checkpoint"] == trained.report.tag and start["accuracy"] is not None
+    assert set(COLUMNS) | {"labelled_per_class", "recall"} <= set(start)
+    written = cli.invoke(app, [*ws, "history", "--csv", str(tmp_path / "h.csv")])
+    assert written.exit_code == 0, written.output
+    header = (tmp_path / "h.csv").read_text().splitlines()[0].split(",")
+    classes = trained.config.classes
+    assert [*COLUMNS] == header[: len(COLUMNS)]
+    assert {f"labelled_{c}" for c in classes} | {f"recall_{c}" for c in classes} <= set(header)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COLUMNS", "200")
+        wide = cli.invoke(app, [*ws, "history"])
+    for title in ("strategy", "AUC", "with_mask", "train s", "select s", "model", "closed"):
+        assert title in wide.output, wide.output
+    assert "initial" in wide.output and "do not fit" not in wide.output
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COLUMNS", "80")
+        narrow = cli.invoke(app, [*ws, "history"])
+    assert "strategy" in narrow.output and "initial" in narrow.output, narrow.output
+    assert "…" not in narrow.output and "do not fit this terminal" in narrow.output

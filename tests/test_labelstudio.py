@@ -4,6 +4,7 @@ API the way the editor does, with real photos and real Keras models."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -25,7 +26,8 @@ from al_pipeline.gateway import Annotation, LabelStudioError, choice_result
 from al_pipeline.labellers import labeller_for
 from al_pipeline.labellers.labelstudio import LabelStudioLabeller, verdict
 from al_pipeline.model import TrainingSettings
-from al_pipeline.rounds import RoundError, RoundStarted, finish, start, status
+from al_pipeline.round_status import RoundError, status
+from al_pipeline.rounds import RoundStarted, finish, start
 from al_pipeline.state import PulledLabel, State
 from al_pipeline.studio import StudioError, _group_alive, connect, down, up
 from al_pipeline.train import train
@@ -319,7 +321,8 @@ def test_al_run_polls_label_studio_until_the_batch_is_labelled(
     assert "Stopped: ran 1 round" in ran.output
     assert len(labelled) == 3
     with State(config.database) as state:
-        [row] = state.history()
+        start, row = state.history()  # round 0: the model of the 10 seed labels
+        assert start["round"] == 0 and start["labelled"] == 10
         assert row["round"] == 1 and row["labelled"] == 13 and row["labeller"] == "labelstudio"
         assert state.open_round() is None
 
@@ -526,7 +529,7 @@ def test_the_webhook_finishes_a_round_once_when_its_last_task_is_labelled(
         worker.join(timeout=30)
     assert sum(line.startswith("Finished round") for line in lines) == 1, lines
     with State(config.database) as state:
-        assert [row["round"] for row in state.history()] == [round_id]
+        assert [row["round"] for row in state.history()] == [0, round_id]
         next_round = state.open_round()
         assert next_round is not None and next_round.strategy == "margin"
         assert len(round_tasks(client, project, next_round.id)) == 3
@@ -561,14 +564,16 @@ class Serving:
             if in_background
             else None,
         )
-        self.lines: list[str] = []
+        self.lines: list[str] = []  # without the time each line starts with
+        self.raw: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            self.lines.append(line.rstrip())
+            self.raw.append(line.rstrip())
+            self.lines.append(re.sub(r"^\d\d:\d\d:\d\d ", "", line.rstrip()))
 
     def wait_for(self, start: str) -> None:
         wait_for_line(self.lines, start, lambda: self.process.poll() is None, timeout=180)
@@ -609,12 +614,18 @@ def test_al_serve_stops_on_sigint_or_sigterm_and_a_restart_finishes_what_was_lab
         annotate(client, task, truth[task.data["al_item"]])
     third = Serving(config, keras_home, port)
     third.wait_for("Started round 2")
+    started = next(line for line in third.lines if line.startswith("Started round 2"))
+    assert f"3 items to label at {studio_server.url}/projects/{project}/data?tab=" in started
     assert third.interrupt(signal.SIGTERM) == 0, third.lines
+    ours = [
+        line for line in third.raw if re.search("Listening on|Started round|Finished round", line)
+    ]
+    assert len(ours) == 3 and all(re.match(r"\d\d:\d\d:\d\d ", line) for line in ours), ours
     assert third.lines[-1] == "Stopped."
     assert list(client.webhooks.list(project=str(project))) == []
     assert sum(line.startswith("Finished round 1") for line in third.lines) == 1
     with State(config.database) as state:
-        assert [row["round"] for row in state.history()] == [1]
+        assert [row["round"] for row in state.history()] == [0, 1]
         assert len(state.queue(2)) == 3
 
 

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from al_pipeline.config import Config
 from al_pipeline.labellers import OracleLabeller, Pulled
 from al_pipeline.model import TrainingSettings
-from al_pipeline.rounds import RoundError, finish, run, start, status
+from al_pipeline.round_status import RoundError, status
+from al_pipeline.rounds import finish, run, start
 from al_pipeline.state import QueuedItem, State
 from cli import app
 from tests.conftest import REPO, copy_workspace, run_al

@@ -18,12 +18,14 @@ class Pulled:
         skipped: Items the labeller declined (they return to the pool, flagged).
         unresolved: Items whose annotators disagree with no majority (left unlabelled).
         retracted: Items whose label was withdrawn at the source (annotation deleted).
+        written: How many of ``labels`` were new when recorded (set by the recorder).
     """
 
     labels: list[PulledLabel] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     unresolved: list[int] = field(default_factory=list)
     retracted: list[int] = field(default_factory=list)
+    written: int = 0
 
 
 class Labeller(Protocol):
