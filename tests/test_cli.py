@@ -281,3 +281,63 @@ def test_history_starts_at_round_0_with_every_documented_column(
         narrow = cli.invoke(app, [*ws, "history"])
     assert "strategy" in narrow.output and "initial" in narrow.output, narrow.output
     assert "…" not in narrow.output and "do not fit this terminal" in narrow.output
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_quickstart_works_from_an_empty_folder_outside_the_checkout(
+    tmp_path: Path, keras_home: Path
+) -> None:
+    """The README's Quickstart, command by command, from an empty folder (Label Studio's
+    part runs in tests/test_labelstudio.py; here the round goes to the oracle)."""
+    import os
+    import shutil
+
+    from tests.conftest import real_sample
+
+    photos = tmp_path / "photos"
+    for cls, files in real_sample(12, seed=5).items():
+        for index, path in enumerate(files):
+            target = photos / ("labelled" if index < 8 else "unlabelled")
+            if target.name == "labelled":
+                target = target / cls
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target / path.name)
+    home = tmp_path / "empty"
+    home.mkdir()
+    al = str(Path(sys.executable).parent / "al")
+    env = {**os.environ, "KERAS_HOME": str(keras_home), "AL_OFFLINE": "1"}
+    steps = [
+        (home, ["init", "mask-ws", "--classes", "with_mask,without_mask"]),
+        (home / "mask-ws", ["pool", "add", str(photos / "unlabelled")]),
+        (
+            home / "mask-ws",
+            [
+                "pool",
+                "add",
+                str(photos / "labelled"),
+                "--labelled",
+                "--test-fraction",
+                "0.2",
+                "--report",
+                "ingest.csv",
+            ],
+        ),
+        (home / "mask-ws", ["pool", "stats"]),
+        (home / "mask-ws", ["train", "--epochs", "5"]),
+        (home / "mask-ws", ["evaluate"]),
+        (home / "mask-ws", ["round", "start", "--size", "4"]),
+        (home / "mask-ws", ["round", "status"]),
+        (home / "mask-ws", ["history", "--plot", "curve.png"]),
+        (home / "mask-ws", ["report", "--out", "report"]),
+    ]
+    for cwd, command in steps:
+        done = subprocess.run(
+            [al, *command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+    workspace = home / "mask-ws"
+    for made in ("ingest.csv", "curve.png", "report/report.html"):
+        assert (workspace / made).is_file(), made
+    assert sorted(p.name for p in home.iterdir()) == ["mask-ws"]
