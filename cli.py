@@ -760,25 +760,13 @@ HISTORY_OPTIONAL = ("selection_seconds", "checkpoint", "timestamp")
 
 
 def render_history_rows(rows: list[dict[str, Any]], title: str) -> None:
-    from al_pipeline.history import history_frame
+    from al_pipeline.history import COLUMNS, history_frame
 
     frame = history_frame(rows)
     recalls = [c for c in frame.columns if c.startswith("recall_")]
-    wanted = (
-        "round",
-        "strategy",
-        "labelled",
-        "accuracy",
-        "macro_f1",
-        "roc_auc",
-        *recalls,
-        "pool_change",
-        "selection_seconds",
-        "training_seconds",
-        "checkpoint",
-        "timestamp",
-    )
-    columns = [c for c in wanted if c in frame.columns]
+    base = [c for c in COLUMNS if c != "batch_size"]
+    at = base.index("pool_change")  # per-class recall right after the test metrics
+    columns = [c for c in (*base[:at], *recalls, *base[at:]) if c in frame.columns]
     table = history_table(frame, columns, title)
     natural = out.measure(table, options=out.options.update_width(100_000)).maximum
     narrow = natural > out.width
