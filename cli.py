@@ -307,7 +307,7 @@ def pool_add(
     from al_pipeline.workspace import opened
 
     config = config_for()
-    check_report(report)
+    check_output(report, "--report")
     with opened(config, "al pool add", waiting) as state, BarProgress() as progress:
         result = add_folder(
             config,
@@ -350,7 +350,7 @@ def pool_import_voc(
     from al_pipeline.workspace import opened
 
     config = config_for()
-    check_report(report)
+    check_output(report, "--report")
     with opened(config, "al pool import-voc", waiting) as state, BarProgress() as progress:
         result = import_voc(
             config,
@@ -365,11 +365,12 @@ def pool_import_voc(
     render_ingest(result, report, as_json)
 
 
-def check_report(report: Path | None) -> None:
+def check_output(path: Path | None, flag: str) -> None:
+    """Refuse an unwritable output file before any work starts."""
     from al_pipeline.paths import output_file
 
-    if report is not None:
-        output_file(report, "--report")
+    if path is not None:
+        output_file(path, flag)
 
 
 def render_ingest(result: IngestReport, report: Path | None, as_json: bool) -> None:
@@ -567,14 +568,12 @@ def predict(
     ] = None,
 ) -> None:
     """Class and confidence for each image (or each face); unreadable files are reported."""
-    from al_pipeline.paths import output_file
     from al_pipeline.predict import predict_faces, predict_files, write_csv
     from al_pipeline.score import find_checkpoint
     from al_pipeline.workspace import opened
 
     config = config_for()
-    if csv_file is not None:
-        output_file(csv_file, "--csv")
+    check_output(csv_file, "--csv")
     with opened(config) as state:
         _, model = find_checkpoint(config, state, checkpoint)
     with BarProgress() as progress:

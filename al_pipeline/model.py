@@ -25,7 +25,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from al_pipeline.backbones import Backbone, Preprocess
 from al_pipeline.errors import PipelineError
 from al_pipeline.loader import WORKERS, decode
-from al_pipeline.paths import at_least
+from al_pipeline.paths import at_least, write_atomically
 
 MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
@@ -306,9 +306,8 @@ def is_own_leftover(folder: Path, tag: str) -> bool:
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:
-    temporary = folder / f".{META_FILE}.tmp"
-    temporary.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-    os.replace(temporary, folder / META_FILE)
+    text = json.dumps(meta, indent=2, default=str).encode("utf-8")
+    write_atomically(folder / META_FILE, lambda handle: handle.write(text), "the checkpoint meta")
 
 
 _LOADED: dict[tuple[Path, int], Checkpoint] = {}

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
-from al_pipeline.errors import ConfigError, OutputError
+from al_pipeline.errors import ConfigError, OutputError, explain
 
 MAX_NAME = 64
 _NAME_PUNCTUATION = frozenset("._-")
@@ -53,10 +53,6 @@ def name_from(text: str) -> str:
     while ".." in cleaned:
         cleaned = cleaned.replace("..", ".")
     return cleaned[:MAX_NAME] or "pool"
-
-
-def has_control_characters(text: str) -> bool:
-    return any(unicodedata.category(c).startswith("C") for c in text)
 
 
 def at_least(value: float, low: float, what: str) -> None:
@@ -112,8 +108,6 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], object], what: str
         os.replace(temporary, path)
     except OSError as exc:
         temporary.unlink(missing_ok=True)
-        from al_pipeline.errors import explain
-
         full = explain(exc)
         if full is not None:
             raise full from exc

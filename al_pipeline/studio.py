@@ -212,7 +212,6 @@ def up(
     running = _running_pid(config)
     if running is not None and stored is not None:
         return _status_of(stored, running, config)
-    _private_folder(config)
     _require_free(port)
     root = (root or document_root(config, state)).resolve()
     value = _embedded_connection(stored, port, root)

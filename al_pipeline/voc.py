@@ -32,7 +32,7 @@ from al_pipeline.ingest import (
     existing_folder,
     register,
 )
-from al_pipeline.paths import name_from, plain_name
+from al_pipeline.paths import name_from, plain_name, write_atomically
 from al_pipeline.progress import Progress, silent
 from al_pipeline.split import assign_test_split
 from al_pipeline.state import State
@@ -238,12 +238,6 @@ def _crop_candidate(
                 )
             )
             return None
-        _save_atomically(crop, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(target, lambda handle: crop.save(handle, format="PNG"), "the crop")
     return Candidate(target, box.label, photo)
-
-
-def _save_atomically(image: Image.Image, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    image.save(temporary, format="PNG")
-    os.replace(temporary, target)
