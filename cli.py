@@ -559,7 +559,7 @@ def predict(
     faces: Annotated[
         bool,
         typer.Option(
-            "--faces", help="Find faces first (OpenCV Haar cascade) and classify each one."
+            "--faces", help="Find faces first (masked or not, MTCNN) and classify each one."
         ),
     ] = False,
     as_json: JsonFlag = False,

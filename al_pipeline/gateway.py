@@ -1,4 +1,4 @@
-"""[label] The gateway: every call to Label Studio, through ``label_studio_sdk.LabelStudio``.
+"""[label] The gateway: every call to Label Studio, through the SDK's ``LabelStudioBase``.
 
 Each method is one request (or one paged listing) and turns the SDK's and HTTP's
 failures into :class:`LabelStudioError` with the cause and the fix, so callers never see
@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 from xml.sax.saxutils import quoteattr
 
 import httpx
-from label_studio_sdk import LabelStudio
+from label_studio_sdk._extensions.pager_ext import SyncPagerExt
+from label_studio_sdk.base_client import LabelStudioBase
 from label_studio_sdk.core.api_error import ApiError
 
 from al_pipeline.errors import PipelineError
@@ -88,9 +89,10 @@ class Gateway:
 
     def __init__(self, url: str, api_key: str, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
-        self._client = LabelStudio(  # type: ignore[no-untyped-call]
-            base_url=self.url, api_key=api_key, timeout=timeout
-        )
+        # The base client, not label_studio_sdk.LabelStudio: that one's project extension
+        # imports the label-interface tooling (about 1 s) that no call here uses, and every
+        # 'al round status' would pay for it.
+        self._client = LabelStudioBase(base_url=self.url, api_key=api_key, timeout=timeout)
 
     @contextmanager
     def _calling(self, what: str, project: int | None = None) -> Iterator[None]:
@@ -190,7 +192,10 @@ class Gateway:
     def tasks(self, project: int) -> list[Task]:
         """Every task of the project with its annotations."""
         with self._calling("listing tasks", project):
-            listed: list[Any] = list(self._client.tasks.list(project=project, fields="all"))
+            # The base pager asks for pages until one fails with 404; the SDK's extension
+            # (what label_studio_sdk.LabelStudio wraps it in) ends the listing there.
+            pages = self._client.tasks.list(project=project, fields="all")
+            listed: list[Any] = list(SyncPagerExt.from_sync_pager(pages))
         return [
             Task(
                 int(t.id or 0),
@@ -262,7 +267,7 @@ class Gateway:
             "importing tasks",
             lambda: self._client.projects.import_tasks(
                 id=project,
-                request=list(tasks),  # type: ignore[arg-type]
+                request=list(tasks),
                 return_task_ids=True,
             ),
             project,

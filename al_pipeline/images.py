@@ -217,6 +217,26 @@ def _decode_failure(exc: BaseException) -> ImageRejected:
     return ImageRejected(Reason.CORRUPT, f"corrupt image data ({text})")
 
 
+def crop_with_margin(
+    image: Image.Image, box: tuple[float, float, float, float], margin: float, min_side: int = 2
+) -> Image.Image | None:
+    """Crop ``box`` (left, top, right, bottom) grown by ``margin`` of its size on each side,
+    clamped to the image; ``None`` when the box or the clamped crop is under ``min_side``."""
+    left, top, right, bottom = box
+    width, height = right - left, bottom - top
+    if width < min_side or height < min_side:
+        return None
+    region = (
+        max(0, round(left - margin * width)),
+        max(0, round(top - margin * height)),
+        min(image.width, round(right + margin * width)),
+        min(image.height, round(bottom + margin * height)),
+    )
+    if region[2] - region[0] < min_side or region[3] - region[1] < min_side:
+        return None
+    return image.crop(region)
+
+
 def file_state(path: Path) -> tuple[int, int] | None:
     """(size, mtime_ns) of a file, or None when it cannot be stat'ed."""
     try:

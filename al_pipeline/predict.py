@@ -1,16 +1,15 @@
 """Classify image files with a checkpoint: whole images, or each face found in them.
 
-``faces=True`` first finds faces with OpenCV's bundled Haar cascade (frontal faces) and
-classifies each crop, as the webcam classifiers in the face-mask reports did.
+``faces=True`` first finds faces (masked or not, :mod:`al_pipeline.faces`) and classifies
+each face's crop, taken with the same margin as VOC crops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
@@ -18,7 +17,7 @@ from PIL import Image
 from al_pipeline.config import Config
 from al_pipeline.embeddings import predict_padded
 from al_pipeline.errors import PipelineError
-from al_pipeline.images import is_image_name, load_rgb
+from al_pipeline.images import crop_with_margin, is_image_name, load_rgb
 from al_pipeline.loader import image_batches
 from al_pipeline.model import Checkpoint
 from al_pipeline.paths import write_csv as write_csv_file
@@ -83,7 +82,9 @@ def predict_faces(
     config: Config, checkpoint: Checkpoint, paths: Sequence[Path], progress: Progress = silent
 ) -> list[Prediction]:
     """Find faces in each image and classify each one (with its box)."""
-    detector = _face_detector()
+    from al_pipeline.faces import FaceDetector
+
+    detector = FaceDetector()
     size = int(checkpoint.meta["image_size"])
     files = expand_paths(paths)
     results: list[Prediction] = []
@@ -93,7 +94,7 @@ def predict_faces(
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             results.append(Prediction(str(path), None, None, error=f"{type(exc).__name__}: {exc}"))
             continue
-        boxes = list(_faces(detector, image))
+        boxes = [face.box for face in detector.find(image)]
         if not boxes:
             results.append(Prediction(str(path), None, None, error="no face found"))
         if boxes:
@@ -123,31 +124,6 @@ def _prediction(
     )
 
 
-def _face_detector() -> cv2.CascadeClassifier:
-    bundled = Path(cv2.__file__).parent / "data" / "haarcascade_frontalface_default.xml"
-    cascade = cv2.CascadeClassifier(str(bundled))
-    if cascade.empty():
-        raise PipelineError("OpenCV's Haar face cascade could not be loaded; reinstall opencv.")
-    return cascade
-
-
-def _faces(
-    detector: cv2.CascadeClassifier, image: Image.Image
-) -> Iterator[tuple[int, int, int, int]]:
-    grey = np.asarray(image.convert("L"))
-    found = detector.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-    for x, y, w, h in found:
-        yield int(x), int(y), int(x + w), int(y + h)
-
-
 def _crop(image: Image.Image, box: tuple[int, int, int, int], size: int) -> NDArray[np.float32]:
-    left, top, right, bottom = box
-    dx, dy = (right - left) * FACE_MARGIN, (bottom - top) * FACE_MARGIN
-    region = (
-        max(0, round(left - dx)),
-        max(0, round(top - dy)),
-        min(image.width, round(right + dx)),
-        min(image.height, round(bottom + dy)),
-    )
-    crop = image.crop(region).resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(crop, dtype=np.float32)
+    crop = crop_with_margin(image, box, FACE_MARGIN, min_side=1) or image
+    return np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from al_pipeline.config import Config
 from al_pipeline.errors import IngestError
-from al_pipeline.images import ImageRejected, is_image_name, load_checked
+from al_pipeline.images import ImageRejected, crop_with_margin, is_image_name, load_checked
 from al_pipeline.ingest import (
     IGNORED,
     REJECTED,
@@ -93,16 +93,7 @@ def _coordinate(box: Element, key: str, index: int) -> float:
 
 def crop_box(image: Image.Image, box: Box, margin: float) -> Image.Image | None:
     """Crop a box grown by ``margin`` of its size on each side, clamped to the image."""
-    width, height = box.xmax - box.xmin, box.ymax - box.ymin
-    if width < MIN_SIDE or height < MIN_SIDE:
-        return None
-    left = max(0, round(box.xmin - margin * width))
-    top = max(0, round(box.ymin - margin * height))
-    right = min(image.width, round(box.xmax + margin * width))
-    bottom = min(image.height, round(box.ymax + margin * height))
-    if right - left < MIN_SIDE or bottom - top < MIN_SIDE:
-        return None
-    return image.crop((left, top, right, bottom))
+    return crop_with_margin(image, (box.xmin, box.ymin, box.xmax, box.ymax), margin, MIN_SIDE)
 
 
 def import_voc(

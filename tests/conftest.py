@@ -255,6 +255,29 @@ def run_al(*args: str, cwd: Path | None = None, **env: str) -> Any:
     )
 
 
+def modules_after(root: Path, *command: str, watch: tuple[str, ...]) -> tuple[Any, list[str]]:
+    """Run ``al -w root COMMAND`` in a child process; the completed process and which of
+    the ``watch`` modules it had imported by the end."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\nfrom cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit:\n"
+        f"    pass\nprint('loaded:', json.dumps([m for m in {watch!r} if m in sys.modules]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "-w", str(root), *command],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("loaded: ")), None)
+    assert line is not None, done.stderr
+    return done, json.loads(line.removeprefix("loaded: "))
+
+
 def strict_json(text: str) -> Any:
     """Parse JSON as a strict parser would: NaN and Infinity are not JSON."""
     import json

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from al_pipeline import __version__
 from al_pipeline.config import Config
 from cli import app
-from tests.conftest import Trained, copy_workspace, face_like, strict_json
+from tests.conftest import Trained, copy_workspace, face_like, modules_after, strict_json
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -227,19 +227,9 @@ def test_reporting_commands_never_load_the_model_stack(
         add_folder(workspace, state, tmp_path / "photos")
         first = state.selectable_items()[0]
         state.start_round("random", "oracle", {}, [QueueEntry(first.item_id, 0, None, None, None)])
-    code = (
-        "import sys\nfrom cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit:\n"
-        f"    pass\nprint('heavy:', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
-    )
     for command in REPORTING:
-        done = subprocess.run(
-            [sys.executable, "-c", code, "-w", str(workspace.root), *command],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert "heavy: []" in done.stdout, (command, done.stdout, done.stderr)
+        done, loaded = modules_after(workspace.root, *command, watch=HEAVY)
+        assert loaded == [], (command, done.stdout, done.stderr)
     shown = subprocess.run(
         [sys.executable, "-m", "cli", "-w", str(workspace.root), "round", "status"],
         cwd=REPO,

@@ -32,7 +32,7 @@ from al_pipeline.state import PulledLabel, State
 from al_pipeline.studio import StudioError, _group_alive, connect, down, up
 from al_pipeline.train import train
 from cli import app
-from tests.conftest import StudioServer, copy_workspace, free_port, strict_json
+from tests.conftest import StudioServer, copy_workspace, free_port, modules_after, strict_json
 
 SETTINGS = TrainingSettings(epochs=5)
 
@@ -176,6 +176,24 @@ def test_an_interrupted_push_creates_no_duplicate_tasks(
     assert shown.exit_code == 0, shown.output
     assert "0 labelled, 5 pending" in shown.output
     assert f"/projects/{project}/data" in shown.output
+
+
+@pytest.mark.integration
+def test_round_status_from_label_studio_loads_no_model_stack_nor_sdk_extras(
+    oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
+) -> None:
+    """Status pulls through the SDK's base client: the full client's project extension
+    imports label-interface tooling that cost about 1 s on every status."""
+    config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
+    with State(config.database) as state:
+        labeller, started = studio_round(config, state, size=2)
+        project = labeller.project()
+    client = sdk(studio_server)
+    annotate(client, round_tasks(client, project, started.round_id)[0], "with_mask")
+    watch = ("keras", "tensorflow", "label_studio_sdk.label_interface", "label_studio_sdk.client")
+    done, loaded = modules_after(config.root, "round", "status", watch=watch)
+    assert loaded == [], done.stderr
+    assert "1 labelled, 1 pending" in done.stdout, done.stdout
 
 
 def _task_count(server: StudioServer, project: int) -> int:

@@ -33,7 +33,7 @@ from al_pipeline.predict import predict_files
 from al_pipeline.score import find_checkpoint, score
 from al_pipeline.state import State
 from al_pipeline.train import train
-from tests.conftest import Trained, copy_workspace, face_like, run_al
+from tests.conftest import VOC, Trained, copy_workspace, face_like, run_al, shared_or_skip
 
 
 @pytest.mark.integration
@@ -240,6 +240,21 @@ def test_predict_reports_a_fifo_instead_of_hanging(trained: Trained, tmp_path: P
         assert done.returncode == 0, done.stderr
         rows = {row["path"]: row for row in json.loads(done.stdout)}
         assert "not a regular file" in rows[str(fifo)]["error"]
+
+
+@pytest.mark.integration
+def test_predict_faces_classifies_each_masked_face_with_its_box(trained: Trained) -> None:
+    """A VOC photo of three people in masks: three faces, each with a box and a class."""
+    photo = shared_or_skip(VOC) / "images" / "maksssksksss81.jpg"
+    env = {"KERAS_HOME": str(trained.config.keras_home), "AL_OFFLINE": "1"}
+    done = run_al("-w", str(trained.config.root), "predict", str(photo), "--faces", "--json", **env)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert len(rows) == 3
+    for row in rows:
+        left, top, right, bottom = row["box"]
+        assert 0 <= left < right <= 400 and 0 <= top < bottom <= 240
+        assert row["label"] in trained.config.classes and row["error"] is None
 
 
 @pytest.mark.integration
