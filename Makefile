@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint
+.PHONY: setup test test-fast lint
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ setup:
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The quick loop: unit tests only (no Label Studio server, no shared data or weights).
+test-fast:
+	$(BIN)/python -m pytest -m "not integration and not slow" -q
 
 lint:
 	$(BIN)/ruff check .

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from al_pipeline.errors import ConfigError, WorkspaceExistsError, WorkspaceNotFoundError
 

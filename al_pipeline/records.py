@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from al_pipeline.config import Config
-from al_pipeline.state import RoundRow, State, now
+from al_pipeline.store.state import RoundRow, State, now
 
 STARTING_POINT = "initial"
 

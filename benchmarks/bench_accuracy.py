@@ -32,10 +32,10 @@ from benchmarks.common import (
 def run(
     name: str, classes: str, ingest: Any, args: argparse.Namespace, home: Path
 ) -> dict[str, Any]:
-    from al_pipeline.model import TrainingSettings
-    from al_pipeline.state import State
-    from al_pipeline.train import train
-    from al_pipeline.workspace import init_workspace
+    from al_pipeline.model.network import TrainingSettings
+    from al_pipeline.model.train import train
+    from al_pipeline.store.state import State
+    from al_pipeline.store.workspace import init_workspace
 
     config = init_workspace(Path(tempfile.mkdtemp()) / name, classes).config
     config = replace(config, keras_home=home, image_size=args.size)
@@ -100,8 +100,8 @@ def main() -> None:
     args = parser.parse_args()
     home = keras_home_with_weights(args.weights)
 
-    from al_pipeline.ingest import add_folder
-    from al_pipeline.voc import import_voc
+    from al_pipeline.ingest.folders import add_folder
+    from al_pipeline.ingest.voc import import_voc
 
     rows = []
     if args.dataset in ("both", "chandrikadeb7"):

@@ -2,7 +2,7 @@
 
 A face counts as found when a detection overlaps its annotated box with IoU >= 0.5
 (detections and faces matched one to one, best overlap first). Sizes are the annotated
-box's shorter side. The detector of ``al predict --faces`` (MTCNN, al_pipeline/faces.py)
+box's shorter side. The detector of ``al predict --faces`` (MTCNN, al_pipeline/model/faces.py)
 is compared with OpenCV's Haar cascade, which the command used before.
 
 Photos 0-199 were used to choose the detector's thresholds and box shift, so the result
@@ -57,7 +57,7 @@ def matched(faces: list[Box], found: list[Box]) -> list[bool]:
 
 
 def mtcnn() -> Callable[[Image.Image], list[Box]]:
-    from al_pipeline.faces import FaceDetector
+    from al_pipeline.model.faces import FaceDetector
 
     detector = FaceDetector()
     return lambda image: [tuple(map(float, face.box)) for face in detector.find(image)]  # type: ignore[misc]
@@ -82,7 +82,7 @@ DETECTORS = {"mtcnn": mtcnn, "haar": haar}
 
 
 def photos(limit: int | None) -> Iterator[tuple[int, Image.Image, list[Any]]]:
-    from al_pipeline.voc import parse_annotation
+    from al_pipeline.ingest.voc import parse_annotation
 
     count = len(list((VOC / "annotations").glob("*.xml")))
     for index in range(count if limit is None else min(limit, count)):

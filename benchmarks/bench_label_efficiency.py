@@ -31,9 +31,9 @@ from benchmarks.common import (
 def voc_workspace(root: Path):  # type: ignore[no-untyped-def]
     """The VOC face crops with hidden labels and a by-photo test split (reused if there)."""
     from al_pipeline.config import CONFIG_FILE, load_config
-    from al_pipeline.state import State
-    from al_pipeline.voc import import_voc
-    from al_pipeline.workspace import init_workspace
+    from al_pipeline.ingest.voc import import_voc
+    from al_pipeline.store.state import State
+    from al_pipeline.store.workspace import init_workspace
 
     classes = "with_mask,without_mask,mask_weared_incorrect"
     exists = (root / CONFIG_FILE).is_file()
@@ -53,9 +53,9 @@ def main() -> None:
     args = parser.parse_args()
     home = keras_home_with_weights(args.weights)
 
-    from al_pipeline.model import TrainingSettings
-    from al_pipeline.simulate import dataset_workspace, simulate
-    from al_pipeline.state import State
+    from al_pipeline.loop.simulate import SimulationPlan, dataset_workspace, simulate
+    from al_pipeline.model.network import TrainingSettings
+    from al_pipeline.store.state import State
 
     runs = {
         "chandrikadeb7": dict(
@@ -74,14 +74,12 @@ def main() -> None:
             config = voc_workspace(out / "workspace")
         config = replace(config, keras_home=home)
         with State(config.database) as state:
+            settings = TrainingSettings(epochs=args.epochs)
             result = simulate(
                 config,
                 state,
                 out,
-                rounds=args.rounds,
-                seeds=args.seeds,
-                settings=TrainingSettings(epochs=args.epochs),
-                **plan,
+                SimulationPlan(**plan, rounds=args.rounds, seeds=args.seeds, settings=settings),
             )
         print(
             f"\n{name}: all {result.full_labels} labels give accuracy "

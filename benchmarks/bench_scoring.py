@@ -32,16 +32,16 @@ def main() -> None:
 
     import numpy as np
 
-    from al_pipeline.backbones import Weights, build_backbone
-    from al_pipeline.embeddings import predict_padded
-    from al_pipeline.images import is_image_name
-    from al_pipeline.ingest import add_folder
-    from al_pipeline.loader import decode
-    from al_pipeline.model import Checkpoint, build_classifier, build_head
-    from al_pipeline.predict import predict_files
-    from al_pipeline.score import score
-    from al_pipeline.state import State
-    from al_pipeline.workspace import init_workspace
+    from al_pipeline.ingest.folders import add_folder
+    from al_pipeline.ingest.images import is_image_name
+    from al_pipeline.model.backbones import Weights, build_backbone
+    from al_pipeline.model.embeddings import predict_padded
+    from al_pipeline.model.loader import decode
+    from al_pipeline.model.network import Checkpoint, build_classifier, build_head
+    from al_pipeline.model.predict import predict_files
+    from al_pipeline.model.score import score
+    from al_pipeline.store.state import State
+    from al_pipeline.store.workspace import init_workspace
 
     files = sorted(p for p in args.data.rglob("*") if p.is_file() and is_image_name(p))
     files = files[: args.images]

@@ -36,11 +36,11 @@ def main() -> None:
 
     import numpy as np
 
-    from al_pipeline.backbones import Weights, build_backbone
-    from al_pipeline.embeddings import Embedded, EmbeddingCache
-    from al_pipeline.model import build_head, predict_proba
-    from al_pipeline.state import open_state
-    from al_pipeline.strategies import Pool, select
+    from al_pipeline.model.backbones import Weights, build_backbone
+    from al_pipeline.model.embeddings import Embedded, EmbeddingCache
+    from al_pipeline.model.network import build_head, predict_proba
+    from al_pipeline.selection.strategies import Pool, select
+    from al_pipeline.store.state import open_state
 
     directory = Path(tempfile.mkdtemp())
     backbone = build_backbone("mobilenet_v2", 96, Weights("none"), directory)

@@ -40,7 +40,7 @@ def keras_home_with_weights(weights: Path = MOBILENET) -> Path:
 def environment() -> dict[str, Any]:
     import keras
 
-    from al_pipeline.info import devices
+    from al_pipeline.model.devices import devices
 
     backend, found = devices()
     return {

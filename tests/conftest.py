@@ -15,8 +15,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from al_pipeline.config import Config
-from al_pipeline.state import State, open_state
-from al_pipeline.workspace import init_workspace
+from al_pipeline.store.state import State, open_state
+from al_pipeline.store.workspace import init_workspace
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("AL_SHARED_DIR", REPO.parent / "shared"))
@@ -125,9 +125,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, keras_home: Path) -> Train
     trained once."""
     from dataclasses import replace
 
-    from al_pipeline.ingest import add_folder
-    from al_pipeline.model import TrainingSettings
-    from al_pipeline.train import train
+    from al_pipeline.ingest.folders import add_folder
+    from al_pipeline.model.network import TrainingSettings
+    from al_pipeline.model.train import train
 
     root = tmp_path_factory.mktemp("trained")
     photos = root / "photos"
@@ -146,9 +146,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, keras_home: Path) -> Train
 def oracle_template(tmp_path_factory: pytest.TempPathFactory, keras_home: Path) -> Path:
     """Session-wide: 300 real photos with hidden (oracle) labels and a visible 1/3 test
     split, features cached. Tests copy it with :func:`copy_workspace`."""
-    from al_pipeline.embeddings import embed
-    from al_pipeline.ingest import add_folder
-    from al_pipeline.score import workspace_backbone
+    from al_pipeline.ingest.folders import add_folder
+    from al_pipeline.model.embeddings import embed
+    from al_pipeline.model.score import workspace_backbone
 
     root = tmp_path_factory.mktemp("oracle")
     photos = root / "photos"
@@ -202,7 +202,7 @@ class StudioServer:
     root: Path
 
     def connect(self, config: Config) -> None:
-        from al_pipeline.studio import connect
+        from al_pipeline.labelling.labelstudio.server import connect
 
         connect(config, self.url, self.api_key, self.root)
 
@@ -210,7 +210,8 @@ class StudioServer:
 @pytest.fixture(scope="session")
 def studio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StudioServer]:
     """One Label Studio on 127.0.0.1 for the session, started as 'al studio up' does."""
-    from al_pipeline.studio import connection, down, up
+    from al_pipeline.labelling.labelstudio.connection import connection
+    from al_pipeline.labelling.labelstudio.server import down, up
 
     root = tmp_path_factory.getbasetemp().resolve()
     config = init_workspace(tmp_path_factory.mktemp("studio") / "ws", TWO_CLASSES).config

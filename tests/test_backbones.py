@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from al_pipeline.backbones import (
+from al_pipeline.errors import ConfigError
+from al_pipeline.model.backbones import (
     BACKBONES,
     Weights,
     WeightsUnavailableError,
@@ -16,7 +17,6 @@ from al_pipeline.backbones import (
     build_backbone,
     parse_weights,
 )
-from al_pipeline.errors import ConfigError
 from tests.conftest import MOBILENET_FILE
 
 
@@ -79,7 +79,7 @@ def test_imagenet_weights_load_from_the_cache_at_any_size(keras_home: Path) -> N
 def test_cache_digest_covers_backbone_size_weights_and_precision(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from al_pipeline.embeddings import cache_digest
+    from al_pipeline.model.embeddings import cache_digest
 
     base = build_backbone("basic_cnn", 32, Weights("none"), tmp_path)
     variants = [

@@ -219,8 +219,8 @@ def test_reporting_commands_never_load_the_model_stack(
     workspace: Config, tmp_path: Path, make_images: Callable[..., list[Path]]
 ) -> None:
     """`round status` answered in 7-14 s when it imported Keras to print counts."""
-    from al_pipeline.ingest import add_folder
-    from al_pipeline.state import QueueEntry, open_state
+    from al_pipeline.ingest.folders import add_folder
+    from al_pipeline.store.state import QueueEntry, open_state
 
     make_images(tmp_path / "photos", 3)
     with open_state(workspace.database) as state:
@@ -245,7 +245,7 @@ def test_history_starts_at_round_0_with_every_documented_column(
     cli: CliRunner, trained: Trained, tmp_path: Path
 ) -> None:
     """The model trained before round 1 is the starting point, in JSON, CSV and the table."""
-    from al_pipeline.history import COLUMNS
+    from al_pipeline.reporting.history import COLUMNS
 
     ws = ["-w", str(trained.config.root)]
     shown = cli.invoke(app, [*ws, "history", "--json"])

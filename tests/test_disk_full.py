@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from al_pipeline.workspace import init_workspace
+from al_pipeline.store.workspace import init_workspace
 from tests.conftest import TWO_CLASSES, real_sample, run_al, snapshot
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from al_pipeline.backbones import Weights, build_backbone
 from al_pipeline.config import Config
-from al_pipeline.embeddings import embed
-from al_pipeline.state import State
+from al_pipeline.model.backbones import Weights, build_backbone
+from al_pipeline.model.embeddings import embed
+from al_pipeline.store.state import State
 
 
 def test_a_damaged_feature_file_is_found_and_its_rows_computed_again(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from al_pipeline.evaluate import compute_metrics
+from al_pipeline.model.evaluate import compute_metrics
 
 
 def test_binary_metrics() -> None:

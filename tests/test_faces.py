@@ -10,8 +10,8 @@ import joblib
 import pytest
 from PIL import Image
 
-from al_pipeline.faces import MAX_SIDE, FaceDetector
-from al_pipeline.voc import Box, parse_annotation
+from al_pipeline.ingest.voc import Box, parse_annotation
+from al_pipeline.model.faces import MAX_SIDE, FaceDetector
 from tests.conftest import VOC, shared_or_skip
 
 pytestmark = pytest.mark.integration

@@ -20,9 +20,9 @@ from PIL import Image
 
 from al_pipeline.config import Config
 from al_pipeline.errors import IngestError
-from al_pipeline.images import load_rgb
-from al_pipeline.ingest import IngestReport, add_folder
-from al_pipeline.state import State
+from al_pipeline.ingest.folders import IngestReport, add_folder
+from al_pipeline.ingest.images import load_rgb
+from al_pipeline.store.state import State
 from cli import app
 from tests.conftest import face_like
 

@@ -25,7 +25,8 @@ from cli import app
 try:
     app(sys.argv[1:])
 except SystemExit as done:
-    loaded = [m for m in sys.modules if m.startswith(("label_studio", "al_pipeline.gateway"))]
+    heavy = ("label_studio", "al_pipeline.labelling.labelstudio.client")
+    loaded = [m for m in sys.modules if m.startswith(heavy)]
     print("loaded:", loaded)
     raise
 """

@@ -22,15 +22,17 @@ from label_studio_sdk import LabelStudio
 from typer.testing import CliRunner
 
 from al_pipeline.config import Config
-from al_pipeline.gateway import Annotation, LabelStudioError, choice_result
-from al_pipeline.labellers import labeller_for
-from al_pipeline.labellers.labelstudio import LabelStudioLabeller, verdict
-from al_pipeline.model import TrainingSettings
-from al_pipeline.round_status import RoundError, status
-from al_pipeline.rounds import RoundStarted, finish, start
-from al_pipeline.state import PulledLabel, State
-from al_pipeline.studio import StudioError, _group_alive, connect, down, up
-from al_pipeline.train import train
+from al_pipeline.labelling import labeller_for
+from al_pipeline.labelling.labelstudio.client import Annotation, LabelStudioError
+from al_pipeline.labelling.labelstudio.connection import StudioError
+from al_pipeline.labelling.labelstudio.fields import choice_result
+from al_pipeline.labelling.labelstudio.labeller import LabelStudioLabeller, verdict
+from al_pipeline.labelling.labelstudio.server import _group_alive, connect, down, up
+from al_pipeline.loop.rounds import RoundStarted, finish, start
+from al_pipeline.loop.status import RoundError, status
+from al_pipeline.model.network import TrainingSettings
+from al_pipeline.model.train import train
+from al_pipeline.store.state import PulledLabel, State
 from cli import app
 from tests.conftest import StudioServer, copy_workspace, free_port, modules_after, strict_json
 
@@ -216,7 +218,7 @@ def test_a_server_killed_mid_push_reconciles_to_one_task_per_item(
     """SIGKILL to Label Studio while 150 tasks are being imported (in batches of 10 here, so
     the kill lands between and inside requests); after a restart the re-run leaves exactly
     one task per item."""
-    import al_pipeline.labellers.labelstudio as module
+    import al_pipeline.labelling.labelstudio.labeller as module
 
     monkeypatch.setattr(module, "IMPORT_BATCH", 10)
     config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
@@ -478,7 +480,7 @@ def test_a_wrong_key_or_a_taken_port_is_a_clear_error(
     with pytest.raises(LabelStudioError, match="Cannot reach"):
         connect(studio_server.config, f"http://127.0.0.1:{free_port()}", "0" * 40)
     port = int(studio_server.url.rsplit(":", 1)[1])
-    from al_pipeline.workspace import init_workspace
+    from al_pipeline.store.workspace import init_workspace
 
     other = init_workspace(tmp_path / "other", "a,b").config
     with State(other.database) as state, pytest.raises(StudioError, match=f"Port {port}"):
@@ -496,8 +498,8 @@ def test_a_port_taken_during_start_up_fails_fast_instead_of_hanging(
     comes."""
     import socket
 
-    import al_pipeline.studio as studio
-    from al_pipeline.workspace import init_workspace
+    import al_pipeline.labelling.labelstudio.server as studio
+    from al_pipeline.store.workspace import init_workspace
 
     monkeypatch.setattr(studio, "_require_free", lambda port: None)
     config = init_workspace(tmp_path / "ws", "a,b").config
@@ -516,7 +518,7 @@ def test_a_port_taken_during_start_up_fails_fast_instead_of_hanging(
 def test_the_webhook_finishes_a_round_once_when_its_last_task_is_labelled(
     oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
 ) -> None:
-    from al_pipeline.serve import SECRET_HEADER, ServePlan, serve
+    from al_pipeline.loop.serve import SECRET_HEADER, ServePlan, serve
 
     config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
     client = sdk(studio_server)
@@ -648,6 +650,6 @@ def test_al_serve_stops_on_sigint_or_sigterm_and_a_restart_finishes_what_was_lab
 
 
 def _connection(config: Config) -> Any:
-    from al_pipeline.studio import connection
+    from al_pipeline.labelling.labelstudio.connection import connection
 
     return connection(config)

@@ -13,12 +13,12 @@ import keras
 import numpy as np
 import pytest
 
-from al_pipeline.backbones import Weights, build_backbone
 from al_pipeline.config import Config
 from al_pipeline.errors import NoLabelsError
-from al_pipeline.evaluate import evaluate
-from al_pipeline.ingest import add_folder
-from al_pipeline.model import (
+from al_pipeline.ingest.folders import add_folder
+from al_pipeline.model.backbones import Weights, build_backbone
+from al_pipeline.model.evaluate import evaluate
+from al_pipeline.model.network import (
     CheckpointError,
     TrainingSettings,
     build_classifier,
@@ -29,10 +29,10 @@ from al_pipeline.model import (
     predict_proba,
     save_checkpoint,
 )
-from al_pipeline.predict import predict_files
-from al_pipeline.score import find_checkpoint, score
-from al_pipeline.state import State
-from al_pipeline.train import train
+from al_pipeline.model.predict import predict_files
+from al_pipeline.model.score import find_checkpoint, score
+from al_pipeline.model.train import train
+from al_pipeline.store.state import State
 from tests.conftest import VOC, Trained, copy_workspace, face_like, run_al, shared_or_skip
 
 

@@ -18,11 +18,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from al_pipeline.config import Config
-from al_pipeline.labellers import OracleLabeller, Pulled
-from al_pipeline.model import TrainingSettings
-from al_pipeline.round_status import RoundError, status
-from al_pipeline.rounds import finish, run, start
-from al_pipeline.state import QueuedItem, State
+from al_pipeline.labelling import OracleLabeller, Pulled
+from al_pipeline.loop.rounds import RunPlan, finish, run, start
+from al_pipeline.loop.status import RoundError, status
+from al_pipeline.loop.stopping import stopping_rules
+from al_pipeline.model.network import TrainingSettings
+from al_pipeline.store.state import QueuedItem, State
 from cli import app
 from tests.conftest import REPO, copy_workspace, run_al
 
@@ -157,16 +158,8 @@ def test_unfinished_round_needs_min_labelled_and_returns_the_rest(oracle_ws: Con
 def test_run_stops_at_the_label_budget(oracle_ws: Config) -> None:
     config = oracle_ws
     with State(config.database) as state:
-        report = run(
-            config,
-            state,
-            OracleLabeller(state),
-            SETTINGS,
-            rounds=5,
-            strategy="entropy",
-            size=20,
-            budget=30,
-        )
+        plan = RunPlan(5, "entropy", 20, stop=stopping_rules(budget=30))
+        report = run(config, state, OracleLabeller(state), SETTINGS, plan)
     assert [r["labelled"] for r in report.rows] == [20, 30]
     assert report.stopped_because == "label budget reached (30 of 30)"
 

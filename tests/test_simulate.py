@@ -11,9 +11,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from al_pipeline.errors import PipelineError
-from al_pipeline.model import TrainingSettings
-from al_pipeline.simulate import efficiency_table, simulate
-from al_pipeline.state import State
+from al_pipeline.loop.simulate import SimulationPlan, efficiency_table, simulate
+from al_pipeline.model.network import TrainingSettings
+from al_pipeline.store.state import State
 from cli import app
 from tests.conftest import copy_workspace, face_like
 
@@ -22,17 +22,8 @@ from tests.conftest import copy_workspace, face_like
 def test_simulation_on_real_photos(oracle_template: Path, tmp_path: Path, keras_home: Path) -> None:
     config = copy_workspace(oracle_template, tmp_path / "ws", keras_home)
     with State(config.database) as state:
-        result = simulate(
-            config,
-            state,
-            tmp_path / "out",
-            strategies=["margin", "random"],
-            initial=4,
-            size=10,
-            rounds=2,
-            seeds=1,
-            settings=TrainingSettings(epochs=10),
-        )
+        plan = SimulationPlan(["margin", "random"], 4, 10, 2, 1, TrainingSettings(epochs=10))
+        result = simulate(config, state, tmp_path / "out", plan)
         assert state.open_round() is None and state.history() == []
     runs = pd.read_csv(result.csv)
     assert sorted(runs.groupby("strategy")["labelled"].apply(list).tolist()) == [
@@ -75,21 +66,12 @@ def test_efficiency_table_counts_labels_to_targets() -> None:
 def test_simulate_refuses_a_workspace_without_hidden_labels(
     tmp_path: Path, keras_home: Path
 ) -> None:
-    from al_pipeline.workspace import init_workspace
+    from al_pipeline.store.workspace import init_workspace
 
     config = init_workspace(tmp_path / "ws", "a,b").config
     with State(config.database) as state, pytest.raises(PipelineError, match="--oracle"):
-        simulate(
-            config,
-            state,
-            tmp_path / "out",
-            strategies=["margin"],
-            initial=2,
-            size=2,
-            rounds=1,
-            seeds=1,
-            settings=TrainingSettings(epochs=1),
-        )
+        plan = SimulationPlan(["margin"], 2, 2, 1, 1, TrainingSettings(epochs=1))
+        simulate(config, state, tmp_path / "out", plan)
 
 
 @pytest.mark.integration

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from al_pipeline.config import Config
-from al_pipeline.images import load_rgb, near_duplicate_hashes
-from al_pipeline.ingest import add_folder
-from al_pipeline.state import State
+from al_pipeline.ingest.folders import add_folder
+from al_pipeline.ingest.images import load_rgb, near_duplicate_hashes
+from al_pipeline.store.state import State
 from tests.conftest import CHANDRIKADEB7, copy_sample, face_like, shared_or_skip
 
 

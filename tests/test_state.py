@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from al_pipeline.config import Config
 from al_pipeline.errors import StateError
-from al_pipeline.state import SCHEMA_VERSION, NewItem, State
+from al_pipeline.store.state import SCHEMA_VERSION, NewItem, PulledLabel, QueueEntry, State
 from cli import app
 from tests.conftest import snapshot
 
@@ -38,22 +39,86 @@ def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
     item = NewItem("a.png", "0" * 64, 1, 1, "PNG", 1, 1, label="with_mask")
     with State(tmp_path / "s.sqlite3") as state:
         pool = state.add_pool("p", tmp_path)
-        with pytest.raises(RuntimeError), state.transaction() as db:
-            state.insert_items(db, pool.id, [item])
+        with pytest.raises(RuntimeError), state.atomic():
+            state.insert_items(pool.id, [item])
             raise RuntimeError("killed mid-way")
         assert state.item_count() == 0
-        with state.transaction() as db:
-            state.insert_items(db, pool.id, [item])
+        with state.atomic():
+            state.insert_items(pool.id, [item])
         assert state.item_count() == 1 and state.current_label(1) == "with_mask"
+
+
+def _item(n: int, label: str | None = None) -> NewItem:
+    return NewItem(f"{n}.png", f"{n:064d}", 1, 1, "PNG", 1, 1, label=label)
+
+
+def test_atomic_blocks_nest_as_savepoints(tmp_path: Path) -> None:
+    """An inner block that fails takes back its own writes only; the outer one decides
+    for everything, and a failure there takes back the inner block's writes too."""
+    with State(tmp_path / "s.sqlite3") as state:
+        pool = state.add_pool("p", tmp_path)
+        with state.atomic():
+            state.insert_items(pool.id, [_item(1)])
+            with pytest.raises(RuntimeError), state.atomic():
+                state.insert_items(pool.id, [_item(2)])
+                raise RuntimeError("inner failure, caught")
+            with state.atomic():
+                state.insert_items(pool.id, [_item(3)])
+        assert [i.path.name for i in state.items_in_pool("p")] == ["1.png", "3.png"]
+
+        with pytest.raises(RuntimeError), state.atomic():
+            with state.atomic():
+                state.insert_items(pool.id, [_item(4)])
+            raise RuntimeError("outer failure")
+        assert state.item_count() == 2
+
+        with state.atomic():  # the nesting depth was restored after each failure
+            state.insert_items(pool.id, [_item(5)])
+        assert state.item_count() == 3
+
+
+def test_a_second_process_sees_nothing_of_an_open_atomic_block(tmp_path: Path) -> None:
+    with State(tmp_path / "s.sqlite3") as state:
+        pool = state.add_pool("p", tmp_path)
+        with state.atomic(), state.atomic():
+            state.insert_items(pool.id, [_item(1)])
+            with sqlite3.connect(tmp_path / "s.sqlite3") as other:
+                assert other.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 0
+        with sqlite3.connect(tmp_path / "s.sqlite3") as other:
+            assert other.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 1
+
+
+def test_pulled_labels_are_recorded_retracted_and_skipped(tmp_path: Path) -> None:
+    with State(tmp_path / "s.sqlite3") as state:
+        pool = state.add_pool("p", tmp_path)
+        state.insert_items(pool.id, [_item(n) for n in (1, 2, 3)])
+        entries = [QueueEntry(n, n, "a", 0.6, 0.4) for n in (1, 2, 3)]
+        round_id = state.start_round("margin", "labelstudio", {}, entries)
+        first = [PulledLabel(1, "a", "human", "ann", "ls:1"), PulledLabel(2, "b", "human")]
+        assert state.record_pulled(round_id, first, skipped=[3]) == 2
+        assert state.record_pulled(round_id, first) == 0  # the same labels: nothing new
+        states = {q.item_id: q.state for q in state.queue(round_id)}
+        assert states == {1: "labelled", 2: "labelled", 3: "skipped"}
+
+        assert state.record_pulled(round_id, [], retracted=[1]) == 0
+        assert state.current_label(1) is None and state.current_label(2) == "b"
+        assert {q.item_id: q.state for q in state.queue(round_id)}[1] == "pending"
+        history = state.label_history(1)
+        assert len(history) == 1 and history[0]["retired_at"] is not None
+
+        changed = [PulledLabel(1, "b", "human", "rev", "ls:2")]
+        assert state.record_pulled(round_id, changed) == 1
+        assert state.current_label(1) == "b"
+        assert [h["annotator"] for h in state.label_history(1)] == ["ann", "rev"]
 
 
 def test_latest_label_is_current_and_history_is_kept(tmp_path: Path) -> None:
     with State(tmp_path / "s.sqlite3") as state:
         pool = state.add_pool("p", tmp_path)
-        with state.transaction() as db:
-            state.insert_items(db, pool.id, [NewItem("a.png", "1" * 64, 1, 1, "PNG", 1, 1)])
-            state.insert_label(db, 1, "with_mask", "human", annotator="ann@example.com")
-            state.insert_label(db, 1, "without_mask", "human", annotator="rev@example.com")
+        with state.atomic():
+            state.insert_items(pool.id, [NewItem("a.png", "1" * 64, 1, 1, "PNG", 1, 1)])
+            state.insert_label(1, "with_mask", "human", annotator="ann@example.com")
+            state.insert_label(1, "without_mask", "human", annotator="rev@example.com")
         assert state.current_label(1) == "without_mask"
 
 
@@ -112,7 +177,7 @@ def test_a_write_lock_held_by_another_process_ends_in_one_line(
 ) -> None:
     """Another program (a sqlite3 shell, say) holds a write transaction for longer than the
     busy timeout: the command says so and changes nothing."""
-    import al_pipeline.state as state_module
+    import al_pipeline.store.state as state_module
 
     monkeypatch.setattr(state_module, "BUSY_SECONDS", 1.0)
     holder = subprocess.Popen(
@@ -139,3 +204,16 @@ def test_a_write_lock_held_by_another_process_ends_in_one_line(
         holder.kill()
         holder.wait()
     assert snapshot(workspace.root) == before
+
+
+def test_lookups_by_many_ids_cross_the_parameter_limit(tmp_path: Path) -> None:
+    """SQLite binds a limited number of parameters per statement; lookups go in chunks."""
+    count = 1_234
+    with State(tmp_path / "s.sqlite3") as state:
+        pool = state.add_pool("p", tmp_path)
+        items = [_item(n, "a") for n in range(count)]
+        state.insert_items(pool.id, [replace(item, hidden_label=True) for item in items])
+        ids = [i.item_id for i in state.items_in_pool("p")]
+        assert len(state.oracle_labels(ids)) == count
+        state.record_pulled(None, [PulledLabel(i, "b", "human") for i in ids])
+        assert len(state.current_labels(ids)) == count

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from al_pipeline.errors import ConfigError
-from al_pipeline.strategies import STRATEGIES, Pool, select
+from al_pipeline.selection.strategies import STRATEGIES, Pool, select
 
 
 def make_pool(size: int = 500, classes: int = 2, seed: int = 0, cold: bool = False) -> Pool:

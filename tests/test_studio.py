@@ -7,7 +7,7 @@ import sys
 import time
 
 from al_pipeline.config import Config
-from al_pipeline.studio import _group_alive, _stop
+from al_pipeline.labelling.labelstudio.server import _group_alive, _stop
 
 # A leader that dies on SIGTERM, with a child in its group that ignores it (as a server's
 # worker stuck in a request would).

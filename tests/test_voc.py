@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from al_pipeline.state import State
-from al_pipeline.voc import Box, crop_box, import_voc
-from al_pipeline.workspace import init_workspace
+from al_pipeline.ingest.voc import Box, crop_box, import_voc
+from al_pipeline.store.state import State
+from al_pipeline.store.workspace import init_workspace
 from tests.conftest import THREE_CLASSES, VOC, copy_sample, face_like, shared_or_skip
 
 XML = """<annotation><filename>{filename}</filename><size><width>200</width>

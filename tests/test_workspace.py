@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from al_pipeline.config import Config
-from al_pipeline.state import open_state
-from al_pipeline.workspace import workspace_lock
+from al_pipeline.store.state import open_state
+from al_pipeline.store.workspace import workspace_lock
 from tests.conftest import REPO, copy_workspace, run_al, snapshot
 
 

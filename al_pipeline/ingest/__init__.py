@@ -1,0 +1,1 @@
+"""[ingest] Image files and VOC boxes into validated, deduplicated items, and the test split."""

@@ -1,0 +1,1 @@
+"""[labelling] Label Studio: the client, the connection, the embedded server, the labeller."""

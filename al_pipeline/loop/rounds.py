@@ -1,0 +1,419 @@
+"""[round] The round lifecycle, the only module that knows the order of the stages.
+
+start:  score the pool (cached features, current head) -> select -> queue (one transaction)
+        -> push to the labeller.
+finish: pull labels (written at once) -> train -> evaluate -> history row -> close.
+Every step checks what is already done, so a crash anywhere is mended by running the same
+command again: labels are not written twice, a round's model is not trained twice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from al_pipeline.config import Config
+from al_pipeline.labelling.base import Labeller, Pulled
+from al_pipeline.loop.status import RoundError, pull, require_open, wait_for_labels
+from al_pipeline.loop.stopping import PoolExhausted, StoppingRule
+from al_pipeline.model.backbones import Backbone
+from al_pipeline.model.embeddings import Embedded, embed_items
+from al_pipeline.model.evaluate import evaluate
+from al_pipeline.model.network import Checkpoint, TrainingSettings
+from al_pipeline.model.score import find_checkpoint, head_probabilities, workspace_backbone
+from al_pipeline.model.train import train
+from al_pipeline.paths import at_least
+from al_pipeline.progress import Progress, silent
+from al_pipeline.records import history_row
+from al_pipeline.selection.strategies import Pool, get_strategy, select
+from al_pipeline.store.state import ItemRef, QueuedItem, QueueEntry, RoundRow, State
+
+PREDICTIONS_FILE = "pool_predictions.npz"
+
+
+@dataclass
+class RoundStarted:
+    """A round just started (or resumed)."""
+
+    round_id: int
+    strategy: str
+    queued: list[QueuedItem]
+    pool_size: int
+    cold_start: bool
+    model: str | None
+    selection_seconds: float
+    resumed: bool = False
+    link: str | None = None
+
+
+@dataclass
+class RoundFinished:
+    """A closed round and its history row."""
+
+    round_id: int
+    history: dict[str, Any]
+    returned: int
+    size: int = 0
+    labelled: int = 0
+    skipped: int = 0
+    new_labels: int = 0
+
+
+def start(
+    config: Config,
+    state: State,
+    labeller: Labeller,
+    *,
+    strategy: str,
+    size: int,
+    balance: bool = False,
+    progress: Progress = silent,
+) -> RoundStarted:
+    """Select ``size`` items with ``strategy``, queue them and push them to the labeller.
+
+    An open round whose push was interrupted is pushed again (resumed); any other open
+    round is an error.
+    """
+    get_strategy(strategy)
+    at_least(size, 1, "--size")
+    existing = state.open_round()
+    if existing is not None:
+        return _resume(state, labeller, existing)
+    items = state.selectable_items()
+    if not items:
+        raise RoundError(
+            "The pool has no unlabelled items left to select from. Add more with 'al pool add DIR'."
+        )
+    checkpoint = _current_model(config, state)
+    backbone = checkpoint.backbone() if checkpoint else workspace_backbone(config)
+    embedded = embed_items(config, state, backbone, items, progress)
+    progress("Selecting", 0, None)
+    began = time.perf_counter()
+    pool_probs = _probabilities(checkpoint, embedded)
+    pool = Pool(
+        pool_probs,
+        lambda p: embedded.cache.read(embedded.rows[p]),
+        len(embedded.rows),
+        _labelled_features(config, state, backbone, strategy, progress),
+        np.random.default_rng([config.seed, len(state.rounds())]),
+    )
+    if pool.size == 0:
+        raise RoundError(
+            "None of the pool's images could be read (see 'al pool stats'); nothing to select from."
+        )
+    picked = select(strategy, pool, size, balance)
+    seconds = time.perf_counter() - began
+    progress("Selecting", 1, 1)
+    entries = _entries(config, [items[i] for i in embedded.positions], picked, pool_probs)
+    model_tag = str(checkpoint.meta.get("tag")) if checkpoint else None
+    params: dict[str, Any] = {
+        "balance": balance,
+        "selection_seconds": round(seconds, 3),
+        "pool_size": len(embedded.rows),
+        "cold_start": pool_probs is None,
+        "model": model_tag,
+    }
+    round_id = state.start_round(strategy, labeller.name, params, entries)
+    queued = _push(state, labeller, round_id)
+    return RoundStarted(
+        round_id,
+        strategy,
+        queued,
+        len(embedded.rows),
+        pool_probs is None,
+        model_tag,
+        seconds,
+        link=labeller.link(),
+    )
+
+
+def _resume(state: State, labeller: Labeller, open_round: RoundRow) -> RoundStarted:
+    """Push what an interrupted start did not, or refuse: one round at a time."""
+    if open_round.labeller != labeller.name:
+        raise RoundError(
+            f"Round {open_round.id} is open with the {open_round.labeller} labeller. Finish it "
+            "with 'al round finish' before starting another."
+        )
+    if all(q.external_id is not None for q in state.queue(open_round.id)):
+        raise RoundError(
+            f"Round {open_round.id} is still open ({open_round.strategy}, {open_round.size} "
+            "items). Finish it with 'al round finish' (see 'al round status')."
+        )
+    params = open_round.params
+    return RoundStarted(
+        open_round.id,
+        open_round.strategy,
+        _push(state, labeller, open_round.id),
+        int(params.get("pool_size", 0)),
+        bool(params.get("cold_start")),
+        params.get("model"),
+        float(params.get("selection_seconds", 0.0)),
+        resumed=True,
+        link=labeller.link(),
+    )
+
+
+def _push(state: State, labeller: Labeller, round_id: int) -> list[QueuedItem]:
+    unpushed = [q for q in state.queue(round_id) if q.external_id is None]
+    state.set_external_ids(round_id, labeller.push(round_id, unpushed))
+    return state.queue(round_id)
+
+
+def _current_model(config: Config, state: State) -> Checkpoint | None:
+    if state.checkpoint() is None:
+        return None
+    return find_checkpoint(config, state, None)[1]
+
+
+def _probabilities(checkpoint: Checkpoint | None, embedded: Embedded) -> NDArray[np.float32] | None:
+    return None if checkpoint is None else head_probabilities(checkpoint, embedded)
+
+
+def _labelled_features(
+    config: Config, state: State, backbone: Backbone, strategy: str, progress: Progress
+) -> NDArray[np.float32] | None:
+    """Features of the labelled items, which only the diverse strategy needs."""
+    labelled = state.labelled_items("train") if strategy == "diverse" else []
+    if not labelled:
+        return None
+    embedded = embed_items(config, state, backbone, labelled, progress)
+    return embedded.features()
+
+
+def _entries(
+    config: Config,
+    pool: list[ItemRef],
+    picked: NDArray[np.int64],
+    probs: NDArray[np.float32] | None,
+) -> list[QueueEntry]:
+    """Queue rows in selection order, with the model's guess and its confidence (the score
+    Label Studio sorts by, least confident first)."""
+    entries = []
+    for position, index in enumerate(picked.tolist()):
+        predicted, confidence = None, None
+        if probs is not None:
+            best = int(np.argmax(probs[index]))
+            predicted, confidence = config.classes[best], float(probs[index][best])
+        entries.append(QueueEntry(pool[index].item_id, position, predicted, confidence, confidence))
+    return entries
+
+
+def finish(
+    config: Config,
+    state: State,
+    labeller: Labeller,
+    settings: TrainingSettings,
+    *,
+    min_labelled: int | None = None,
+    partial: bool = False,
+    pulled: Pulled | None = None,
+    progress: Progress = silent,
+) -> RoundFinished:
+    """Pull labels, retrain, evaluate, record the history row and close the round.
+
+    By default every queued item must be labelled (or skipped); ``min_labelled`` accepts
+    fewer, ``partial`` accepts whatever came back. Unlabelled items return to the pool.
+    A caller that has just pulled (and so recorded) the round's labels passes that pull
+    as ``pulled`` rather than have Label Studio list every task again.
+    """
+    if min_labelled is not None:
+        at_least(min_labelled, 1, "--min-labelled")
+    open_round = require_open(state)
+    if pulled is None:
+        pulled = pull(state, labeller, open_round.id)
+    queue = state.queue(open_round.id)
+    labelled = sum(q.state == "labelled" for q in queue)
+    pending = sum(q.state == "pending" for q in queue)
+    needed = (
+        len(queue) - sum(q.state == "skipped" for q in queue)
+        if min_labelled is None
+        else min_labelled
+    )
+    if not partial and labelled < needed:
+        raise RoundError(
+            f"Round {open_round.id}: {labelled} of {len(queue)} items labelled, {pending} "
+            f"pending (need {needed}). Label the rest, or finish with --min-labelled K or "
+            "--partial to return the unlabelled items to the pool."
+            + labeller.unlabelled_hint
+            + (
+                f" Annotators disagree with no majority on items {pulled.unresolved}: add a "
+                "deciding annotation."
+                if pulled.unresolved
+                else ""
+            )
+            + (f" Label them at {link}" if (link := labeller.link()) else "")
+        )
+    row = _train_and_record(config, state, open_round, settings, progress)
+    state.close_round(open_round.id)
+    return RoundFinished(
+        open_round.id,
+        row,
+        returned=pending,
+        size=len(queue),
+        labelled=labelled,
+        skipped=sum(q.state == "skipped" for q in queue),
+        new_labels=pulled.written,
+    )
+
+
+def _train_and_record(
+    config: Config,
+    state: State,
+    open_round: RoundRow,
+    settings: TrainingSettings,
+    progress: Progress,
+) -> dict[str, Any]:
+    registered = state.round_checkpoint(open_round.id)
+    if registered is None and not _can_train(config, state):
+        return _record_untrained(config, state, open_round)
+    if registered is None:
+        tag = f"round-{open_round.id:03d}"
+        train(config, state, settings, tag=tag, round_id=open_round.id, progress=progress)
+    elif not registered.meta.get("metrics") and state.labelled_items("test"):
+        # Killed between registering the round's model and evaluating it: evaluate now, so
+        # the row is the one a clean run records.
+        evaluate(config, state, registered.tag, progress)
+    row_checkpoint = state.round_checkpoint(open_round.id)
+    assert row_checkpoint is not None
+    previous = state.checkpoint_before(row_checkpoint.id)
+    metrics = row_checkpoint.meta.get("metrics") or {}
+    change = _pool_change(
+        config, state, row_checkpoint.tag, previous.tag if previous else None, progress
+    )
+    seconds = float(row_checkpoint.meta.get("training_seconds", 0.0))
+    row = history_row(config, state, open_round, metrics, change, seconds, row_checkpoint.tag)
+    state.save_history(open_round.id, row)
+    return row
+
+
+def _record_untrained(config: Config, state: State, open_round: RoundRow) -> dict[str, Any]:
+    """A round whose labels still miss a class: no model yet (the next round starts cold)."""
+    row = history_row(
+        config,
+        state,
+        open_round,
+        {},
+        None,
+        0.0,
+        None,
+        note="not every class has a label yet: no model trained",
+    )
+    state.save_history(open_round.id, row)
+    return row
+
+
+def _pool_change(
+    config: Config, state: State, tag: str, previous: str | None, progress: Progress
+) -> float | None:
+    """Share of the pool whose predicted class changed since the previous model.
+
+    Each round's model saves its predictions for the pool (cached features, head only) in
+    its checkpoint folder; the share is computed over items both models predicted.
+    """
+    _, checkpoint = find_checkpoint(config, state, tag)
+    items = state.selectable_items()
+    embedded = embed_items(config, state, checkpoint.backbone(), items, progress)
+    probs = _probabilities(checkpoint, embedded)
+    ids = np.array([items[p].item_id for p in embedded.positions], dtype=np.int64)
+    classes = np.zeros(0, np.int8) if probs is None else probs.argmax(axis=1).astype(np.int8)
+    np.savez(checkpoint.path / PREDICTIONS_FILE, ids=ids, classes=classes)
+    before = state.checkpoint(previous) if previous else None
+    earlier = config.root / before.path / PREDICTIONS_FILE if before else None
+    if earlier is None or not earlier.is_file():
+        return None
+    old = np.load(earlier)
+    common, mine, theirs = np.intersect1d(ids, old["ids"], return_indices=True)
+    if len(common) == 0:
+        return None
+    return float((classes[mine] != old["classes"][theirs]).mean())
+
+
+@dataclass
+class RunReport:
+    """What ``al run`` did and why it stopped."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    stopped_because: str = ""
+    initial: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What ``al run`` repeats, and when it stops (besides after ``rounds`` rounds)."""
+
+    rounds: int
+    strategy: str = "margin"
+    size: int = 20
+    balance: bool = False
+    stop: tuple[StoppingRule, ...] = ()  # besides: nothing left to select
+    poll_seconds: float = 10.0
+
+
+def run(
+    config: Config,
+    state: State,
+    labeller: Labeller,
+    settings: TrainingSettings,
+    plan: RunPlan,
+    progress: Progress = silent,
+) -> RunReport:
+    """Repeat start -> wait for labels -> finish until ``plan.rounds`` are done or a
+    stopping rule fires (:mod:`al_pipeline.loop.stopping`). A labeller that answers at once
+    (the oracle) is not waited for; any other is pulled every ``plan.poll_seconds`` until
+    the round's items are all labelled or skipped.
+    """
+    get_strategy(plan.strategy)
+    at_least(plan.rounds, 1, "--rounds")
+    at_least(plan.size, 1, "--size")
+    at_least(plan.poll_seconds, 0.1, "--poll-seconds")
+
+    def finish_when_labelled(round_id: int) -> dict[str, Any]:
+        pulled = (
+            None
+            if labeller.answers_at_once
+            else wait_for_labels(
+                state, labeller, round_id, poll_seconds=plan.poll_seconds, progress=progress
+            )
+        )
+        return finish(config, state, labeller, settings, pulled=pulled, progress=progress).history
+
+    rules = (*plan.stop, PoolExhausted())
+
+    def stop_reason() -> str | None:
+        return next((r for rule in rules if (r := rule.reason(state, report.rows))), None)
+
+    report = RunReport()
+    open_round = state.open_round()
+    if open_round is not None:
+        report.rows.append(finish_when_labelled(open_round.id))
+    if state.checkpoint() is None and _can_train(config, state):
+        report.initial = train(config, state, settings, tag="initial", progress=progress).metrics
+    while len(report.rows) < plan.rounds:
+        reason = stop_reason()
+        if reason:
+            report.stopped_because = reason
+            return report
+        batch = min(rule.cap(state, plan.size) for rule in rules)
+        started = start(
+            config,
+            state,
+            labeller,
+            strategy=plan.strategy,
+            size=batch,
+            balance=plan.balance,
+            progress=progress,
+        )
+        report.rows.append(finish_when_labelled(started.round_id))
+    report.stopped_because = (
+        stop_reason() or f"ran {plan.rounds} round{'s' if plan.rounds != 1 else ''}"
+    )
+    return report
+
+
+def _can_train(config: Config, state: State) -> bool:
+    counts = state.label_counts()
+    return all(counts.get(c, 0) > 0 for c in config.classes)

@@ -1,0 +1,303 @@
+"""Label-efficiency simulation: strategies against random, with the oracle, over seeds.
+
+Each run copies the base workspace's database (the embedding cache is shared, so no
+backbone work is repeated), reveals ``initial`` seed labels, trains, and runs rounds with
+the oracle. A reference model trained on every hidden label gives the full-data accuracy;
+the table says how many labels each strategy needed to come within 1 point of it and to
+reach it, and the ratio to random.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from al_pipeline.config import Config
+from al_pipeline.errors import PipelineError
+from al_pipeline.labelling import OracleLabeller
+from al_pipeline.loop.rounds import RunPlan, run
+from al_pipeline.model.network import TrainingSettings
+from al_pipeline.model.train import train
+from al_pipeline.paths import at_least, output_folder
+from al_pipeline.progress import Progress, silent
+from al_pipeline.reporting.history import history_frame
+from al_pipeline.selection.strategies import even_shares, get_strategy
+from al_pipeline.store.state import PulledLabel, State, open_state
+
+
+@dataclass
+class SimulationResult:
+    """Where the simulation wrote its files, and its summary."""
+
+    runs: pd.DataFrame
+    table: pd.DataFrame
+    full_accuracy: float
+    full_labels: int
+    csv: Path
+    plot: Path
+    table_csv: Path
+
+
+@dataclass(frozen=True)
+class SimulationPlan:
+    """Every strategy runs from ``initial`` seed labels for ``rounds`` rounds of ``size``,
+    ``seeds`` times. A strategy name ending in ``+balance`` (``margin+balance``) selects
+    class-balanced batches, so it can be compared with the plain strategy in one run."""
+
+    strategies: Sequence[str]
+    initial: int
+    size: int
+    rounds: int
+    seeds: int
+    settings: TrainingSettings
+
+
+def simulate(
+    config: Config, state: State, out: Path, plan: SimulationPlan, progress: Progress = silent
+) -> SimulationResult:
+    """Run the plan on the workspace's hidden labels, each run in a workspace of its own
+    under ``out``; write the runs, the efficiency table and the curves there."""
+    strategies, initial, size = plan.strategies, plan.initial, plan.size
+    rounds, seeds, settings = plan.rounds, plan.seeds, plan.settings
+    output_folder(out, "--out")
+    for name in strategies:
+        parse_run_strategy(name)
+    for flag, value in (("--size", size), ("--rounds", rounds), ("--seeds", seeds)):
+        at_least(value, 1, flag)
+    if initial < len(config.classes):
+        raise PipelineError(
+            f"--initial {initial} is too few: every class needs a seed label, so use at least "
+            f"{len(config.classes)}."
+        )
+    hidden = state.hidden_items()
+    if len(hidden) < initial + size:
+        raise PipelineError(
+            f"The workspace has {len(hidden)} items with hidden labels; a simulation needs "
+            "more than --initial + --size. Add labelled data with 'al pool add DIR --labelled "
+            "--oracle --test-fraction 0.2' (or pass --dataset DIR)."
+        )
+    if not state.labelled_items("test"):
+        raise PipelineError(
+            "The workspace has no test split to measure accuracy on. Add "
+            "labelled data with --test-fraction."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    full = _full_data_accuracy(config, state, out / "full-data", hidden, settings, progress)
+    frames = []
+    for seed in range(seeds):
+        for name in strategies:
+            progress(f"Simulating {name}, seed {seed}", 0, rounds)
+            frames.append(
+                _one_run(
+                    config,
+                    state,
+                    out / f"{name.replace('+', '-')}-seed{seed}",
+                    hidden,
+                    name,
+                    seed,
+                    initial,
+                    size,
+                    rounds,
+                    settings,
+                )
+            )
+            progress(f"Simulating {name}, seed {seed}", rounds, rounds)
+    runs = pd.concat(frames, ignore_index=True)
+    table = efficiency_table(runs, full)
+    csv, table_csv, plot = (
+        out / "simulation.csv",
+        out / "efficiency.csv",
+        out / "learning_curves.png",
+    )
+    runs.to_csv(csv, index=False)
+    table.to_csv(table_csv, index=False)
+    plot_runs(runs, full, plot)
+    return SimulationResult(runs, table, full, len(hidden), csv, plot, table_csv)
+
+
+BALANCED = "+balance"
+
+
+def parse_run_strategy(name: str) -> tuple[str, bool]:
+    """``"margin+balance"`` -> ``("margin", True)``; checks the strategy exists."""
+    base = name.removesuffix(BALANCED)
+    get_strategy(base)
+    return base, base != name
+
+
+def _run_config(config: Config, state: State, folder: Path, seed: int) -> tuple[Config, State]:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    state.backup(folder / "state.sqlite3")
+    run_config = replace(
+        config, database=folder / "state.sqlite3", checkpoints_dir=folder / "checkpoints", seed=seed
+    )
+    return run_config, open_state(run_config.database)
+
+
+def _full_data_accuracy(
+    config: Config,
+    state: State,
+    folder: Path,
+    hidden: dict[int, str],
+    settings: TrainingSettings,
+    progress: Progress,
+) -> float:
+    run_config, run_state = _run_config(config, state, folder, config.seed)
+    with run_state:
+        _reveal(run_state, hidden, list(hidden))
+        report = train(run_config, run_state, settings, tag="full-data", progress=progress)
+    assert report.metrics is not None
+    return float(report.metrics["accuracy"])
+
+
+def _reveal(state: State, hidden: dict[int, str], item_ids: Sequence[int]) -> None:
+    state.record_pulled(None, [PulledLabel(i, hidden[i], "oracle", "oracle") for i in item_ids])
+
+
+def _seed_items(hidden: dict[int, str], initial: int, rng: np.random.Generator) -> list[int]:
+    """``initial`` items spread evenly over the classes (as a person would pick seeds)."""
+    by_class: dict[str, list[int]] = {}
+    for item_id, label in hidden.items():
+        by_class.setdefault(label, []).append(item_id)
+    classes = sorted(by_class)
+    chosen: list[int] = []
+    for label, quota in zip(classes, even_shares(initial, len(classes)), strict=True):
+        members = by_class[label]
+        chosen += rng.choice(members, size=min(quota, len(members)), replace=False).tolist()
+    return chosen
+
+
+def _one_run(
+    config: Config,
+    state: State,
+    folder: Path,
+    hidden: dict[int, str],
+    strategy: str,
+    seed: int,
+    initial: int,
+    size: int,
+    rounds: int,
+    settings: TrainingSettings,
+) -> pd.DataFrame:
+    run_config, run_state = _run_config(config, state, folder, seed)
+    seeded = replace(settings, seed=seed)
+    base, balance = parse_run_strategy(strategy)
+    with run_state:
+        _reveal(run_state, hidden, _seed_items(hidden, initial, np.random.default_rng(seed)))
+        train(run_config, run_state, seeded, tag=f"seed-labels-{seed}")
+        plan = RunPlan(rounds, base, size, balance)
+        run(run_config, run_state, OracleLabeller(run_state), seeded, plan)
+        rows = run_state.history()  # round 0 (the seed labels' model) and every round
+    frame = history_frame(rows)
+    frame["strategy"] = strategy
+    frame.insert(2, "seed", seed)
+    return frame
+
+
+def efficiency_table(runs: pd.DataFrame, full_accuracy: float) -> pd.DataFrame:
+    """Median labels (over seeds) to reach full-data accuracy - 1 point, and to reach it."""
+    rows: list[dict[str, Any]] = []
+    for strategy, part in runs.groupby("strategy", sort=True):
+        row: dict[str, Any] = {"strategy": strategy, "seeds": part["seed"].nunique()}
+        for key, target in (("within_1pt", full_accuracy - 0.01), ("full", full_accuracy)):
+            needed = [_labels_to_reach(seed_part, target) for _, seed_part in part.groupby("seed")]
+            reached = [n for n in needed if n is not None]
+            row[f"labels_to_{key}"] = (
+                float(np.median(reached)) if len(reached) == len(needed) else None
+            )
+            row[f"reached_{key}"] = f"{len(reached)}/{len(needed)}"
+        last = part.sort_values("labelled").groupby("seed").tail(1)
+        row["final_labels"] = int(last["labelled"].median())
+        row["final_accuracy"] = float(last["accuracy"].median())
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    random_row = table[table["strategy"] == "random"]
+    for key in ("within_1pt", "full"):
+        base = random_row[f"labels_to_{key}"].iloc[0] if len(random_row) else None
+        random_final = random_row["final_labels"].iloc[0] if len(random_row) else None
+        ratios, bounds = [], []
+        for value in table[f"labels_to_{key}"]:
+            hit = value is not None and not pd.isna(value)
+            random_reached = base is not None and not pd.isna(base)
+            ratios.append(base / value if hit and random_reached else None)
+            # Random never got there within the run: its label count is a lower bound.
+            bounds.append(
+                random_final / value
+                if hit and random_final is not None and not random_reached
+                else None
+            )
+        table[f"ratio_{key}"] = ratios
+        table[f"ratio_{key}_at_least"] = bounds
+    return table
+
+
+def _labels_to_reach(part: pd.DataFrame, target: float) -> int | None:
+    hit = part.sort_values("labelled")
+    hit = hit[hit["accuracy"] >= target - 1e-9]
+    return None if hit.empty else int(hit["labelled"].iloc[0])
+
+
+def plot_runs(
+    runs: pd.DataFrame, full_accuracy: float, path: Path, metric: str = "accuracy"
+) -> Path:
+    """Mean (line) and min to max over seeds (band) per strategy against labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5), dpi=100)
+    for strategy, part in runs.groupby("strategy", sort=True):
+        stats = part.groupby("labelled")[metric].agg(["mean", "min", "max"]).reset_index()
+        axis.plot(stats["labelled"], stats["mean"], marker=".", label=str(strategy))
+        axis.fill_between(stats["labelled"], stats["min"], stats["max"], alpha=0.15)
+    axis.axhline(full_accuracy, color="grey", linestyle="--", label="all labels")
+    axis.axhline(full_accuracy - 0.01, color="grey", linestyle=":", label="all labels - 1 pt")
+    axis.set_xlabel("labelled items")
+    axis.set_ylabel(f"held-out {metric}")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def dataset_workspace(
+    dataset: Path, out: Path, classes: str | None, test_fraction: float, progress: Progress = silent
+) -> Config:
+    """A workspace under ``out`` for a labelled folder: labels hidden for the oracle, a
+    grouped test split visible. Re-running reuses it (ingestion skips what it has)."""
+    from al_pipeline.config import CONFIG_FILE, load_config, resolve_config
+    from al_pipeline.ingest.folders import add_folder
+    from al_pipeline.store.workspace import init_workspace
+
+    if not dataset.is_dir():
+        raise PipelineError(f"--dataset '{dataset}' is not a folder of class subfolders.")
+    output_folder(out, "--out")
+    root = out / "workspace"
+    if (root / CONFIG_FILE).is_file():
+        config = load_config(root)
+    else:
+        names = classes or ",".join(
+            sorted(p.name for p in dataset.iterdir() if p.is_dir() and not p.name.startswith("."))
+        )
+        config = init_workspace(root, names, f"simulation of {dataset.name}").config
+    with open_state(config.database) as state:
+        add_folder(
+            config,
+            state,
+            dataset,
+            labelled=True,
+            oracle=True,
+            test_fraction=test_fraction,
+            progress=progress,
+        )
+    return resolve_config(config.root)  # with the environment's settings, as any workspace

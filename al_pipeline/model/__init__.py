@@ -1,0 +1,1 @@
+"""[model] Backbones, cached features, the trained head, evaluation, scoring and prediction."""

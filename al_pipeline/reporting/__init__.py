@@ -1,0 +1,1 @@
+"""[reporting] The history as a table, exports, plots and the HTML report."""

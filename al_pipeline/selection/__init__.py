@@ -1,0 +1,1 @@
+"""[selection] Query strategies: which items to label next."""

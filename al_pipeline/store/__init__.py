@@ -1,0 +1,2 @@
+"""[store] State in one SQLite database (versioned schema, transactions) and the
+workspace around it."""
