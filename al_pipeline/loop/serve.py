@@ -23,7 +23,7 @@ from typing import Any
 
 from al_pipeline.config import Config
 from al_pipeline.errors import PipelineError
-from al_pipeline.labelling.labelstudio.client import Gateway
+from al_pipeline.labelling.labelstudio.client import LabelStudioClient
 from al_pipeline.labelling.labelstudio.connection import connection
 from al_pipeline.labelling.labelstudio.labeller import LabelStudioLabeller
 from al_pipeline.loop.rounds import finish, start
@@ -146,7 +146,7 @@ def _serve(
         _unregister(labeller.gateway, hook, report)
 
 
-def _unregister(gateway: Gateway, hook: int, report: Callable[[str], None]) -> None:
+def _unregister(gateway: LabelStudioClient, hook: int, report: Callable[[str], None]) -> None:
     """Remove the webhook so Label Studio stops calling a receiver that is gone."""
     try:
         gateway.remove_webhook(hook)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from label_studio_sdk._extensions.pager_ext import SyncPagerExt
@@ -59,6 +59,39 @@ class Task:
     data: dict[str, Any]
     annotations: list[Annotation] = field(default_factory=list)
     predictions: dict[int, str] = field(default_factory=dict)
+
+
+class LabelStudioClient(Protocol):
+    """What the labeller and ``al serve`` ask of a Label Studio server. :class:`Gateway`
+    is the real one; tests hand the labeller an in-memory one."""
+
+    def version(self) -> str: ...
+
+    def create_project(self, title: str, classes: Sequence[str], description: str) -> int: ...
+
+    def project_exists(self, project: int) -> bool: ...
+
+    def set_model_version(self, project: int, version: str) -> None: ...
+
+    def ensure_local_storage(self, project: int, folder: str) -> None: ...
+
+    def tasks(self, project: int) -> list[Task]: ...
+
+    def add_prediction(self, task: int, choice: str, score: float | None, version: str) -> None: ...
+
+    def remove_prediction(self, prediction: int) -> None: ...
+
+    def show_round(self, project: int, round_id: int) -> int: ...
+
+    def update_task_data(self, task: int, data: dict[str, Any]) -> None: ...
+
+    def import_tasks(self, project: int, tasks: Sequence[dict[str, Any]]) -> list[int]: ...
+
+    def register_webhook(
+        self, project: int, url: str, secret_header: dict[str, str]
+    ) -> tuple[int, int]: ...
+
+    def remove_webhook(self, hook: int) -> None: ...
 
 
 def health(url: str, timeout: float = 2.0) -> bool:

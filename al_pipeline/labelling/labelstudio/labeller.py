@@ -21,6 +21,7 @@ from al_pipeline.config import Config
 from al_pipeline.labelling.base import Pulled
 from al_pipeline.labelling.labelstudio.client import (
     Annotation,
+    LabelStudioClient,
     LabelStudioError,
     Task,
 )
@@ -50,11 +51,17 @@ class LabelStudioLabeller:
     answers_at_once = False
     unlabelled_hint = ""
 
-    def __init__(self, config: Config, state: State, connection: Connection) -> None:
+    def __init__(
+        self,
+        config: Config,
+        state: State,
+        connection: Connection,
+        client: LabelStudioClient | None = None,
+    ) -> None:
         self.config = config
         self.state = state
         self.connection = connection
-        self.gateway = connection.gateway()
+        self.gateway: LabelStudioClient = client or connection.gateway()
 
     @property
     def _project_key(self) -> str:
