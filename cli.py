@@ -611,7 +611,7 @@ def report(
     One HTML file with the history table, learning curves, the latest confusion matrix and
     the images the last round selected, all inlined: it opens in a browser without a server.
     """
-    from al_pipeline.reporting.history import write_report
+    from al_pipeline.reporting.report import write_report
 
     with reading() as (config, state):
         page = write_report(config, state, out_dir)

@@ -518,7 +518,8 @@ def test_a_port_taken_during_start_up_fails_fast_instead_of_hanging(
 def test_the_webhook_finishes_a_round_once_when_its_last_task_is_labelled(
     oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
 ) -> None:
-    from al_pipeline.loop.serve import SECRET_HEADER, ServePlan, serve
+    from al_pipeline.labelling.labelstudio.webhooks import SECRET_HEADER
+    from al_pipeline.loop.serve import ServePlan, serve
 
     config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
     client = sdk(studio_server)

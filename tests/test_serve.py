@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from al_pipeline.loop.serve import EVENT_BACKLOG, PATH, SECRET_HEADER, _server
+from al_pipeline.labelling.labelstudio.webhooks import EVENT_BACKLOG, PATH, SECRET_HEADER, _server
 
 
 def _post(port: int, body: bytes, headers: dict[str, str]) -> int:

@@ -18,7 +18,13 @@ from numpy.typing import NDArray
 
 from al_pipeline.config import Config
 from al_pipeline.labelling.base import Labeller, Pulled
-from al_pipeline.loop.status import RoundError, pull, require_open, wait_for_labels
+from al_pipeline.loop.status import (
+    RoundError,
+    is_complete,
+    pull,
+    require_open,
+    wait_for_labels,
+)
 from al_pipeline.loop.stopping import PoolExhausted, StoppingRule
 from al_pipeline.model.backbones import Backbone
 from al_pipeline.model.embeddings import Embedded, embed_items
@@ -339,6 +345,52 @@ class RunReport:
     rows: list[dict[str, Any]] = field(default_factory=list)
     stopped_because: str = ""
     initial: dict[str, Any] | None = None
+
+
+def start_unless_open(
+    config: Config,
+    state: State,
+    labeller: Labeller,
+    *,
+    strategy: str,
+    size: int,
+    balance: bool = False,
+    progress: Progress = silent,
+) -> RoundStarted | None:
+    """Start a round, unless one is open or nothing is left to select (None)."""
+    if state.open_round() is not None or not state.selectable_items():
+        return None
+    return start(
+        config, state, labeller, strategy=strategy, size=size, balance=balance, progress=progress
+    )
+
+
+def finish_if_labelled(
+    config: Config,
+    state: State,
+    labeller: Labeller,
+    settings: TrainingSettings,
+    *,
+    min_labelled: int | None = None,
+    progress: Progress = silent,
+) -> RoundFinished | None:
+    """Pull the open round's labels; finish it once its batch is labelled (or
+    ``min_labelled`` items are). None while there is nothing to finish."""
+    open_round = state.open_round()
+    if open_round is None:
+        return None
+    pulled = pull(state, labeller, open_round.id)
+    if not is_complete(state, open_round.id, min_labelled):
+        return None
+    return finish(
+        config,
+        state,
+        labeller,
+        settings,
+        min_labelled=min_labelled,
+        pulled=pulled,
+        progress=progress,
+    )
 
 
 @dataclass(frozen=True)
