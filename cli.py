@@ -547,7 +547,8 @@ def history(
     for path in written:
         views.note(f"Wrote {path}")
     if as_json or not written:
-        emit(rows, as_json, lambda r: views.history(r, f"History of '{config.name}'"), list)
+        title = f"History of '{config.name}'"
+        emit(rows, as_json, lambda r: views.history(r, title), lambda r: [x.to_json() for x in r])
 
 
 @app.command()

@@ -1,54 +1,50 @@
-"""Records several stages write: the history row of a round (or of the starting point).
-
-A plain module at the bottom of the stack, so that training (the starting point, round 0)
-and the round loop (each closed round) build one and the same row.
-"""
+"""Typed records several stages share. Standard library only, so every stage, the store
+included, may use them; each converts to and from the JSON it is stored and shown as."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
-
-from al_pipeline.config import Config
-from al_pipeline.store.state import RoundRow, State, now
 
 STARTING_POINT = "initial"
 
 
-def history_row(
-    config: Config,
-    state: State,
-    open_round: RoundRow | None,
-    metrics: dict[str, Any],
-    change: float | None,
-    training_seconds: float,
-    tag: str | None,
-    note: str | None = None,
-) -> dict[str, Any]:
-    """What a round bought: labels, test metrics, pool change, timing, model.
+@dataclass(frozen=True)
+class HistoryRow:
+    """What a round bought: labels, held-out metrics, pool change, timing and the model.
 
-    ``open_round=None`` is round 0: the model trained on the labels there were before the
-    first round (its "strategy" is ``initial``).
+    Round 0 is the starting point: the model trained on the labels there were before the
+    first round (its ``strategy`` is ``initial``, its ``labeller`` ``import``).
     """
-    counts = state.label_counts()
-    labelled = sum(counts.values())
-    row: dict[str, Any] = {
-        "round": open_round.id if open_round else 0,
-        "strategy": open_round.strategy if open_round else STARTING_POINT,
-        "batch_size": open_round.size if open_round else labelled,
-        "labeller": open_round.labeller if open_round else "import",
-        "labelled": labelled,
-        "labelled_per_class": {c: counts.get(c, 0) for c in config.classes},
-        "accuracy": metrics.get("accuracy"),
-        "macro_f1": metrics.get("macro_f1"),
-        "roc_auc": metrics.get("roc_auc"),
-        "recall": {c: v["recall"] for c, v in metrics.get("per_class", {}).items()},
-        "pool_change": change,
-        "selection_seconds": open_round.params.get("selection_seconds") if open_round else None,
-        "training_seconds": round(training_seconds, 2),
-        "checkpoint": tag,
-        "model_version": tag,
-        "timestamp": now(),
-    }
-    if note:
-        row["note"] = note
-    return row
+
+    round: int
+    strategy: str
+    labelled: int
+    batch_size: int = 0
+    labeller: str = ""
+    labelled_per_class: dict[str, int] = field(default_factory=dict)
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    roc_auc: float | None = None
+    recall: dict[str, float] = field(default_factory=dict)
+    pool_change: float | None = None
+    selection_seconds: float | None = None
+    training_seconds: float | None = None
+    checkpoint: str | None = None
+    model_version: str | None = None
+    timestamp: str = ""
+    note: str | None = None  # why there are no metrics (no model trained yet)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.note is None:
+            del data["note"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HistoryRow:
+        """A stored row; keys a later version added get their defaults, unknown ones are
+        ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from al_pipeline.model.evaluate import EvaluationReport
     from al_pipeline.model.predict import Prediction
     from al_pipeline.model.train import TrainReport
+    from al_pipeline.records import HistoryRow
     from al_pipeline.store.state import CheckpointRow, PoolStats
     from al_pipeline.store.workspace import InitResult
 
@@ -358,7 +359,7 @@ HISTORY_HEADERS = {
 HISTORY_OPTIONAL = ("selection_seconds", "checkpoint", "timestamp")
 
 
-def history(rows: Sequence[dict[str, Any]], title: str) -> None:
+def history(rows: Sequence[HistoryRow], title: str) -> None:
     from al_pipeline.reporting.history import COLUMNS, history_frame
 
     frame = history_frame(rows)

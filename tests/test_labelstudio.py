@@ -146,8 +146,8 @@ def test_a_full_round_through_label_studio(
         assert (current.labelled, current.skipped, current.pending) == (5, 1, 0)
 
         done = finish(config, state, labeller, SETTINGS)
-        assert done.history["labelled"] == 15 and done.history["accuracy"] > 0.5
-        assert done.history["labeller"] == "labelstudio"
+        assert done.history.labelled == 15 and done.history.accuracy > 0.5
+        assert done.history.labeller == "labelstudio"
         skipped_item = skipped_task.data["al_item"]
         assert skipped_item not in {i.item_id for i in state.selectable_items()}
         labels = state.current_labels(list(by_item))
@@ -342,8 +342,8 @@ def test_al_run_polls_label_studio_until_the_batch_is_labelled(
     assert len(labelled) == 3
     with State(config.database) as state:
         start, row = state.history()  # round 0: the model of the 10 seed labels
-        assert start["round"] == 0 and start["labelled"] == 10
-        assert row["round"] == 1 and row["labelled"] == 13 and row["labeller"] == "labelstudio"
+        assert start.round == 0 and start.labelled == 10
+        assert row.round == 1 and row.labelled == 13 and row.labeller == "labelstudio"
         assert state.open_round() is None
 
 
@@ -423,7 +423,7 @@ def test_several_annotators_majority_wins_and_a_tie_waits(
 
         annotate(client, tied, "without_mask", user=users[2])
         done = finish(config, state, labeller, SETTINGS)
-        assert done.history["labelled"] == 12
+        assert done.history.labelled == 12
         assert state.current_labels([tied_item])[tied_item][0] == "without_mask"
 
 
@@ -468,7 +468,7 @@ def test_server_down_is_a_clear_error_and_a_rerun_completes(
                 port = int(studio_server.url.rsplit(":", 1)[1])
                 up(studio_server.config, server_state, port, root=studio_server.root)
         done = finish(config, state, labeller, SETTINGS)
-        assert done.round_id == started.round_id and done.history["labelled"] == 12
+        assert done.round_id == started.round_id and done.history.labelled == 12
 
 
 @pytest.mark.integration
@@ -550,7 +550,7 @@ def test_the_webhook_finishes_a_round_once_when_its_last_task_is_labelled(
         worker.join(timeout=30)
     assert sum(line.startswith("Finished round") for line in lines) == 1, lines
     with State(config.database) as state:
-        assert [row["round"] for row in state.history()] == [0, round_id]
+        assert [row.round for row in state.history()] == [0, round_id]
         next_round = state.open_round()
         assert next_round is not None and next_round.strategy == "margin"
         assert len(round_tasks(client, project, next_round.id)) == 3
@@ -646,7 +646,7 @@ def test_al_serve_stops_on_sigint_or_sigterm_and_a_restart_finishes_what_was_lab
     assert list(client.webhooks.list(project=str(project))) == []
     assert sum(line.startswith("Finished round 1") for line in third.lines) == 1
     with State(config.database) as state:
-        assert [row["round"] for row in state.history()] == [0, 1]
+        assert [row.round for row in state.history()] == [0, 1]
         assert len(state.queue(2)) == 3
 
 

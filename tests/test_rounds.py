@@ -125,7 +125,7 @@ def test_round_killed_between_pull_and_train_finishes_on_rerun(oracle_ws: Config
         assert status(state).labelled == 15
         assert state.checkpoint() is None and state.open_round() is not None
         done = finish(config, state, oracle, SETTINGS)
-        assert done.round_id == started.round_id and done.history["labelled"] == 15
+        assert done.round_id == started.round_id and done.history.labelled == 15
         assert state.open_round() is None and len(state.history()) == 1
         assert sum(state.label_counts().values()) == 15
         labels_written = sum(1 for q in state.queue(started.round_id) if q.state == "labelled")
@@ -149,7 +149,7 @@ def test_unfinished_round_needs_min_labelled_and_returns_the_rest(oracle_ws: Con
         with pytest.raises(RoundError, match="10 of 20 items labelled, 10 pending"):
             finish(config, state, half, SETTINGS)
         done = finish(config, state, half, SETTINGS, min_labelled=10)
-        assert done.returned == 10 and done.history["labelled"] == 10
+        assert done.returned == 10 and done.history.labelled == 10
         back = {i.item_id for i in state.selectable_items()}
         returned = {q.item_id for q in state.queue(started.round_id) if q.state == "returned"}
         assert len(returned) == 10 and returned <= back
@@ -160,7 +160,7 @@ def test_run_stops_at_the_label_budget(oracle_ws: Config) -> None:
     with State(config.database) as state:
         plan = RunPlan(5, "entropy", 20, stop=stopping_rules(budget=30))
         report = run(config, state, OracleLabeller(state), SETTINGS, plan)
-    assert [r["labelled"] for r in report.rows] == [20, 30]
+    assert [r.labelled for r in report.rows] == [20, 30]
     assert report.stopped_because == "label budget reached (30 of 30)"
 
 
@@ -178,7 +178,7 @@ def test_round_whose_labels_miss_a_class_closes_without_a_model(oracle_ws: Confi
         labeller = OneClassLabeller(state)
         start(config, state, labeller, strategy="margin", size=5)
         done = finish(config, state, labeller, SETTINGS)
-        assert done.history["checkpoint"] is None and "no model" in done.history["note"]
+        assert done.history.checkpoint is None and "no model" in (done.history.note or "")
         assert state.open_round() is None and state.checkpoint() is None
         assert start(config, state, OracleLabeller(state), strategy="margin", size=5).cold_start
 
@@ -219,6 +219,7 @@ def test_a_run_killed_after_registering_its_model_resumes_to_the_clean_row(
     for config in (clean, killed):
         with State(config.database) as state:
             _, row = state.history()
-        rows.append({k: v for k, v in row.items() if not k.endswith(("seconds", "timestamp"))})
+        kept = row.to_json().items()
+        rows.append({k: v for k, v in kept if not k.endswith(("seconds", "timestamp"))})
     assert rows[0]["accuracy"] is not None and rows[0]["pool_change"] is not None
     assert rows[1] == rows[0]

@@ -31,10 +31,10 @@ from al_pipeline.model.embeddings import Embedded, embed_items
 from al_pipeline.model.evaluate import evaluate
 from al_pipeline.model.network import Checkpoint, TrainingSettings
 from al_pipeline.model.score import find_checkpoint, head_probabilities, workspace_backbone
-from al_pipeline.model.train import train
+from al_pipeline.model.train import history_row, train
 from al_pipeline.paths import at_least
 from al_pipeline.progress import Progress, silent
-from al_pipeline.records import history_row
+from al_pipeline.records import HistoryRow
 from al_pipeline.selection.strategies import Pool, get_strategy, select
 from al_pipeline.store.state import ItemRef, QueuedItem, QueueEntry, RoundRow, State
 
@@ -61,7 +61,7 @@ class RoundFinished:
     """A closed round and its history row."""
 
     round_id: int
-    history: dict[str, Any]
+    history: HistoryRow
     returned: int
     size: int = 0
     labelled: int = 0
@@ -272,7 +272,7 @@ def _train_and_record(
     open_round: RoundRow,
     settings: TrainingSettings,
     progress: Progress,
-) -> dict[str, Any]:
+) -> HistoryRow:
     registered = state.round_checkpoint(open_round.id)
     if registered is None and not _can_train(config, state):
         return _record_untrained(config, state, open_round)
@@ -296,7 +296,7 @@ def _train_and_record(
     return row
 
 
-def _record_untrained(config: Config, state: State, open_round: RoundRow) -> dict[str, Any]:
+def _record_untrained(config: Config, state: State, open_round: RoundRow) -> HistoryRow:
     """A round whose labels still miss a class: no model yet (the next round starts cold)."""
     row = history_row(
         config,
@@ -342,7 +342,7 @@ def _pool_change(
 class RunReport:
     """What ``al run`` did and why it stopped."""
 
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[HistoryRow] = field(default_factory=list)
     stopped_because: str = ""
     initial: dict[str, Any] | None = None
 
@@ -423,7 +423,7 @@ def run(
     at_least(plan.size, 1, "--size")
     at_least(plan.poll_seconds, 0.1, "--poll-seconds")
 
-    def finish_when_labelled(round_id: int) -> dict[str, Any]:
+    def finish_when_labelled(round_id: int) -> HistoryRow:
         pulled = (
             None
             if labeller.answers_at_once

@@ -172,9 +172,9 @@ def _on_batch(
         )
         if done is None:
             return False
-        accuracy = done.history.get("accuracy")
+        accuracy = done.history.accuracy
         shown = "no model yet" if accuracy is None else f"accuracy {accuracy:.4f}"
-        report(f"Finished round {done.round_id}: {done.history['labelled']} labels, {shown}")
+        report(f"Finished round {done.round_id}: {done.history.labelled} labels, {shown}")
         closed = state.round(done.round_id)
     assert closed is not None
     balance = bool(closed.params.get("balance"))

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from al_pipeline.paths import at_least
+from al_pipeline.records import HistoryRow
 from al_pipeline.store.state import State
 
 
 class StoppingRule(Protocol):
-    def reason(self, state: State, rows: Sequence[dict[str, Any]]) -> str | None:
+    def reason(self, state: State, rows: Sequence[HistoryRow]) -> str | None:
         """Why the loop should stop now, or None to go on."""
         ...
 
@@ -36,7 +37,7 @@ class LabelBudget(_Rule):
 
     labels: int
 
-    def reason(self, state: State, rows: Sequence[dict[str, Any]]) -> str | None:
+    def reason(self, state: State, rows: Sequence[HistoryRow]) -> str | None:
         labelled = sum(state.label_counts().values())
         if labelled >= self.labels:
             return f"label budget reached ({labelled} of {self.labels})"
@@ -52,8 +53,8 @@ class TargetAccuracy(_Rule):
 
     accuracy: float
 
-    def reason(self, state: State, rows: Sequence[dict[str, Any]]) -> str | None:
-        reached = rows[-1].get("accuracy") if rows else None
+    def reason(self, state: State, rows: Sequence[HistoryRow]) -> str | None:
+        reached = rows[-1].accuracy if rows else None
         if reached is not None and reached >= self.accuracy:
             return f"target accuracy reached ({reached:.4f} >= {self.accuracy})"
         return None
@@ -65,8 +66,8 @@ class PredictionsSettle(_Rule):
 
     min_change: float
 
-    def reason(self, state: State, rows: Sequence[dict[str, Any]]) -> str | None:
-        change = rows[-1].get("pool_change") if rows else None
+    def reason(self, state: State, rows: Sequence[HistoryRow]) -> str | None:
+        change = rows[-1].pool_change if rows else None
         if change is not None and change < self.min_change:
             return f"predictions stopped changing ({change:.4f} of the pool < {self.min_change})"
         return None
@@ -76,7 +77,7 @@ class PredictionsSettle(_Rule):
 class PoolExhausted(_Rule):
     """Stop when nothing is left to select (always in force)."""
 
-    def reason(self, state: State, rows: Sequence[dict[str, Any]]) -> str | None:
+    def reason(self, state: State, rows: Sequence[HistoryRow]) -> str | None:
         return None if state.selectable_items() else "no unlabelled items left"
 
 

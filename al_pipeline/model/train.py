@@ -32,8 +32,8 @@ from al_pipeline.model.network import (
 from al_pipeline.model.score import workspace_backbone
 from al_pipeline.paths import plain_name
 from al_pipeline.progress import Progress, silent
-from al_pipeline.records import history_row
-from al_pipeline.store.state import LabelledItem, State, now
+from al_pipeline.records import STARTING_POINT, HistoryRow
+from al_pipeline.store.state import LabelledItem, RoundRow, State, now
 
 
 @dataclass
@@ -211,3 +211,39 @@ def _relative(config: Config, folder: Path) -> Path:
         return folder.relative_to(config.root)
     except ValueError:
         return folder
+
+
+def history_row(
+    config: Config,
+    state: State,
+    open_round: RoundRow | None,
+    metrics: dict[str, Any],
+    change: float | None,
+    training_seconds: float,
+    tag: str | None,
+    note: str | None = None,
+) -> HistoryRow:
+    """The row of a closed round, or of round 0 (``open_round=None``): the one builder, so
+    the starting point and each round record alike."""
+    counts = state.label_counts()
+    labelled = sum(counts.values())
+    selection = open_round.params.get("selection_seconds") if open_round else None
+    return HistoryRow(
+        round=open_round.id if open_round else 0,
+        strategy=open_round.strategy if open_round else STARTING_POINT,
+        labelled=labelled,
+        batch_size=open_round.size if open_round else labelled,
+        labeller=open_round.labeller if open_round else "import",
+        labelled_per_class={c: counts.get(c, 0) for c in config.classes},
+        accuracy=metrics.get("accuracy"),
+        macro_f1=metrics.get("macro_f1"),
+        roc_auc=metrics.get("roc_auc"),
+        recall={c: v["recall"] for c, v in metrics.get("per_class", {}).items()},
+        pool_change=change,
+        selection_seconds=selection,
+        training_seconds=round(training_seconds, 2),
+        checkpoint=tag,
+        model_version=tag,
+        timestamp=now(),
+        note=note,
+    )

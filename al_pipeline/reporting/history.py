@@ -6,13 +6,12 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from al_pipeline.errors import PipelineError
 from al_pipeline.paths import output_file, write_atomically
-from al_pipeline.records import STARTING_POINT
+from al_pipeline.records import STARTING_POINT, HistoryRow
 from al_pipeline.store.state import State
 
 COLUMNS = (
@@ -31,14 +30,14 @@ COLUMNS = (
 )
 
 
-def history_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+def history_frame(rows: Sequence[HistoryRow]) -> pd.DataFrame:
     """One row per closed round; per-class counts and recalls become their own columns."""
     flat = []
     for row in rows:
-        record = {key: row.get(key) for key in COLUMNS}
-        record |= {f"labelled_{c}": n for c, n in row.get("labelled_per_class", {}).items()}
-        record |= {f"recall_{c}": r for c, r in row.get("recall", {}).items()}
-        record["model_version"] = row.get("model_version")
+        record = {key: getattr(row, key) for key in COLUMNS}
+        record |= {f"labelled_{c}": n for c, n in row.labelled_per_class.items()}
+        record |= {f"recall_{c}": r for c, r in row.recall.items()}
+        record["model_version"] = row.model_version
         flat.append(record)
     return pd.DataFrame(flat, columns=None if flat else list(COLUMNS))
 

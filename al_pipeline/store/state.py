@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from al_pipeline.errors import StateError, explain
+from al_pipeline.records import HistoryRow
 
 LABEL_SOURCES = ("import", "human", "oracle")
 
@@ -978,7 +979,7 @@ class State:
 
     # -- history ------------------------------------------------------------------------
 
-    def save_history(self, round_id: int | None, row: dict[str, Any]) -> None:
+    def save_history(self, round_id: int | None, row: HistoryRow) -> None:
         """Store a round's history row (``None``: round 0, the starting point), replacing
         an earlier one of the same round."""
         with self.atomic():
@@ -988,12 +989,12 @@ class State:
             self._db.execute(
                 "INSERT INTO metrics (round_id, name, value, data, created_at)"
                 " VALUES (?, 'history', ?, ?, ?)",
-                (round_id, row.get("accuracy"), json.dumps(row), now()),
+                (round_id, row.accuracy, json.dumps(row.to_json()), now()),
             )
 
-    def history(self) -> list[dict[str, Any]]:
+    def history(self) -> list[HistoryRow]:
         rows = self._db.execute("SELECT data FROM metrics WHERE name = 'history' ORDER BY round_id")
-        return [json.loads(r[0]) for r in rows]
+        return [HistoryRow.from_json(json.loads(r[0])) for r in rows]
 
     # -- stats --------------------------------------------------------------------------
 
