@@ -48,3 +48,44 @@ class HistoryRow:
         ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass(frozen=True)
+class ClassMetrics:
+    """One class on the held-out split."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """A model on the held-out split. ``roc_auc`` is None when the split lacks a class (it
+    is undefined then)."""
+
+    count: int
+    accuracy: float
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    roc_auc: float | None
+    per_class: dict[str, ClassMetrics]
+    confusion_matrix: list[list[int]]
+    classes: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Metrics:
+        per_class = {name: ClassMetrics(**row) for name, row in data["per_class"].items()}
+        known = {f.name for f in fields(cls)} - {"per_class"}
+        return cls(per_class=per_class, **{k: v for k, v in data.items() if k in known})
+
+    @staticmethod
+    def stored(meta: Mapping[str, Any]) -> Metrics | None:
+        """The metrics a checkpoint's meta carries, if it was evaluated."""
+        found = meta.get("metrics")
+        return Metrics.from_json(found) if found else None

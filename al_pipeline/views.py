@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from al_pipeline.model.evaluate import EvaluationReport
     from al_pipeline.model.predict import Prediction
     from al_pipeline.model.train import TrainReport
-    from al_pipeline.records import HistoryRow
+    from al_pipeline.records import HistoryRow, Metrics
     from al_pipeline.store.state import CheckpointRow, PoolStats
     from al_pipeline.store.workspace import InitResult
 
@@ -209,10 +209,10 @@ def pool_stats(rows: Sequence[PoolStats], workspace: str) -> None:
 # -- models -------------------------------------------------------------------------------
 
 
-def metrics(values: dict[str, Any], title: str) -> None:
+def metrics(values: Metrics, title: str) -> None:
     summary = Table(title=title, show_header=False)
     for key in ("count", "accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc"):
-        value = values.get(key)
+        value = getattr(values, key)
         summary.add_row(
             key, "n/a" if value is None else f"{value:.4f}" if key != "count" else str(value)
         )
@@ -220,21 +220,17 @@ def metrics(values: dict[str, Any], title: str) -> None:
     per_class = Table(title="Per class")
     for column in ("class", "precision", "recall", "f1", "support"):
         per_class.add_column(column, justify="left" if column == "class" else "right")
-    for name, row in values["per_class"].items():
+    for name, row in values.per_class.items():
         per_class.add_row(
-            name,
-            f"{row['precision']:.3f}",
-            f"{row['recall']:.3f}",
-            f"{row['f1']:.3f}",
-            str(row["support"]),
+            name, f"{row.precision:.3f}", f"{row.recall:.3f}", f"{row.f1:.3f}", str(row.support)
         )
     out.print(per_class)
     matrix = Table(title="Confusion matrix (rows: true, columns: predicted)")
     matrix.add_column("")
-    for name in values["classes"]:
+    for name in values.classes:
         matrix.add_column(name, justify="right")
-    for name, row in zip(values["classes"], values["confusion_matrix"], strict=True):
-        matrix.add_row(name, *(str(v) for v in row))
+    for name, cells in zip(values.classes, values.confusion_matrix, strict=True):
+        matrix.add_row(name, *(str(v) for v in cells))
     out.print(matrix)
 
 
@@ -281,8 +277,8 @@ def checkpoints(rows: Sequence[CheckpointRow]) -> None:
     for column in ("tag", "backbone", "size", "labelled", "accuracy", "macro F1", "created"):
         table.add_column(column)
     for r in rows:
-        found = r.meta.get("metrics") or {}
-        acc, f1 = found.get("accuracy"), found.get("macro_f1")
+        found = r.metrics
+        acc, f1 = (found.accuracy, found.macro_f1) if found else (None, None)
         table.add_row(
             r.tag,
             r.backbone,

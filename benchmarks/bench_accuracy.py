@@ -49,7 +49,7 @@ def run(
             fine_tune_epochs=args.fine_tune_epochs,
         )
         report = train(config, state, settings, progress=_printer(name))
-    metrics = report.metrics or {}
+    metrics = report.metrics.to_json() if report.metrics else {}
     meta = json.loads((report.path / "meta.json").read_text(encoding="utf-8"))
     row = {
         "dataset": name,

@@ -42,11 +42,11 @@ def test_real_photos_train_to_high_held_out_accuracy(trained: Trained) -> None:
     assert report.labelled == 200 and report.per_class == {"with_mask": 100, "without_mask": 100}
     # 200 for training and 100 for the test split: the count says what was computed.
     assert report.features_computed == 300
-    assert report.metrics is not None and report.metrics["count"] == 100
-    assert report.metrics["accuracy"] >= 0.9
+    assert report.metrics is not None and report.metrics.count == 100
+    assert report.metrics.accuracy >= 0.9
     meta = json.loads((report.path / "meta.json").read_text())
     assert meta["backbone"] == "mobilenet_v2" and meta["features_digest"].startswith("sha256:")
-    assert meta["metrics"]["accuracy"] == report.metrics["accuracy"]
+    assert meta["metrics"]["accuracy"] == report.metrics.accuracy
 
 
 @pytest.mark.integration
@@ -54,7 +54,7 @@ def test_second_scoring_computes_no_backbone_features(trained: Trained) -> None:
     config = trained.config
     with State(config.database) as state:
         again = evaluate(config, state)
-        assert again.metrics["accuracy"] == trained.report.metrics["accuracy"]
+        assert again.metrics["accuracy"] == trained.report.metrics.accuracy
         _, checkpoint = find_checkpoint(config, state, None)
         test = state.labelled_items("test")
         scored = score(config, state, checkpoint, [(i.sha256, config.root / i.path) for i in test])
@@ -216,7 +216,7 @@ def test_fine_tuning_on_real_photos(trained: Trained, tmp_path: Path) -> None:
         )
     meta = load_checkpoint(report.path).meta
     assert meta["fine_tuned"] and meta["features_digest"].startswith("weights:")
-    assert report.metrics is not None and report.metrics["accuracy"] >= 0.8
+    assert report.metrics is not None and report.metrics.accuracy >= 0.8
 
 
 @pytest.mark.integration

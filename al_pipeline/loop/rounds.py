@@ -34,7 +34,7 @@ from al_pipeline.model.score import find_checkpoint, head_probabilities, workspa
 from al_pipeline.model.train import history_row, train
 from al_pipeline.paths import at_least
 from al_pipeline.progress import Progress, silent
-from al_pipeline.records import HistoryRow
+from al_pipeline.records import HistoryRow, Metrics
 from al_pipeline.selection.strategies import Pool, get_strategy, select
 from al_pipeline.store.state import ItemRef, QueuedItem, QueueEntry, RoundRow, State
 
@@ -279,14 +279,14 @@ def _train_and_record(
     if registered is None:
         tag = f"round-{open_round.id:03d}"
         train(config, state, settings, tag=tag, round_id=open_round.id, progress=progress)
-    elif not registered.meta.get("metrics") and state.labelled_items("test"):
+    elif registered.metrics is None and state.labelled_items("test"):
         # Killed between registering the round's model and evaluating it: evaluate now, so
         # the row is the one a clean run records.
         evaluate(config, state, registered.tag, progress)
     row_checkpoint = state.round_checkpoint(open_round.id)
     assert row_checkpoint is not None
     previous = state.checkpoint_before(row_checkpoint.id)
-    metrics = row_checkpoint.meta.get("metrics") or {}
+    metrics = row_checkpoint.metrics
     change = _pool_change(
         config, state, row_checkpoint.tag, previous.tag if previous else None, progress
     )
@@ -302,7 +302,7 @@ def _record_untrained(config: Config, state: State, open_round: RoundRow) -> His
         config,
         state,
         open_round,
-        {},
+        None,
         None,
         0.0,
         None,
@@ -344,7 +344,7 @@ class RunReport:
 
     rows: list[HistoryRow] = field(default_factory=list)
     stopped_because: str = ""
-    initial: dict[str, Any] | None = None
+    initial: Metrics | None = None
 
 
 def start_unless_open(

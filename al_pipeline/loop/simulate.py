@@ -154,7 +154,7 @@ def _full_data_accuracy(
         _reveal(run_state, hidden, list(hidden))
         report = train(run_config, run_state, settings, tag="full-data", progress=progress)
     assert report.metrics is not None
-    return float(report.metrics["accuracy"])
+    return report.metrics.accuracy
 
 
 def _reveal(state: State, hidden: dict[int, str], item_ids: Sequence[int]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,6 +19,7 @@ from al_pipeline.model.embeddings import item_files
 from al_pipeline.model.network import write_meta
 from al_pipeline.model.score import find_checkpoint, score
 from al_pipeline.progress import Progress, silent
+from al_pipeline.records import ClassMetrics, Metrics
 from al_pipeline.store.state import State
 
 
@@ -28,14 +28,14 @@ class EvaluationReport:
     """What ``al evaluate`` measured."""
 
     tag: str
-    metrics: dict[str, Any]
+    metrics: Metrics
     skipped: list[tuple[str, str]] = field(default_factory=list)
     features_computed: int = 0
 
 
 def compute_metrics(
     truth: NDArray[np.int64], probabilities: NDArray[np.float32], classes: tuple[str, ...]
-) -> dict[str, Any]:
+) -> Metrics:
     """Accuracy, per-class and macro precision / recall / F1, ROC-AUC, confusion matrix.
 
     ROC-AUC is binary for 2 classes and one-vs-rest macro for more; it is None when the
@@ -49,25 +49,20 @@ def compute_metrics(
     macro = precision_recall_fscore_support(
         truth, predicted, labels=labels, average="macro", zero_division=0
     )
-    return {
-        "count": len(truth),
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "macro_precision": float(macro[0]),
-        "macro_recall": float(macro[1]),
-        "macro_f1": float(macro[2]),
-        "roc_auc": _roc_auc(truth, probabilities, labels),
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
+    return Metrics(
+        count=len(truth),
+        accuracy=float(accuracy_score(truth, predicted)),
+        macro_precision=float(macro[0]),
+        macro_recall=float(macro[1]),
+        macro_f1=float(macro[2]),
+        roc_auc=_roc_auc(truth, probabilities, labels),
+        per_class={
+            name: ClassMetrics(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
             for i, name in enumerate(classes)
         },
-        "confusion_matrix": confusion_matrix(truth, predicted, labels=labels).tolist(),
-        "classes": list(classes),
-    }
+        confusion_matrix=confusion_matrix(truth, predicted, labels=labels).tolist(),
+        classes=list(classes),
+    )
 
 
 def _roc_auc(
@@ -97,7 +92,7 @@ def evaluate(
     truth = np.array([config.class_index(test[p].label) for p in scored.positions])
     metrics = compute_metrics(truth, scored.probabilities, config.classes)
     state.record_evaluation(row.id, metrics)
-    write_meta(checkpoint.path, checkpoint.meta | {"metrics": metrics})
+    write_meta(checkpoint.path, checkpoint.meta | {"metrics": metrics.to_json()})
     return EvaluationReport(
         row.tag,
         metrics,

@@ -10,7 +10,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -32,7 +31,7 @@ from al_pipeline.model.network import (
 from al_pipeline.model.score import workspace_backbone
 from al_pipeline.paths import plain_name
 from al_pipeline.progress import Progress, silent
-from al_pipeline.records import STARTING_POINT, HistoryRow
+from al_pipeline.records import STARTING_POINT, HistoryRow, Metrics
 from al_pipeline.store.state import LabelledItem, RoundRow, State, now
 
 
@@ -49,7 +48,7 @@ class TrainReport:
     features_computed: int
     seconds: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    metrics: dict[str, Any] | None = None
+    metrics: Metrics | None = None
 
 
 def check_labels(config: Config, items: list[LabelledItem]) -> dict[str, int]:
@@ -161,8 +160,7 @@ def train(
         report.metrics = evaluation.metrics
         report.features_computed += evaluation.features_computed
     if round_id is None and not state.rounds():
-        metrics = report.metrics or {}
-        row = history_row(config, state, None, metrics, None, training_seconds, tag)
+        row = history_row(config, state, None, report.metrics, None, training_seconds, tag)
         state.save_history(None, row)
     return report
 
@@ -217,7 +215,7 @@ def history_row(
     config: Config,
     state: State,
     open_round: RoundRow | None,
-    metrics: dict[str, Any],
+    metrics: Metrics | None,
     change: float | None,
     training_seconds: float,
     tag: str | None,
@@ -235,10 +233,10 @@ def history_row(
         batch_size=open_round.size if open_round else labelled,
         labeller=open_round.labeller if open_round else "import",
         labelled_per_class={c: counts.get(c, 0) for c in config.classes},
-        accuracy=metrics.get("accuracy"),
-        macro_f1=metrics.get("macro_f1"),
-        roc_auc=metrics.get("roc_auc"),
-        recall={c: v["recall"] for c, v in metrics.get("per_class", {}).items()},
+        accuracy=metrics.accuracy if metrics else None,
+        macro_f1=metrics.macro_f1 if metrics else None,
+        roc_auc=metrics.roc_auc if metrics else None,
+        recall={c: v.recall for c, v in metrics.per_class.items()} if metrics else {},
         pool_change=change,
         selection_seconds=selection,
         training_seconds=round(training_seconds, 2),

@@ -105,14 +105,14 @@ def _seconds(value: Any) -> str:
 
 def _confusion_matrix(state: State) -> str:
     latest = state.checkpoint()
-    metrics = latest.meta.get("metrics") if latest else None
+    metrics = latest.metrics if latest else None
     if not metrics:
         return ""
-    classes = metrics["classes"]
+    classes = metrics.classes
     head = "".join(f"<th>{html.escape(c)}</th>" for c in classes)
     body = "".join(
         f"<tr><th>{html.escape(c)}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
-        for c, row in zip(classes, metrics["confusion_matrix"], strict=True)
+        for c, row in zip(classes, metrics.confusion_matrix, strict=True)
     )
     return (
         f"<h2>Confusion matrix ({html.escape(latest.tag if latest else '')}; rows true, "

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from al_pipeline.errors import StateError, explain
-from al_pipeline.records import HistoryRow
+from al_pipeline.records import HistoryRow, Metrics
 
 LABEL_SOURCES = ("import", "human", "oracle")
 
@@ -272,6 +272,11 @@ class CheckpointRow:
     meta: dict[str, Any]
     created_at: str
     round_id: int | None = None
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """Its held-out metrics, once evaluated."""
+        return Metrics.stored(self.meta)
 
 
 @dataclass(frozen=True)
@@ -754,13 +759,13 @@ class State:
     def checkpoints(self) -> list[CheckpointRow]:
         return [_checkpoint(r) for r in self._db.execute("SELECT * FROM checkpoints ORDER BY id")]
 
-    def record_evaluation(self, checkpoint_id: int, metrics: dict[str, Any]) -> None:
+    def record_evaluation(self, checkpoint_id: int, metrics: Metrics) -> None:
         """Store an evaluation as the checkpoint's metrics (replacing an earlier one)."""
         with self.atomic():
             row = self._db.execute(
                 "SELECT round_id, meta FROM checkpoints WHERE id = ?", (checkpoint_id,)
             ).fetchone()
-            meta = json.loads(row["meta"]) | {"metrics": metrics}
+            meta = json.loads(row["meta"]) | {"metrics": metrics.to_json()}
             self._db.execute(
                 "UPDATE checkpoints SET meta = ? WHERE id = ?", (json.dumps(meta), checkpoint_id)
             )
@@ -774,8 +779,8 @@ class State:
                 (
                     checkpoint_id,
                     row["round_id"],
-                    metrics.get("accuracy"),
-                    json.dumps(metrics),
+                    metrics.accuracy,
+                    json.dumps(metrics.to_json()),
                     now(),
                 ),
             )
