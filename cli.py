@@ -1,7 +1,7 @@
 """`al`: the terminal front end of al-pipeline.
 
-Each command parses its options, calls one ``al_pipeline`` function and renders the
-result with rich. Library errors (``PipelineError``) become a one-paragraph message and
+Each command resolves the workspace, calls one ``al_pipeline`` function and renders the
+result through ``al_pipeline.views`` (or as JSON with ``--json``). Library errors (``PipelineError``) become a one-paragraph message and
 exit code 1; ``--verbose`` adds the traceback.
 """
 
