@@ -1,8 +1,9 @@
 """`al`: the terminal front end of al-pipeline.
 
 Each command resolves the workspace, calls one ``al_pipeline`` function and renders the
-result through ``al_pipeline.views`` (or as JSON with ``--json``). Library errors (``PipelineError``) become a one-paragraph message and
-exit code 1; ``--verbose`` adds the traceback.
+result through ``al_pipeline.views`` (or as JSON with ``--json``). Library errors
+(``PipelineError``) become a one-paragraph message and exit code 1; ``--verbose`` adds
+the traceback.
 """
 
 from __future__ import annotations
