@@ -54,7 +54,7 @@ def test_second_scoring_computes_no_backbone_features(trained: Trained) -> None:
     config = trained.config
     with State(config.database) as state:
         again = evaluate(config, state)
-        assert again.metrics["accuracy"] == trained.report.metrics.accuracy
+        assert again.metrics.accuracy == trained.report.metrics.accuracy
         _, checkpoint = find_checkpoint(config, state, None)
         test = state.labelled_items("test")
         scored = score(config, state, checkpoint, [(i.sha256, config.root / i.path) for i in test])
