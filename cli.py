@@ -543,8 +543,8 @@ def history(
     from al_pipeline.reporting.history import export_history
 
     with reading() as (config, state):
-        written = export_history(state, csv_file, parquet, plot)
         rows = state.history()
+        written = export_history(rows, csv_file, parquet, plot)
     for path in written:
         views.note(f"Wrote {path}")
     if as_json or not written:

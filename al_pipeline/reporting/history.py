@@ -55,10 +55,12 @@ def write_table(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def export_history(
-    state: State, csv_file: Path | None, parquet: Path | None, plot: Path | None
+    rows: Sequence[HistoryRow], csv_file: Path | None, parquet: Path | None, plot: Path | None
 ) -> list[Path]:
     """Write the history as CSV, Parquet and a learning curve, as named; the files written."""
-    frame = load_history(state)
+    if csv_file is None and parquet is None and plot is None:
+        return []
+    frame = history_frame(rows)
     written = [write_table(frame, path) for path in (csv_file, parquet) if path is not None]
     if plot is not None:
         plot_learning_curve(frame, plot)
