@@ -46,8 +46,7 @@ class HistoryRow:
     def from_json(cls, data: Mapping[str, Any]) -> HistoryRow:
         """A stored row; keys a later version added get their defaults, unknown ones are
         ignored."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
+        return cls(**_known(cls, data))
 
 
 @dataclass(frozen=True)
@@ -84,8 +83,64 @@ class Metrics:
         known = {f.name for f in fields(cls)} - {"per_class"}
         return cls(per_class=per_class, **{k: v for k, v in data.items() if k in known})
 
-    @staticmethod
-    def stored(meta: Mapping[str, Any]) -> Metrics | None:
-        """The metrics a checkpoint's meta carries, if it was evaluated."""
-        found = meta.get("metrics")
-        return Metrics.from_json(found) if found else None
+
+def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of ``data`` that ``cls`` has fields for: keys a later version added are
+    ignored, and fields an earlier version lacked get their defaults."""
+    names = {f.name for f in fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint was trained from and on. Written beside the model as ``meta.json``
+    (so the folder explains itself) and kept in the state database."""
+
+    backbone: str
+    image_size: int
+    features_digest: str
+    tag: str = ""
+    pretrained: bool = True
+    precision: str = "float32"
+    classes: list[str] = field(default_factory=list)
+    fine_tuned: bool = False
+    fine_tune_layers: int = 0
+    labelled_count: int = 0
+    per_class: dict[str, int] = field(default_factory=dict)
+    epochs: int = 0
+    seed: int = 0
+    round_id: int | None = None
+    training_seconds: float = 0.0
+    created_at: str = ""
+    metrics: Metrics | None = None  # held-out metrics, once evaluated
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.metrics is None:
+            del data["metrics"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CheckpointMeta:
+        """Raises KeyError or TypeError on a meta that lacks what loading a model needs."""
+        known = _known(cls, data)
+        found = known.pop("metrics", None)
+        return cls(metrics=Metrics.from_json(found) if found else None, **known)
+
+
+@dataclass(frozen=True)
+class RoundParams:
+    """How a round's queue was chosen, recorded when it starts."""
+
+    balance: bool = False  # the strategy was wrapped to balance classes
+    selection_seconds: float = 0.0
+    pool_size: int = 0
+    cold_start: bool = False  # no model yet: picked without predictions
+    model: str | None = None  # tag of the checkpoint that scored the pool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RoundParams:
+        return cls(**_known(cls, data))

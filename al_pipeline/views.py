@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from al_pipeline.model.predict import Prediction
     from al_pipeline.model.train import TrainReport
     from al_pipeline.records import HistoryRow, Metrics
-    from al_pipeline.store.state import CheckpointRow, PoolStats
+    from al_pipeline.store.items import PoolStats
+    from al_pipeline.store.models import CheckpointRow
     from al_pipeline.store.workspace import InitResult
 
 out = Console()

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from al_pipeline import __version__
 from al_pipeline.config import Config
+from al_pipeline.records import RoundParams
 from cli import app
 from tests.conftest import Trained, copy_workspace, face_like, modules_after, strict_json
 
@@ -220,13 +221,16 @@ def test_reporting_commands_never_load_the_model_stack(
 ) -> None:
     """`round status` answered in 7-14 s when it imported Keras to print counts."""
     from al_pipeline.ingest.folders import add_folder
-    from al_pipeline.store.state import QueueEntry, open_state
+    from al_pipeline.store.rounds import QueueEntry
+    from al_pipeline.store.state import open_state
 
     make_images(tmp_path / "photos", 3)
     with open_state(workspace.database) as state:
         add_folder(workspace, state, tmp_path / "photos")
         first = state.selectable_items()[0]
-        state.start_round("random", "oracle", {}, [QueueEntry(first.item_id, 0, None, None, None)])
+        state.start_round(
+            "random", "oracle", RoundParams(), [QueueEntry(first.item_id, 0, None, None, None)]
+        )
     for command in REPORTING:
         done, loaded = modules_after(workspace.root, *command, watch=HEAVY)
         assert loaded == [], (command, done.stdout, done.stderr)

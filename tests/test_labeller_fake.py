@@ -15,7 +15,10 @@ from al_pipeline.labelling.labelstudio.client import LabelStudioError
 from al_pipeline.labelling.labelstudio.connection import Connection
 from al_pipeline.labelling.labelstudio.fields import ITEM_KEY, ROUND_KEY
 from al_pipeline.labelling.labelstudio.labeller import LabelStudioLabeller
-from al_pipeline.store.state import PulledLabel, QueuedItem, QueueEntry, State
+from al_pipeline.records import RoundParams
+from al_pipeline.store.labels import PulledLabel
+from al_pipeline.store.rounds import QueuedItem, QueueEntry
+from al_pipeline.store.state import State
 from tests.fake_labelstudio import FakeLabelStudio
 
 Setup = tuple[LabelStudioLabeller, FakeLabelStudio, State]
@@ -34,7 +37,7 @@ def setup(
 
 def open_round(state: State, items: list[int], model: str | None = "initial") -> int:
     entries = [QueueEntry(i, n, "with_mask", 0.6, 0.4) for n, i in enumerate(items)]
-    params = {"model": model} if model else {}
+    params = RoundParams(model=model)
     return state.start_round("margin", "labelstudio", params, entries)
 
 

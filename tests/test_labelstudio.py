@@ -32,7 +32,8 @@ from al_pipeline.loop.rounds import RoundStarted, finish, start
 from al_pipeline.loop.status import RoundError, status
 from al_pipeline.model.network import TrainingSettings
 from al_pipeline.model.train import train
-from al_pipeline.store.state import PulledLabel, State
+from al_pipeline.store.labels import PulledLabel
+from al_pipeline.store.state import State
 from cli import app
 from tests.conftest import StudioServer, copy_workspace, free_port, modules_after, strict_json
 
@@ -389,8 +390,8 @@ def test_updated_and_deleted_annotations_are_reconciled(
         assert after.labelled == 0 and after.pending == 3
         assert state.current_labels([item]) == {}
         history = state.label_history(item)
-        assert [h["class_name"] for h in history] == ["with_mask", "without_mask"]
-        assert all(h["retired_at"] for h in history)
+        assert [h.class_name for h in history] == ["with_mask", "without_mask"]
+        assert all(h.retired_at for h in history)
 
 
 @pytest.mark.integration
@@ -415,9 +416,9 @@ def test_several_annotators_majority_wins_and_a_tie_waits(
         assert (current.labelled, current.pending) == (1, 1)
         tied_item, outvoted_item = tied.data["al_item"], outvoted.data["al_item"]
         assert current.unresolved == [tied_item]
-        [label] = [h for h in state.label_history(outvoted_item) if not h["retired_at"]]
-        assert label["class_name"] == "without_mask"
-        assert "ann@" in label["annotator"] and "cy@" in label["annotator"]
+        [label] = [h for h in state.label_history(outvoted_item) if not h.retired_at]
+        assert label.class_name == "without_mask"
+        assert "ann@" in str(label.annotator) and "cy@" in str(label.annotator)
         with pytest.raises(RoundError, match=f"no majority on items \\[{tied_item}\\]"):
             finish(config, state, labeller, SETTINGS)
 

@@ -32,6 +32,7 @@ from al_pipeline.model.network import (
 from al_pipeline.model.predict import predict_files
 from al_pipeline.model.score import find_checkpoint, score
 from al_pipeline.model.train import train
+from al_pipeline.records import CheckpointMeta
 from al_pipeline.store.state import State
 from tests.conftest import VOC, Trained, copy_workspace, face_like, run_al, shared_or_skip
 
@@ -71,7 +72,9 @@ def test_backbone_change_invalidates_the_cache(trained: Trained, tmp_path: Path)
         other = build_backbone("mobilenet_v2", 96, Weights("imagenet"), config.keras_home)
         head = build_head(other.dim, 2)
         folder = save_checkpoint(
-            build_classifier(other, head), tmp_path / "other", checkpoint.meta | {"image_size": 96}
+            build_classifier(other, head),
+            tmp_path / "other",
+            replace(checkpoint.meta, image_size=96),
         )
         scored = score(config, state, load_checkpoint(folder), items)
         assert scored.computed == 20
@@ -135,13 +138,7 @@ def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
     backbone = build_backbone("basic_cnn", 32, Weights("none"), tmp_path)
     model = build_classifier(backbone, build_head(backbone.dim, 3))
     pixels = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
-    meta = {
-        "backbone": "basic_cnn",
-        "image_size": 32,
-        "features_digest": "x",
-        "pretrained": False,
-        "classes": ["a", "b", "c"],
-    }
+    meta = CheckpointMeta("basic_cnn", 32, "x", pretrained=False, classes=["a", "b", "c"])
     loaded = load_checkpoint(save_checkpoint(model, tmp_path / "ck", meta))
     np.testing.assert_array_equal(
         model.predict_on_batch(pixels), loaded.model.predict_on_batch(pixels)
@@ -189,7 +186,7 @@ def test_from_scratch_cnn_trains_end_to_end(
     add_folder(config, state, tmp_path / "pool", labelled=True)
     report = train(config, state, TrainingSettings(epochs=2, fine_tune_epochs=1))
     assert report.fine_tuned and report.metrics is None
-    assert load_checkpoint(report.path).meta["features_digest"].startswith("weights:")
+    assert load_checkpoint(report.path).meta.features_digest.startswith("weights:")
 
 
 @pytest.mark.integration
@@ -215,7 +212,7 @@ def test_fine_tuning_on_real_photos(trained: Trained, tmp_path: Path) -> None:
             tag="tuned",
         )
     meta = load_checkpoint(report.path).meta
-    assert meta["fine_tuned"] and meta["features_digest"].startswith("weights:")
+    assert meta.fine_tuned and meta.features_digest.startswith("weights:")
     assert report.metrics is not None and report.metrics.accuracy >= 0.8
 
 

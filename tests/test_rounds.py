@@ -23,7 +23,8 @@ from al_pipeline.loop.rounds import RunPlan, finish, run, start
 from al_pipeline.loop.status import RoundError, status
 from al_pipeline.loop.stopping import stopping_rules
 from al_pipeline.model.network import TrainingSettings
-from al_pipeline.store.state import QueuedItem, State
+from al_pipeline.store.rounds import QueuedItem
+from al_pipeline.store.state import State
 from cli import app
 from tests.conftest import REPO, copy_workspace, run_al
 

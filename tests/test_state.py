@@ -14,7 +14,12 @@ from typer.testing import CliRunner
 
 from al_pipeline.config import Config
 from al_pipeline.errors import StateError
-from al_pipeline.store.state import SCHEMA_VERSION, NewItem, PulledLabel, QueueEntry, State
+from al_pipeline.records import RoundParams
+from al_pipeline.store.db import SCHEMA_VERSION
+from al_pipeline.store.items import NewItem
+from al_pipeline.store.labels import PulledLabel
+from al_pipeline.store.rounds import QueueEntry
+from al_pipeline.store.state import State
 from cli import app
 from tests.conftest import snapshot
 
@@ -93,7 +98,7 @@ def test_pulled_labels_are_recorded_retracted_and_skipped(tmp_path: Path) -> Non
         pool = state.add_pool("p", tmp_path)
         state.insert_items(pool.id, [_item(n) for n in (1, 2, 3)])
         entries = [QueueEntry(n, n, "a", 0.6, 0.4) for n in (1, 2, 3)]
-        round_id = state.start_round("margin", "labelstudio", {}, entries)
+        round_id = state.start_round("margin", "labelstudio", RoundParams(), entries)
         first = [PulledLabel(1, "a", "human", "ann", "ls:1"), PulledLabel(2, "b", "human")]
         assert state.record_pulled(round_id, first, skipped=[3]) == 2
         assert state.record_pulled(round_id, first) == 0  # the same labels: nothing new
@@ -104,12 +109,12 @@ def test_pulled_labels_are_recorded_retracted_and_skipped(tmp_path: Path) -> Non
         assert state.current_label(1) is None and state.current_label(2) == "b"
         assert {q.item_id: q.state for q in state.queue(round_id)}[1] == "pending"
         history = state.label_history(1)
-        assert len(history) == 1 and history[0]["retired_at"] is not None
+        assert len(history) == 1 and history[0].retired_at is not None
 
         changed = [PulledLabel(1, "b", "human", "rev", "ls:2")]
         assert state.record_pulled(round_id, changed) == 1
         assert state.current_label(1) == "b"
-        assert [h["annotator"] for h in state.label_history(1)] == ["ann", "rev"]
+        assert [h.annotator for h in state.label_history(1)] == ["ann", "rev"]
 
 
 def test_latest_label_is_current_and_history_is_kept(tmp_path: Path) -> None:
@@ -177,9 +182,9 @@ def test_a_write_lock_held_by_another_process_ends_in_one_line(
 ) -> None:
     """Another program (a sqlite3 shell, say) holds a write transaction for longer than the
     busy timeout: the command says so and changes nothing."""
-    import al_pipeline.store.state as state_module
+    import al_pipeline.store.db as db_module
 
-    monkeypatch.setattr(state_module, "BUSY_SECONDS", 1.0)
+    monkeypatch.setattr(db_module, "BUSY_SECONDS", 1.0)
     holder = subprocess.Popen(
         [
             sys.executable,

@@ -26,7 +26,8 @@ from al_pipeline.ingest.images import (
 from al_pipeline.ingest.split import SplitSummary, assign_test_split
 from al_pipeline.paths import name_from, plain_name, write_csv
 from al_pipeline.progress import Progress, silent
-from al_pipeline.store.state import KnownFile, KnownItem, NewItem, Pool, State
+from al_pipeline.store.items import KnownFile, KnownItem, NewItem, Pool
+from al_pipeline.store.state import State
 
 BATCH = 128
 WORKERS = min(4, os.cpu_count() or 1)

@@ -20,7 +20,8 @@ from PIL import Image
 from al_pipeline.config import Config
 from al_pipeline.ingest.images import load_rgb, near_duplicate_hashes
 from al_pipeline.progress import Progress, silent
-from al_pipeline.store.state import SplitCandidate, State
+from al_pipeline.store.items import SplitCandidate
+from al_pipeline.store.state import State
 
 HASH_BATCH = 256
 

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from al_pipeline.store.state import PulledLabel, QueuedItem
+from al_pipeline.store.labels import PulledLabel
+from al_pipeline.store.rounds import QueuedItem
 
 
 @dataclass

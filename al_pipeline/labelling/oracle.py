@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from al_pipeline.labelling.base import Pulled
-from al_pipeline.store.state import PulledLabel, QueuedItem, State
+from al_pipeline.store.labels import PulledLabel
+from al_pipeline.store.rounds import QueuedItem
+from al_pipeline.store.state import State
 
 
 class OracleLabeller:

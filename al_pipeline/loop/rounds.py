@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,9 +33,11 @@ from al_pipeline.model.score import find_checkpoint, head_probabilities, workspa
 from al_pipeline.model.train import history_row, train
 from al_pipeline.paths import at_least
 from al_pipeline.progress import Progress, silent
-from al_pipeline.records import HistoryRow, Metrics
+from al_pipeline.records import HistoryRow, Metrics, RoundParams
 from al_pipeline.selection.strategies import Pool, get_strategy, select
-from al_pipeline.store.state import ItemRef, QueuedItem, QueueEntry, RoundRow, State
+from al_pipeline.store.items import ItemRef
+from al_pipeline.store.rounds import QueuedItem, QueueEntry, RoundRow
+from al_pipeline.store.state import State
 
 PREDICTIONS_FILE = "pool_predictions.npz"
 
@@ -115,14 +116,14 @@ def start(
     seconds = time.perf_counter() - began
     progress("Selecting", 1, 1)
     entries = _entries(config, [items[i] for i in embedded.positions], picked, pool_probs)
-    model_tag = str(checkpoint.meta.get("tag")) if checkpoint else None
-    params: dict[str, Any] = {
-        "balance": balance,
-        "selection_seconds": round(seconds, 3),
-        "pool_size": len(embedded.rows),
-        "cold_start": pool_probs is None,
-        "model": model_tag,
-    }
+    model_tag = checkpoint.meta.tag if checkpoint else None
+    params = RoundParams(
+        balance=balance,
+        selection_seconds=round(seconds, 3),
+        pool_size=len(embedded.rows),
+        cold_start=pool_probs is None,
+        model=model_tag,
+    )
     round_id = state.start_round(strategy, labeller.name, params, entries)
     queued = _push(state, labeller, round_id)
     return RoundStarted(
@@ -154,10 +155,10 @@ def _resume(state: State, labeller: Labeller, open_round: RoundRow) -> RoundStar
         open_round.id,
         open_round.strategy,
         _push(state, labeller, open_round.id),
-        int(params.get("pool_size", 0)),
-        bool(params.get("cold_start")),
-        params.get("model"),
-        float(params.get("selection_seconds", 0.0)),
+        params.pool_size,
+        params.cold_start,
+        params.model,
+        params.selection_seconds,
         resumed=True,
         link=labeller.link(),
     )
@@ -290,7 +291,7 @@ def _train_and_record(
     change = _pool_change(
         config, state, row_checkpoint.tag, previous.tag if previous else None, progress
     )
-    seconds = float(row_checkpoint.meta.get("training_seconds", 0.0))
+    seconds = row_checkpoint.meta.training_seconds
     row = history_row(config, state, open_round, metrics, change, seconds, row_checkpoint.tag)
     state.save_history(open_round.id, row)
     return row

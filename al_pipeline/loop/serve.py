@@ -177,6 +177,6 @@ def _on_batch(
         report(f"Finished round {done.round_id}: {done.history.labelled} labels, {shown}")
         closed = state.round(done.round_id)
     assert closed is not None
-    balance = bool(closed.params.get("balance"))
+    balance = closed.params.balance
     _start_round(config, closed.strategy, closed.size, balance, report, progress)
     return True

@@ -28,7 +28,8 @@ from al_pipeline.paths import at_least, output_folder
 from al_pipeline.progress import Progress, silent
 from al_pipeline.reporting.history import history_frame
 from al_pipeline.selection.strategies import even_shares, get_strategy
-from al_pipeline.store.state import PulledLabel, State, open_state
+from al_pipeline.store.labels import PulledLabel
+from al_pipeline.store.state import State, open_state
 
 
 @dataclass

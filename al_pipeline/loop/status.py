@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from al_pipeline.errors import PipelineError
 from al_pipeline.labelling.base import Labeller, Pulled
 from al_pipeline.progress import Progress, silent
-from al_pipeline.store.state import RoundRow, State
+from al_pipeline.store.rounds import RoundRow
+from al_pipeline.store.state import State
 
 
 class RoundError(PipelineError):

@@ -26,7 +26,8 @@ from al_pipeline.ingest.images import file_state
 from al_pipeline.model.backbones import Backbone
 from al_pipeline.model.loader import image_batches
 from al_pipeline.progress import Progress, silent
-from al_pipeline.store.state import CachedRow, State
+from al_pipeline.store.embeddings import CachedRow
+from al_pipeline.store.state import State
 
 DTYPE = np.float16
 BATCH = 32

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -92,7 +92,7 @@ def evaluate(
     truth = np.array([config.class_index(test[p].label) for p in scored.positions])
     metrics = compute_metrics(truth, scored.probabilities, config.classes)
     state.record_evaluation(row.id, metrics)
-    write_meta(checkpoint.path, checkpoint.meta | {"metrics": metrics.to_json()})
+    write_meta(checkpoint.path, replace(checkpoint.meta, metrics=metrics))
     return EvaluationReport(
         row.tag,
         metrics,

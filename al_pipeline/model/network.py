@@ -15,7 +15,6 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -26,6 +25,7 @@ from al_pipeline.errors import PipelineError
 from al_pipeline.model.backbones import Backbone, Preprocess
 from al_pipeline.model.loader import WORKERS, decode
 from al_pipeline.paths import at_least, write_atomically
+from al_pipeline.records import CheckpointMeta
 
 MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
@@ -250,7 +250,7 @@ class Checkpoint:
 
     path: Path
     model: keras.Model
-    meta: dict[str, Any]
+    meta: CheckpointMeta
 
     @property
     def head(self) -> keras.Model:
@@ -258,17 +258,18 @@ class Checkpoint:
 
     def backbone(self) -> Backbone:
         extractor = self.model.get_layer("features")
+        meta = self.meta
         return Backbone(
-            self.meta["backbone"],
-            int(self.meta["image_size"]),
+            meta.backbone,
+            meta.image_size,
             extractor,
-            str(self.meta["features_digest"]),
-            bool(self.meta["pretrained"]),
-            str(self.meta.get("precision", "float32")),
+            meta.features_digest,
+            meta.pretrained,
+            meta.precision,
         )
 
 
-def save_checkpoint(model: keras.Model, folder: Path, meta: dict[str, Any]) -> Path:
+def save_checkpoint(model: keras.Model, folder: Path, meta: CheckpointMeta) -> Path:
     """Write ``model.keras`` and ``meta.json`` into ``folder`` atomically (all or nothing).
 
     The new folder is written beside the old one as ``.<tag>.partial``, then swapped in by
@@ -305,8 +306,8 @@ def is_own_leftover(folder: Path, tag: str) -> bool:
     return isinstance(meta, dict) and meta.get("tag") == tag
 
 
-def write_meta(folder: Path, meta: dict[str, Any]) -> None:
-    text = json.dumps(meta, indent=2, default=str).encode("utf-8")
+def write_meta(folder: Path, meta: CheckpointMeta) -> None:
+    text = json.dumps(meta.to_json(), indent=2).encode("utf-8")
     write_atomically(folder / META_FILE, lambda handle: handle.write(text), "the checkpoint meta")
 
 
@@ -330,12 +331,18 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     return checkpoint
 
 
-def _read_meta(folder: Path) -> dict[str, Any]:
+def _read_meta(folder: Path) -> CheckpointMeta:
     try:
-        meta: dict[str, Any] = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        return CheckpointMeta.from_json(
+            json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        )
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"Cannot read {folder / META_FILE}: {exc}.") from exc
-    return meta
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{folder / META_FILE} lacks what loading the model needs ({exc!r}). Restore it, "
+            "or train the checkpoint again with 'al train'."
+        ) from exc
 
 
 def _load(folder: Path) -> Checkpoint:

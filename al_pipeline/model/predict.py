@@ -88,7 +88,7 @@ def predict_files(
     """Classify whole images; unreadable files are reported, never fatal."""
     files = expand_paths(paths)
     results: dict[int, Prediction] = {}
-    size = int(checkpoint.meta["image_size"])
+    size = checkpoint.meta.image_size
     for batch in image_batches(files, size, BATCH):
         if batch.indices:
             probs = predict_padded(checkpoint.model, batch.pixels, BATCH)
@@ -107,7 +107,7 @@ def predict_faces(
     from al_pipeline.model.faces import FaceDetector
 
     detector = FaceDetector()
-    size = int(checkpoint.meta["image_size"])
+    size = checkpoint.meta.image_size
     files = expand_paths(paths)
     results: list[Prediction] = []
     for done, path in enumerate(files, start=1):

@@ -21,7 +21,8 @@ from al_pipeline.model.devices import resolve_precision
 from al_pipeline.model.embeddings import Embedded, embed
 from al_pipeline.model.network import Checkpoint, load_checkpoint, predict_proba
 from al_pipeline.progress import Progress, silent
-from al_pipeline.store.state import CheckpointRow, State
+from al_pipeline.store.models import CheckpointRow
+from al_pipeline.store.state import State
 
 
 class NoCheckpointError(PipelineError):
@@ -70,9 +71,9 @@ def find_checkpoint(
         what = f"No checkpoint '{tag}'" if tag else "No trained model yet"
         raise NoCheckpointError(f"{what} (checkpoints: {known}). Train one with 'al train'.")
     checkpoint = load_checkpoint(config.root / row.path)
-    if tuple(checkpoint.meta.get("classes", ())) != config.classes:
+    if tuple(checkpoint.meta.classes) != config.classes:
         raise NoCheckpointError(
-            f"Checkpoint '{row.tag}' was trained for classes {checkpoint.meta.get('classes')}, "
+            f"Checkpoint '{row.tag}' was trained for classes {checkpoint.meta.classes}, "
             f"but the workspace has {list(config.classes)}. Train a new one with 'al train'."
         )
     return row, checkpoint

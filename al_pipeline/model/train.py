@@ -31,8 +31,11 @@ from al_pipeline.model.network import (
 from al_pipeline.model.score import workspace_backbone
 from al_pipeline.paths import plain_name
 from al_pipeline.progress import Progress, silent
-from al_pipeline.records import STARTING_POINT, HistoryRow, Metrics
-from al_pipeline.store.state import LabelledItem, RoundRow, State, now
+from al_pipeline.records import STARTING_POINT, CheckpointMeta, HistoryRow, Metrics
+from al_pipeline.store.db import now
+from al_pipeline.store.items import LabelledItem
+from al_pipeline.store.rounds import RoundRow
+from al_pipeline.store.state import State
 
 
 @dataclass
@@ -115,24 +118,24 @@ def train(
     progress("Training", 1, 1)
     folder = config.checkpoints_dir / tag
     training_seconds = round(time.perf_counter() - started, 2)
-    meta = {
-        "tag": tag,
-        "backbone": backbone.name,
-        "image_size": backbone.image_size,
-        "pretrained": backbone.pretrained,
-        "precision": backbone.precision,
-        "features_digest": backbone.weights_digest,
-        "fine_tuned": fine_tuned,
-        "fine_tune_layers": settings.fine_tune_layers,
-        "classes": list(config.classes),
-        "labelled_count": len(kept),
-        "per_class": per_class,
-        "epochs": settings.epochs,
-        "seed": settings.seed,
-        "round_id": round_id,
-        "training_seconds": training_seconds,
-        "created_at": now(),
-    }
+    meta = CheckpointMeta(
+        tag=tag,
+        backbone=backbone.name,
+        image_size=backbone.image_size,
+        pretrained=backbone.pretrained,
+        precision=backbone.precision,
+        features_digest=backbone.weights_digest,
+        fine_tuned=fine_tuned,
+        fine_tune_layers=settings.fine_tune_layers,
+        classes=list(config.classes),
+        labelled_count=len(kept),
+        per_class=per_class,
+        epochs=settings.epochs,
+        seed=settings.seed,
+        round_id=round_id,
+        training_seconds=training_seconds,
+        created_at=now(),
+    )
     save_checkpoint(build_classifier(backbone, head), folder, meta)
     state.add_checkpoint(
         tag,
@@ -225,7 +228,7 @@ def history_row(
     the starting point and each round record alike."""
     counts = state.label_counts()
     labelled = sum(counts.values())
-    selection = open_round.params.get("selection_seconds") if open_round else None
+    selection = open_round.params.selection_seconds if open_round else None
     return HistoryRow(
         round=open_round.id if open_round else 0,
         strategy=open_round.strategy if open_round else STARTING_POINT,

@@ -13,7 +13,8 @@ from typing import TextIO
 
 from al_pipeline.config import CONFIG_FILE, Config, new_config, parse_classes, render_toml
 from al_pipeline.errors import BusyError, ConfigError
-from al_pipeline.store.state import State, now, open_state
+from al_pipeline.store.db import now
+from al_pipeline.store.state import State, open_state
 
 _GITIGNORE = (
     "# al-pipeline state and caches: not for version control\nstate.sqlite3*\ncache/\n.al.lock\n"

@@ -27,7 +27,9 @@ from al_pipeline.labelling.labelstudio.client import (
 )
 from al_pipeline.labelling.labelstudio.connection import Connection, connection
 from al_pipeline.labelling.labelstudio.fields import ITEM_KEY, ROUND_KEY, choice_result
-from al_pipeline.store.state import PulledLabel, QueuedItem, State
+from al_pipeline.store.labels import PulledLabel
+from al_pipeline.store.rounds import QueuedItem
+from al_pipeline.store.state import State
 
 IMPORT_BATCH = 100
 EXTERNAL_PREFIX = "ls:"
@@ -148,7 +150,7 @@ class LabelStudioLabeller:
 
     def _model_version(self, round_id: int) -> str | None:
         row = self.state.round(round_id)
-        model = row.params.get("model") if row else None
+        model = row.params.model if row else None
         return str(model) if model else None
 
     def _root(self) -> Path:
