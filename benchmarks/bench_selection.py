@@ -39,7 +39,7 @@ def main() -> None:
     from al_pipeline.model.backbones import Weights, build_backbone
     from al_pipeline.model.embeddings import Embedded, EmbeddingCache
     from al_pipeline.model.network import build_head, predict_proba
-    from al_pipeline.selection.strategies import Pool, select
+    from al_pipeline.selection.strategies import Pool, get_strategy, select
     from al_pipeline.store.state import open_state
 
     directory = Path(tempfile.mkdtemp())
@@ -83,7 +83,7 @@ def main() -> None:
     for name in ("margin", "entropy", "least_confidence", "random", "diverse"):
         pool = Pool(probabilities, read, args.rows, read(np.arange(200)), np.random.default_rng(0))
         started = time.perf_counter()
-        picked = select(name, pool, args.size)
+        picked, _ = select(get_strategy(name), pool, args.size)
         seconds = time.perf_counter() - started
         assert len(set(picked.tolist())) == args.size
         rows[name] = {
@@ -96,7 +96,7 @@ def main() -> None:
         )
     cold = Pool(None, read, args.rows, rng=np.random.default_rng(0))
     started = time.perf_counter()
-    select("margin", cold, args.size)
+    select(get_strategy("margin"), cold, args.size)
     rows["cold_start_seconds"] = round(time.perf_counter() - started, 2)
     rows["peak_memory_gib"] = round(peak_gib(), 2)
     print(

@@ -53,6 +53,7 @@ def test_cold_start_round_then_every_strategy_with_a_model(oracle_ws: Config) ->
         first = start(config, state, oracle, strategy="margin", size=20)
         assert first.cold_start and first.model is None and first.pool_size == 200
         check_queue(state, first.queued, 20)
+        assert all(q.utility is None for q in first.queued)  # cold start has no utility
         with pytest.raises(RoundError, match="still open"):
             start(config, state, oracle, strategy="margin", size=20)
         assert status(state).pending == 20
@@ -62,6 +63,8 @@ def test_cold_start_round_then_every_strategy_with_a_model(oracle_ws: Config) ->
             assert not started.cold_start and started.model == "round-001"
             check_queue(state, started.queued, 10)
             assert all(q.predicted_class and q.confidence for q in started.queued)
+            has_utility = [q.utility is not None for q in started.queued]
+            assert all(has_utility) if strategy != "random" else not any(has_utility)
             state.close_round(started.round_id)
 
 

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from al_pipeline.errors import ConfigError
-from al_pipeline.selection.strategies import STRATEGIES, Pool, select
+from al_pipeline.selection.strategies import (
+    STRATEGIES,
+    ClassBalancer,
+    Pool,
+    Positions,
+    get_strategy,
+    parse_strategy,
+    select,
+    strategy_for,
+)
 
 
 def make_pool(size: int = 500, classes: int = 2, seed: int = 0, cold: bool = False) -> Pool:
@@ -19,17 +28,23 @@ def make_pool(size: int = 500, classes: int = 2, seed: int = 0, cold: bool = Fal
     )
 
 
+def pick(name: str, pool: Pool, n: int, balance: bool = False) -> Positions:
+    return select(strategy_for(name, balance), pool, n)[0]
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 @pytest.mark.parametrize("cold", [False, True])
 def test_every_strategy_returns_n_distinct_positions(name: str, cold: bool) -> None:
     pool = make_pool(cold=cold)
-    picked = select(name, pool, 25)
+    picked, utilities = select(get_strategy(name), pool, 25)
     assert len(picked) == 25 and len(set(picked.tolist())) == 25
     assert picked.min() >= 0 and picked.max() < pool.size
+    assert utilities.shape == (25,)
+    assert np.isfinite(utilities).all() == (not cold and name != "random")
 
 
 def test_batch_larger_than_the_pool_takes_the_whole_pool() -> None:
-    assert sorted(select("margin", make_pool(size=7), 20).tolist()) == list(range(7))
+    assert sorted(pick("margin", make_pool(size=7), 20).tolist()) == list(range(7))
 
 
 def test_margin_picks_the_smallest_margins() -> None:
@@ -37,13 +52,14 @@ def test_margin_picks_the_smallest_margins() -> None:
     assert pool.probabilities is not None
     ordered = np.sort(pool.probabilities, axis=1)
     margins = ordered[:, -1] - ordered[:, -2]
-    picked = select("margin", pool, 10)
+    picked, utilities = select(get_strategy("margin"), pool, 10)
     assert set(picked.tolist()) == set(np.argsort(margins)[:10].tolist())
+    np.testing.assert_allclose(utilities, 1 - margins[picked], rtol=1e-6)
 
 
 def test_unknown_strategy_lists_the_choices() -> None:
     with pytest.raises(ConfigError, match=r"Unknown strategy 'foo'\. Choose one of: margin, "):
-        select("foo", make_pool(), 3)
+        strategy_for("foo")
 
 
 def test_cold_start_covers_every_cluster() -> None:
@@ -55,7 +71,7 @@ def test_cold_start_covers_every_cluster() -> None:
     ).astype(np.float32)
     cluster = np.repeat(np.arange(5), sizes)
     pool = Pool(None, lambda p: features[p], len(features), rng=np.random.default_rng(0))
-    picked = select("margin", pool, 5)
+    picked = pick("margin", pool, 5)
     assert sorted(cluster[picked].tolist()) == [0, 1, 2, 3, 4]
 
 
@@ -63,10 +79,10 @@ def test_balance_spreads_picks_over_predicted_classes() -> None:
     pool = make_pool(size=600, classes=3, seed=2)
     assert pool.probabilities is not None
     predicted = pool.probabilities.argmax(axis=1)
-    plain = predicted[select("margin", pool, 30)]
-    balanced = predicted[select("margin", pool, 30, balance=True)]
+    plain = predicted[pick("margin", pool, 30)]
+    balanced = predicted[pick("margin", pool, 30, balance=True)]
     assert np.bincount(balanced, minlength=3).tolist() == [10, 10, 10]
-    assert len(set(select("margin", pool, 30, balance=True).tolist())) == 30
+    assert len(set(pick("margin", pool, 30, balance=True).tolist())) == 30
     assert np.bincount(plain, minlength=3).min() <= 10
 
 
@@ -76,7 +92,7 @@ def test_balance_fills_from_the_rest_when_a_class_is_rare() -> None:
     pool.probabilities[:, 0] = 0.9
     pool.probabilities[:, 1] = 0.1
     pool.probabilities[:3] = [0.2, 0.8]
-    picked = select("entropy", pool, 20, balance=True)
+    picked = pick("entropy", pool, 20, balance=True)
     assert len(set(picked.tolist())) == 20 and {0, 1, 2} <= set(picked.tolist())
 
 
@@ -88,7 +104,23 @@ def test_diverse_does_not_take_many_copies_of_one_hard_image() -> None:
     probs[:40] = [0.51, 0.49]
     probs[40:80] = [0.55, 0.45]
     pool = Pool(probs, lambda p: features[p], 400, features[200:205], np.random.default_rng(0))
-    copies_margin = np.sum(select("margin", pool, 10) < 40)
-    copies_diverse = np.sum(select("diverse", pool, 10) < 40)
+    copies_margin = np.sum(pick("margin", pool, 10) < 40)
+    copies_diverse = np.sum(pick("diverse", pool, 10) < 40)
     assert copies_margin == 10
     assert copies_diverse <= 3
+
+
+def test_class_balancer_wraps_any_strategy_and_keeps_its_utilities() -> None:
+    pool = make_pool(size=300, classes=3, seed=5)
+    assert pool.probabilities is not None
+    picked, utilities = ClassBalancer(get_strategy("entropy"))(pool, 9)
+    assert np.bincount(pool.probabilities[picked].argmax(axis=1), minlength=3).tolist() == [3] * 3
+    entropy = -(pool.probabilities * np.log(pool.probabilities)).sum(axis=1)
+    np.testing.assert_allclose(utilities, entropy[picked], rtol=1e-5)
+
+
+def test_a_balanced_strategy_is_named_with_a_suffix() -> None:
+    assert parse_strategy("margin+balance") == ("margin", True)
+    assert parse_strategy("random") == ("random", False)
+    with pytest.raises(ConfigError, match="Unknown strategy 'nope'"):
+        parse_strategy("nope+balance")

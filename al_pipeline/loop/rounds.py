@@ -9,6 +9,7 @@ command again: labels are not written twice, a round's model is not trained twic
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -34,7 +35,7 @@ from al_pipeline.model.train import history_row, train
 from al_pipeline.paths import at_least
 from al_pipeline.progress import Progress, silent
 from al_pipeline.records import HistoryRow, Metrics, RoundParams
-from al_pipeline.selection.strategies import Pool, get_strategy, select
+from al_pipeline.selection.strategies import Picked, Pool, get_strategy, select, strategy_for
 from al_pipeline.store.items import ItemRef
 from al_pipeline.store.rounds import QueuedItem, QueueEntry, RoundRow
 from al_pipeline.store.state import State
@@ -85,7 +86,7 @@ def start(
     An open round whose push was interrupted is pushed again (resumed); any other open
     round is an error.
     """
-    get_strategy(strategy)
+    chosen = strategy_for(strategy, balance)
     at_least(size, 1, "--size")
     existing = state.open_round()
     if existing is not None:
@@ -112,7 +113,7 @@ def start(
         raise RoundError(
             "None of the pool's images could be read (see 'al pool stats'); nothing to select from."
         )
-    picked = select(strategy, pool, size, balance)
+    picked = select(chosen, pool, size)
     seconds = time.perf_counter() - began
     progress("Selecting", 1, 1)
     entries = _entries(config, [items[i] for i in embedded.positions], picked, pool_probs)
@@ -192,20 +193,19 @@ def _labelled_features(
 
 
 def _entries(
-    config: Config,
-    pool: list[ItemRef],
-    picked: NDArray[np.int64],
-    probs: NDArray[np.float32] | None,
+    config: Config, pool: list[ItemRef], picked: Picked, probs: NDArray[np.float32] | None
 ) -> list[QueueEntry]:
-    """Queue rows in selection order, with the model's guess and its confidence (the score
-    Label Studio sorts by, least confident first)."""
+    """Queue rows in selection order, with the model's guess, its confidence (the score
+    Label Studio sorts by, least confident first) and the strategy's utility."""
     entries = []
-    for position, index in enumerate(picked.tolist()):
+    positions, utilities = (part.tolist() for part in picked)
+    for position, (index, utility) in enumerate(zip(positions, utilities, strict=True)):
         predicted, confidence = None, None
         if probs is not None:
             best = int(np.argmax(probs[index]))
             predicted, confidence = config.classes[best], float(probs[index][best])
-        entries.append(QueueEntry(pool[index].item_id, position, predicted, confidence, confidence))
+        kept = None if math.isnan(utility) else utility
+        entries.append(QueueEntry(pool[index].item_id, position, predicted, confidence, kept))
     return entries
 
 

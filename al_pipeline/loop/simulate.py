@@ -27,7 +27,7 @@ from al_pipeline.model.train import train
 from al_pipeline.paths import at_least, output_folder
 from al_pipeline.progress import Progress, silent
 from al_pipeline.reporting.history import history_frame
-from al_pipeline.selection.strategies import even_shares, get_strategy
+from al_pipeline.selection.strategies import even_shares, parse_strategy
 from al_pipeline.store.labels import PulledLabel
 from al_pipeline.store.state import State, open_state
 
@@ -68,7 +68,7 @@ def simulate(
     rounds, seeds, settings = plan.rounds, plan.seeds, plan.settings
     output_folder(out, "--out")
     for name in strategies:
-        parse_run_strategy(name)
+        parse_strategy(name)
     for flag, value in (("--size", size), ("--rounds", rounds), ("--seeds", seeds)):
         at_least(value, 1, flag)
     if initial < len(config.classes):
@@ -120,16 +120,6 @@ def simulate(
     table.to_csv(table_csv, index=False)
     plot_runs(runs, full, plot)
     return SimulationResult(runs, table, full, len(hidden), csv, plot, table_csv)
-
-
-BALANCED = "+balance"
-
-
-def parse_run_strategy(name: str) -> tuple[str, bool]:
-    """``"margin+balance"`` -> ``("margin", True)``; checks the strategy exists."""
-    base = name.removesuffix(BALANCED)
-    get_strategy(base)
-    return base, base != name
 
 
 def _run_config(config: Config, state: State, folder: Path, seed: int) -> tuple[Config, State]:
@@ -189,7 +179,7 @@ def _one_run(
 ) -> pd.DataFrame:
     run_config, run_state = _run_config(config, state, folder, seed)
     seeded = replace(settings, seed=seed)
-    base, balance = parse_run_strategy(strategy)
+    base, balance = parse_strategy(strategy)
     with run_state:
         _reveal(run_state, hidden, _seed_items(hidden, initial, np.random.default_rng(seed)))
         train(run_config, run_state, seeded, tag=f"seed-labels-{seed}")

@@ -1,12 +1,16 @@
 """[select] Query strategies: which unlabelled items to label next.
 
-A strategy is a plain function ``(pool, n) -> positions``. The uncertainty strategies are
-modAL's query functions (``uncertainty_sampling``, ``margin_sampling``,
-``entropy_sampling``, ``uncertainty_batch_sampling``), given an estimator whose
-``predict_proba`` returns the probabilities the head already computed for the pool. Over
-a pool of N items, selection therefore costs O(N) time and O(N x classes) memory, however
-large the embeddings are. modAL's ``ActiveLearner`` is not used (its ``teach()`` breaks on
-scikit-learn >= 1.8); see README.
+A strategy is a plain function ``(pool, n) -> (positions, utilities)``, as modAL's query
+functions return indices and scores: ``utilities`` says how informative each pick looked
+(higher is more; NaN where a strategy has no such score: random, cold start).
+:class:`ClassBalancer` wraps any strategy.
+
+The uncertainty strategies are modAL's query functions (``uncertainty_sampling``,
+``margin_sampling``, ``entropy_sampling``, ``uncertainty_batch_sampling``), given an
+estimator whose ``predict_proba`` returns the probabilities the head already computed for
+the pool. Over a pool of N items, selection therefore costs O(N) time and O(N x classes)
+memory, however large the embeddings are. modAL's ``ActiveLearner`` is not used (its
+``teach()`` breaks on scikit-learn >= 1.8); see README.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from sklearn.cluster import KMeans
 from al_pipeline.errors import ConfigError
 
 Positions = NDArray[np.int64]
+Utilities = NDArray[np.float64]
+Picked = tuple[Positions, Utilities]
 FeatureReader = Callable[[Positions], NDArray[np.float32]]
+BALANCED = "+balance"  # a strategy name's suffix that wraps it in ClassBalancer
 COLD_START_SAMPLE = 10_000
 DIVERSE_CANDIDATES = 20
 
@@ -80,24 +87,37 @@ class PrecomputedEstimator:
         return self.probabilities
 
 
-def _query(function: Callable[..., tuple[Positions, object]]) -> Callable[[Pool, int], Positions]:
-    def strategy(pool: Pool, n: int) -> Positions:
+Strategy = Callable[[Pool, int], Picked]
+
+
+def _no_utility(positions: Positions) -> Picked:
+    return positions, np.full(len(positions), np.nan)
+
+
+def _query(
+    function: Callable[..., tuple[Positions, NDArray[np.floating]]], higher_is_better: bool = True
+) -> Strategy:
+    """A modAL query function as a strategy. Its scores become utilities; margin's (the
+    gap between the two likeliest classes: smaller is more uncertain) as ``1 - margin``."""
+
+    def strategy(pool: Pool, n: int) -> Picked:
         if pool.probabilities is None:
             return coverage(pool, n)
         column = np.arange(pool.size, dtype=np.int64)[:, None]
-        indices, _ = function(PrecomputedEstimator(pool.probabilities), column, n_instances=n)
-        return np.asarray(indices, dtype=np.int64)
+        indices, scores = function(PrecomputedEstimator(pool.probabilities), column, n_instances=n)
+        values = np.asarray(scores, dtype=np.float64)
+        return np.asarray(indices, dtype=np.int64), values if higher_is_better else 1 - values
 
     strategy.__doc__ = f"modAL's {function.__name__} on the head's probabilities."
     return strategy
 
 
-def random(pool: Pool, n: int) -> Positions:
+def random(pool: Pool, n: int) -> Picked:
     """Uniformly random items: the baseline every report compares against."""
-    return pool.rng.choice(pool.size, size=n, replace=False).astype(np.int64)
+    return _no_utility(pool.rng.choice(pool.size, size=n, replace=False).astype(np.int64))
 
 
-def coverage(pool: Pool, n: int) -> Positions:
+def coverage(pool: Pool, n: int) -> Picked:
     """Cold start: items nearest to k-means centres of the pool's features (k = n).
 
     Without a model, uncertainty means nothing; covering the embedding space gives the
@@ -108,7 +128,7 @@ def coverage(pool: Pool, n: int) -> Positions:
     sample = np.sort(sample).astype(np.int64)
     features = pool.read_features(sample)
     if len(sample) <= n:
-        return sample[:n]
+        return _no_utility(sample[:n])
     kmeans = KMeans(n_clusters=n, n_init=1, random_state=int(pool.rng.integers(1 << 31)))
     kmeans.fit(features)
     distances = kmeans.transform(features)
@@ -117,15 +137,15 @@ def coverage(pool: Pool, n: int) -> Positions:
         best = int(np.argmin(distances[:, centre]))
         distances[best, :] = np.inf
         chosen.append(best)
-    return sample[np.array(chosen, dtype=np.int64)]
+    return _no_utility(sample[np.array(chosen, dtype=np.int64)])
 
 
-def diverse(pool: Pool, n: int) -> Positions:
+def diverse(pool: Pool, n: int) -> Picked:
     """modAL's ranked batch (Cardoso et al.): uncertainty balanced against distance to what
     is labelled and already picked, so a batch is not n copies of one hard image.
 
     It runs on the most uncertain ``20 n`` candidates, so its cost does not grow with the
-    pool; at cold start it is :func:`coverage`.
+    pool; at cold start it is :func:`coverage`. Utilities are the picks' uncertainty.
     """
     if pool.probabilities is None:
         return coverage(pool, n)
@@ -134,12 +154,12 @@ def diverse(pool: Pool, n: int) -> Positions:
     candidates = np.argpartition(-uncertainty, count - 1)[:count].astype(np.int64)
     features = pool.read_features(candidates)
     estimator = PrecomputedEstimator(pool.probabilities[candidates], pool.labelled_features)
-    indices, _ = uncertainty_batch_sampling(estimator, features, n_instances=n)
-    return candidates[np.asarray(indices, dtype=np.int64)]
+    indices, scores = uncertainty_batch_sampling(estimator, features, n_instances=n)
+    return candidates[np.asarray(indices, dtype=np.int64)], np.asarray(scores, np.float64)
 
 
-STRATEGIES: dict[str, Callable[[Pool, int], Positions]] = {
-    "margin": _query(margin_sampling),
+STRATEGIES: dict[str, Strategy] = {
+    "margin": _query(margin_sampling, higher_is_better=False),
     "entropy": _query(entropy_sampling),
     "least_confidence": _query(uncertainty_sampling),
     "diverse": diverse,
@@ -147,7 +167,7 @@ STRATEGIES: dict[str, Callable[[Pool, int], Positions]] = {
 }
 
 
-def get_strategy(name: str) -> Callable[[Pool, int], Positions]:
+def get_strategy(name: str) -> Strategy:
     """Look a strategy up by name, or raise an error listing the choices."""
     try:
         return STRATEGIES[name]
@@ -157,32 +177,62 @@ def get_strategy(name: str) -> Callable[[Pool, int], Positions]:
         ) from None
 
 
+def strategy_for(name: str, balance: bool = False) -> Strategy:
+    """The named strategy, wrapped in :class:`ClassBalancer` with ``balance``."""
+    strategy = get_strategy(name)
+    return ClassBalancer(strategy) if balance else strategy
+
+
+def parse_strategy(spec: str) -> tuple[str, bool]:
+    """``"margin+balance"`` -> ``("margin", True)``, so a plain and a balanced strategy can
+    be compared in one simulation; checks the strategy exists."""
+    name = spec.removesuffix(BALANCED)
+    get_strategy(name)
+    return name, name != spec
+
+
 def even_shares(total: int, parts: int) -> list[int]:
     """Split ``total`` into ``parts`` shares differing by at most one (earlier ones larger)."""
     return [total // parts + (1 if index < total % parts else 0) for index in range(parts)]
 
 
-def select(name: str, pool: Pool, n: int, balance: bool = False) -> Positions:
-    """Pick ``min(n, pool size)`` distinct positions with a strategy.
+@dataclass(frozen=True)
+class ClassBalancer:
+    """Wraps a strategy so a batch is split evenly over the classes the model predicts,
+    and a rare class is not starved; shares a class cannot fill go to the rest of the pool.
+    At cold start (no predictions) it is the wrapped strategy."""
 
-    With ``balance``, the batch is split evenly over the classes the model predicts, so a
-    rare class is not starved; shares a class cannot fill go to the rest of the pool.
-    """
-    strategy = get_strategy(name)
+    strategy: Strategy
+
+    def __call__(self, pool: Pool, n: int) -> Picked:
+        if pool.probabilities is None:
+            return self.strategy(pool, n)
+        predicted = pool.probabilities.argmax(axis=1)
+        parts: list[Picked] = []
+        for cls, quota in enumerate(even_shares(n, pool.probabilities.shape[1])):
+            members = np.flatnonzero(predicted == cls).astype(np.int64)
+            if len(members) and quota:
+                parts.append(self._within(pool, members, min(quota, len(members))))
+        picked = _concat(parts)
+        if len(picked[0]) < n:
+            rest = np.setdiff1d(np.arange(pool.size, dtype=np.int64), picked[0])
+            picked = _concat([picked, self._within(pool, rest, n - len(picked[0]))])
+        return picked
+
+    def _within(self, pool: Pool, members: Positions, n: int) -> Picked:
+        local, utilities = self.strategy(pool.subset(members), n)
+        return members[local], utilities
+
+
+def _concat(parts: list[Picked]) -> Picked:
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def select(strategy: Strategy, pool: Pool, n: int) -> Picked:
+    """Pick ``min(n, pool size)`` distinct positions with a strategy."""
     n = min(n, pool.size)
     if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    if not balance or pool.probabilities is None:
-        return strategy(pool, n)
-    predicted = pool.probabilities.argmax(axis=1)
-    classes = pool.probabilities.shape[1]
-    chosen: list[Positions] = []
-    for cls, quota in enumerate(even_shares(n, classes)):
-        members = np.flatnonzero(predicted == cls).astype(np.int64)
-        if len(members) and quota:
-            chosen.append(members[strategy(pool.subset(members), min(quota, len(members)))])
-    picked = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
-    if len(picked) < n:
-        rest = np.setdiff1d(np.arange(pool.size, dtype=np.int64), picked)
-        picked = np.concatenate([picked, rest[strategy(pool.subset(rest), n - len(picked))]])
-    return picked
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    return strategy(pool, n)

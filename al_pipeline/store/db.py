@@ -147,6 +147,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE embedding_sets ADD COLUMN file_size INTEGER;
     ALTER TABLE embedding_sets ADD COLUMN file_mtime_ns INTEGER;
     """,
+    # 5: the queue keeps the strategy's utility of each pick (it kept the confidence twice).
+    """
+    ALTER TABLE queue RENAME COLUMN score TO utility;
+    UPDATE queue SET utility = NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 APPLICATION_ID = 0x616C7070  # "alpp": written by migration 4

@@ -34,7 +34,7 @@ class QueueEntry:
     position: int
     predicted_class: str | None
     confidence: float | None
-    score: float | None
+    utility: float | None  # how informative the strategy found it (higher: more)
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class QueuedItem:
     position: int
     predicted_class: str | None
     confidence: float | None
-    score: float | None
+    utility: float | None  # how informative the strategy found it (higher: more)
     external_id: str | None
     state: str
 
@@ -83,9 +83,9 @@ class Rounds(Database):
             round_id = int(cursor.lastrowid or 0)
             self._db.executemany(
                 "INSERT INTO queue (round_id, item_id, position, predicted_class, confidence,"
-                " score) VALUES (?, ?, ?, ?, ?, ?)",
+                " utility) VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (round_id, e.item_id, e.position, e.predicted_class, e.confidence, e.score)
+                    (round_id, e.item_id, e.position, e.predicted_class, e.confidence, e.utility)
                     for e in entries
                 ],
             )
@@ -109,7 +109,7 @@ class Rounds(Database):
                 r["position"],
                 r["predicted_class"],
                 r["confidence"],
-                r["score"],
+                r["utility"],
                 r["external_id"],
                 r["state"],
             )
