@@ -585,8 +585,8 @@ def simulate(
 ) -> None:
     """Prove label efficiency: strategies against random, with the oracle, over seeds."""
     from al_pipeline.loop.simulate import SimulationPlan, dataset_workspace
-    from al_pipeline.loop.simulate import simulate as run_simulation
     from al_pipeline.model.network import TrainingSettings
+    from al_pipeline.reporting.simulation import simulate_and_report
     from al_pipeline.store.workspace import opened
 
     names = [s.strip() for s in strategies.split(",")]
@@ -597,7 +597,7 @@ def simulate(
         else:
             config = dataset_workspace(dataset, out_dir, classes, test_fraction, progress)
         with opened(config, "al simulate", views.note) as state:
-            result = run_simulation(config, state, out_dir, plan, progress)
+            result = simulate_and_report(config, state, out_dir, plan, progress)
     emit(result, as_json, views.simulated, views.simulation_data)
 
 

@@ -32,13 +32,13 @@ if TYPE_CHECKING:
     from al_pipeline.ingest.folders import IngestReport
     from al_pipeline.labelling.labelstudio.server import ServerStatus, Stopped
     from al_pipeline.loop.rounds import RoundFinished, RoundStarted, RunReport
-    from al_pipeline.loop.simulate import SimulationResult
     from al_pipeline.loop.status import RoundStatus
     from al_pipeline.model.devices import Info
     from al_pipeline.model.evaluate import EvaluationReport
     from al_pipeline.model.predict import Prediction
     from al_pipeline.model.train import TrainReport
     from al_pipeline.records import HistoryRow, Metrics
+    from al_pipeline.reporting.simulation import SimulationResult
     from al_pipeline.store.items import PoolStats
     from al_pipeline.store.models import CheckpointRow
     from al_pipeline.store.workspace import InitResult

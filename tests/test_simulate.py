@@ -11,8 +11,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from al_pipeline.errors import PipelineError
-from al_pipeline.loop.simulate import SimulationPlan, efficiency_table, simulate
+from al_pipeline.loop.simulate import SimulationPlan, simulate
 from al_pipeline.model.network import TrainingSettings
+from al_pipeline.reporting.simulation import efficiency_table, simulate_and_report
 from al_pipeline.store.state import State
 from cli import app
 from tests.conftest import copy_workspace, face_like
@@ -23,7 +24,7 @@ def test_simulation_on_real_photos(oracle_template: Path, tmp_path: Path, keras_
     config = copy_workspace(oracle_template, tmp_path / "ws", keras_home)
     with State(config.database) as state:
         plan = SimulationPlan(["margin", "random"], 4, 10, 2, 1, TrainingSettings(epochs=10))
-        result = simulate(config, state, tmp_path / "out", plan)
+        result = simulate_and_report(config, state, tmp_path / "out", plan)
         assert state.open_round() is None and state.history() == []
     runs = pd.read_csv(result.csv)
     assert sorted(runs.groupby("strategy")["labelled"].apply(list).tolist()) == [

@@ -1,10 +1,12 @@
-"""Label-efficiency simulation: strategies against random, with the oracle, over seeds.
+"""[loop] Label-efficiency simulation: strategies against random, with the oracle, over
+seeds.
 
 Each run copies the base workspace's database (the embedding cache is shared, so no
 backbone work is repeated), reveals ``initial`` seed labels, trains, and runs rounds with
-the oracle. A reference model trained on every hidden label gives the full-data accuracy;
-the table says how many labels each strategy needed to come within 1 point of it and to
-reach it, and the ratio to random.
+the oracle through the round driver (:func:`al_pipeline.loop.rounds.run`). A reference
+model trained on every hidden label gives the full-data accuracy. The runs come back as
+history rows; :mod:`al_pipeline.reporting.simulation` turns them into the efficiency
+table, the CSV and the curves.
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from al_pipeline.config import Config
 from al_pipeline.errors import PipelineError
@@ -26,23 +26,28 @@ from al_pipeline.model.network import TrainingSettings
 from al_pipeline.model.train import train
 from al_pipeline.paths import at_least, output_folder
 from al_pipeline.progress import Progress, silent
-from al_pipeline.reporting.history import history_frame
+from al_pipeline.records import HistoryRow
 from al_pipeline.selection.strategies import even_shares, parse_strategy
 from al_pipeline.store.labels import PulledLabel
 from al_pipeline.store.state import State, open_state
 
 
-@dataclass
-class SimulationResult:
-    """Where the simulation wrote its files, and its summary."""
+@dataclass(frozen=True)
+class SimulationRun:
+    """One strategy from one seed: its history, round 0 (the seed labels' model) first."""
 
-    runs: pd.DataFrame
-    table: pd.DataFrame
+    strategy: str
+    seed: int
+    rows: list[HistoryRow]
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """Every run, and what a model trained on all the hidden labels reaches."""
+
+    runs: list[SimulationRun]
     full_accuracy: float
     full_labels: int
-    csv: Path
-    plot: Path
-    table_csv: Path
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,9 @@ class SimulationPlan:
 
 def simulate(
     config: Config, state: State, out: Path, plan: SimulationPlan, progress: Progress = silent
-) -> SimulationResult:
+) -> Simulation:
     """Run the plan on the workspace's hidden labels, each run in a workspace of its own
-    under ``out``; write the runs, the efficiency table and the curves there."""
+    under ``out``."""
     strategies, initial, size = plan.strategies, plan.initial, plan.size
     rounds, seeds, settings = plan.rounds, plan.seeds, plan.settings
     output_folder(out, "--out")
@@ -90,11 +95,11 @@ def simulate(
         )
     out.mkdir(parents=True, exist_ok=True)
     full = _full_data_accuracy(config, state, out / "full-data", hidden, settings, progress)
-    frames = []
+    runs = []
     for seed in range(seeds):
         for name in strategies:
             progress(f"Simulating {name}, seed {seed}", 0, rounds)
-            frames.append(
+            runs.append(
                 _one_run(
                     config,
                     state,
@@ -109,17 +114,7 @@ def simulate(
                 )
             )
             progress(f"Simulating {name}, seed {seed}", rounds, rounds)
-    runs = pd.concat(frames, ignore_index=True)
-    table = efficiency_table(runs, full)
-    csv, table_csv, plot = (
-        out / "simulation.csv",
-        out / "efficiency.csv",
-        out / "learning_curves.png",
-    )
-    runs.to_csv(csv, index=False)
-    table.to_csv(table_csv, index=False)
-    plot_runs(runs, full, plot)
-    return SimulationResult(runs, table, full, len(hidden), csv, plot, table_csv)
+    return Simulation(runs, full, len(hidden))
 
 
 def _run_config(config: Config, state: State, folder: Path, seed: int) -> tuple[Config, State]:
@@ -176,7 +171,7 @@ def _one_run(
     size: int,
     rounds: int,
     settings: TrainingSettings,
-) -> pd.DataFrame:
+) -> SimulationRun:
     run_config, run_state = _run_config(config, state, folder, seed)
     seeded = replace(settings, seed=seed)
     base, balance = parse_strategy(strategy)
@@ -185,80 +180,7 @@ def _one_run(
         train(run_config, run_state, seeded, tag=f"seed-labels-{seed}")
         plan = RunPlan(rounds, base, size, balance)
         run(run_config, run_state, OracleLabeller(run_state), seeded, plan)
-        rows = run_state.history()  # round 0 (the seed labels' model) and every round
-    frame = history_frame(rows)
-    frame["strategy"] = strategy
-    frame.insert(2, "seed", seed)
-    return frame
-
-
-def efficiency_table(runs: pd.DataFrame, full_accuracy: float) -> pd.DataFrame:
-    """Median labels (over seeds) to reach full-data accuracy - 1 point, and to reach it."""
-    rows: list[dict[str, Any]] = []
-    for strategy, part in runs.groupby("strategy", sort=True):
-        row: dict[str, Any] = {"strategy": strategy, "seeds": part["seed"].nunique()}
-        for key, target in (("within_1pt", full_accuracy - 0.01), ("full", full_accuracy)):
-            needed = [_labels_to_reach(seed_part, target) for _, seed_part in part.groupby("seed")]
-            reached = [n for n in needed if n is not None]
-            row[f"labels_to_{key}"] = (
-                float(np.median(reached)) if len(reached) == len(needed) else None
-            )
-            row[f"reached_{key}"] = f"{len(reached)}/{len(needed)}"
-        last = part.sort_values("labelled").groupby("seed").tail(1)
-        row["final_labels"] = int(last["labelled"].median())
-        row["final_accuracy"] = float(last["accuracy"].median())
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    random_row = table[table["strategy"] == "random"]
-    for key in ("within_1pt", "full"):
-        base = random_row[f"labels_to_{key}"].iloc[0] if len(random_row) else None
-        random_final = random_row["final_labels"].iloc[0] if len(random_row) else None
-        ratios, bounds = [], []
-        for value in table[f"labels_to_{key}"]:
-            hit = value is not None and not pd.isna(value)
-            random_reached = base is not None and not pd.isna(base)
-            ratios.append(base / value if hit and random_reached else None)
-            # Random never got there within the run: its label count is a lower bound.
-            bounds.append(
-                random_final / value
-                if hit and random_final is not None and not random_reached
-                else None
-            )
-        table[f"ratio_{key}"] = ratios
-        table[f"ratio_{key}_at_least"] = bounds
-    return table
-
-
-def _labels_to_reach(part: pd.DataFrame, target: float) -> int | None:
-    hit = part.sort_values("labelled")
-    hit = hit[hit["accuracy"] >= target - 1e-9]
-    return None if hit.empty else int(hit["labelled"].iloc[0])
-
-
-def plot_runs(
-    runs: pd.DataFrame, full_accuracy: float, path: Path, metric: str = "accuracy"
-) -> Path:
-    """Mean (line) and min to max over seeds (band) per strategy against labels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(8, 5), dpi=100)
-    for strategy, part in runs.groupby("strategy", sort=True):
-        stats = part.groupby("labelled")[metric].agg(["mean", "min", "max"]).reset_index()
-        axis.plot(stats["labelled"], stats["mean"], marker=".", label=str(strategy))
-        axis.fill_between(stats["labelled"], stats["min"], stats["max"], alpha=0.15)
-    axis.axhline(full_accuracy, color="grey", linestyle="--", label="all labels")
-    axis.axhline(full_accuracy - 0.01, color="grey", linestyle=":", label="all labels - 1 pt")
-    axis.set_xlabel("labelled items")
-    axis.set_ylabel(f"held-out {metric}")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+        return SimulationRun(strategy, seed, run_state.history())
 
 
 def dataset_workspace(
