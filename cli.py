@@ -351,14 +351,14 @@ def train(
     as_json: JsonFlag = False,
 ) -> None:
     """Train on every labelled, non-test item; save a checkpoint and evaluate it."""
+    from al_pipeline.loop.rounds import train_and_evaluate as fit
     from al_pipeline.model.network import TrainingSettings
-    from al_pipeline.model.train import train as run_training
 
     overrides = {"backbone": backbone, "image_size": image_size, "weights": weights, "seed": seed}
     with workspace("al train", **overrides) as (config, state, progress):
         tuning = {"fine_tune_layers": fine_tune_layers, "fine_tune_epochs": fine_tune_epochs}
         settings = TrainingSettings(epochs=epochs, seed=config.seed, **tuning)
-        report = run_training(config, state, settings, tag=tag, force=force, progress=progress)
+        report = fit(config, state, settings, tag=tag, force=force, progress=progress)
     emit(report, as_json, views.trained)
 
 

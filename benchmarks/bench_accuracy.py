@@ -32,8 +32,8 @@ from benchmarks.common import (
 def run(
     name: str, classes: str, ingest: Any, args: argparse.Namespace, home: Path
 ) -> dict[str, Any]:
+    from al_pipeline.loop.rounds import train_and_evaluate
     from al_pipeline.model.network import TrainingSettings
-    from al_pipeline.model.train import train
     from al_pipeline.store.state import State
     from al_pipeline.store.workspace import init_workspace
 
@@ -48,7 +48,7 @@ def run(
             fine_tune_layers=args.fine_tune_layers,
             fine_tune_epochs=args.fine_tune_epochs,
         )
-        report = train(config, state, settings, progress=_printer(name))
+        report = train_and_evaluate(config, state, settings, progress=_printer(name))
     metrics = report.metrics.to_json() if report.metrics else {}
     meta = json.loads((report.path / "meta.json").read_text(encoding="utf-8"))
     row = {

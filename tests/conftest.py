@@ -126,8 +126,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, keras_home: Path) -> Train
     from dataclasses import replace
 
     from al_pipeline.ingest.folders import add_folder
+    from al_pipeline.loop.rounds import train_and_evaluate
     from al_pipeline.model.network import TrainingSettings
-    from al_pipeline.model.train import train
 
     root = tmp_path_factory.mktemp("trained")
     photos = root / "photos"
@@ -138,7 +138,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, keras_home: Path) -> Train
     config = replace(init_workspace(root / "ws", TWO_CLASSES).config, keras_home=keras_home)
     with open_state(config.database) as state:
         add_folder(config, state, photos, labelled=True, test_fraction=1 / 3)
-        report = train(config, state, TrainingSettings(epochs=30))
+        report = train_and_evaluate(config, state, TrainingSettings(epochs=30))
     return Trained(config, report, photos)
 
 

@@ -28,10 +28,9 @@ from al_pipeline.labelling.labelstudio.connection import StudioError
 from al_pipeline.labelling.labelstudio.fields import choice_result
 from al_pipeline.labelling.labelstudio.labeller import LabelStudioLabeller, verdict
 from al_pipeline.labelling.labelstudio.server import _group_alive, connect, down, up
-from al_pipeline.loop.rounds import RoundStarted, finish, start
+from al_pipeline.loop.rounds import RoundStarted, finish, start, train_and_evaluate
 from al_pipeline.loop.status import RoundError, status
 from al_pipeline.model.network import TrainingSettings
-from al_pipeline.model.train import train
 from al_pipeline.store.labels import PulledLabel
 from al_pipeline.store.state import State
 from cli import app
@@ -49,7 +48,7 @@ def prepared(template: Path, target: Path, keras_home: Path, server: StudioServe
         seeds = [i for i in hidden if hidden[i] == "with_mask"][:5]
         seeds += [i for i in hidden if hidden[i] == "without_mask"][:5]
         state.record_pulled(None, [PulledLabel(i, hidden[i], "oracle") for i in seeds])
-        train(config, state, SETTINGS, tag="initial")
+        train_and_evaluate(config, state, SETTINGS, tag="initial")
     server.connect(config)
     return config
 

@@ -16,6 +16,7 @@ import pytest
 from al_pipeline.config import Config
 from al_pipeline.errors import NoLabelsError
 from al_pipeline.ingest.folders import add_folder
+from al_pipeline.loop.rounds import train_and_evaluate
 from al_pipeline.model.backbones import Weights, build_backbone
 from al_pipeline.model.evaluate import evaluate
 from al_pipeline.model.network import (
@@ -31,7 +32,6 @@ from al_pipeline.model.network import (
 )
 from al_pipeline.model.predict import predict_files
 from al_pipeline.model.score import find_checkpoint, score
-from al_pipeline.model.train import train
 from al_pipeline.records import CheckpointMeta
 from al_pipeline.store.state import State
 from tests.conftest import VOC, Trained, copy_workspace, face_like, run_al, shared_or_skip
@@ -168,11 +168,11 @@ def test_training_needs_labels_in_every_class(
 ) -> None:
     config = replace(workspace, backbone="basic_cnn", image_size=32, weights="none")
     with pytest.raises(NoLabelsError, match="No labelled training items"):
-        train(config, state, TrainingSettings(epochs=1))
+        train_and_evaluate(config, state, TrainingSettings(epochs=1))
     make_images(tmp_path / "pool" / "with_mask", 3)
     add_folder(config, state, tmp_path / "pool", labelled=True)
     with pytest.raises(NoLabelsError, match=r"without_mask has none \(with_mask: 3, "):
-        train(config, state, TrainingSettings(epochs=1))
+        train_and_evaluate(config, state, TrainingSettings(epochs=1))
 
 
 def test_from_scratch_cnn_trains_end_to_end(
@@ -184,7 +184,7 @@ def test_from_scratch_cnn_trains_end_to_end(
         for seed in range(offset, offset + 8):
             face_like(seed, 48).save(tmp_path / "pool" / cls / f"{seed}.png")
     add_folder(config, state, tmp_path / "pool", labelled=True)
-    report = train(config, state, TrainingSettings(epochs=2, fine_tune_epochs=1))
+    report = train_and_evaluate(config, state, TrainingSettings(epochs=2, fine_tune_epochs=1))
     assert report.fine_tuned and report.metrics is None
     assert load_checkpoint(report.path).meta.features_digest.startswith("weights:")
 
@@ -205,7 +205,7 @@ def test_fine_tuning_on_real_photos(trained: Trained, tmp_path: Path) -> None:
         pools_dir=workspace / "pools",
     )
     with State(config.database) as state:
-        report = train(
+        report = train_and_evaluate(
             config,
             state,
             TrainingSettings(epochs=10, fine_tune_layers=20, fine_tune_epochs=1),
@@ -260,9 +260,11 @@ def test_an_existing_tag_is_replaced_only_with_force(trained: Trained, tmp_path:
     tag = trained.report.tag
     with State(config.database) as state:
         with pytest.raises(CheckpointError, match=r"already exists.*--force"):
-            train(config, state, TrainingSettings(epochs=2), tag=tag)
+            train_and_evaluate(config, state, TrainingSettings(epochs=2), tag=tag)
         assert [c.tag for c in state.checkpoints()] == [tag]
-        replaced = train(config, state, TrainingSettings(epochs=2), tag=tag, force=True)
+        replaced = train_and_evaluate(
+            config, state, TrainingSettings(epochs=2), tag=tag, force=True
+        )
         assert [c.tag for c in state.checkpoints()] == [tag]
         assert state.checkpoint(tag) is not None and replaced.metrics is not None
         assert not list(config.checkpoints_dir.glob(".*"))

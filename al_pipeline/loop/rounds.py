@@ -31,11 +31,12 @@ from al_pipeline.model.embeddings import Embedded, embed_items
 from al_pipeline.model.evaluate import evaluate
 from al_pipeline.model.network import Checkpoint, TrainingSettings
 from al_pipeline.model.score import find_checkpoint, head_probabilities, workspace_backbone
-from al_pipeline.model.train import history_row, train
+from al_pipeline.model.train import TrainReport, train
 from al_pipeline.paths import at_least
 from al_pipeline.progress import Progress, silent
-from al_pipeline.records import HistoryRow, Metrics, RoundParams
+from al_pipeline.records import STARTING_POINT, HistoryRow, Metrics, RoundParams
 from al_pipeline.selection.strategies import Picked, Pool, get_strategy, select, strategy_for
+from al_pipeline.store.db import now
 from al_pipeline.store.items import ItemRef
 from al_pipeline.store.rounds import QueuedItem, QueueEntry, RoundRow
 from al_pipeline.store.state import State
@@ -279,7 +280,9 @@ def _train_and_record(
         return _record_untrained(config, state, open_round)
     if registered is None:
         tag = f"round-{open_round.id:03d}"
-        train(config, state, settings, tag=tag, round_id=open_round.id, progress=progress)
+        train_and_evaluate(
+            config, state, settings, tag=tag, round_id=open_round.id, progress=progress
+        )
     elif registered.metrics is None and state.labelled_items("test"):
         # Killed between registering the round's model and evaluating it: evaluate now, so
         # the row is the one a clean run records.
@@ -295,6 +298,73 @@ def _train_and_record(
     row = history_row(config, state, open_round, metrics, change, seconds, row_checkpoint.tag)
     state.save_history(open_round.id, row)
     return row
+
+
+def train_and_evaluate(
+    config: Config,
+    state: State,
+    settings: TrainingSettings,
+    *,
+    tag: str | None = None,
+    round_id: int | None = None,
+    force: bool = False,
+    progress: Progress = silent,
+) -> TrainReport:
+    """Train and register a checkpoint (:func:`al_pipeline.model.train.train`), then
+    evaluate it when the workspace has a test split.
+
+    Trained before the first round, the model is the starting point: the history's round 0
+    (a later one, still before round 1, replaces it).
+    """
+    report = train(
+        config, state, settings, tag=tag, round_id=round_id, force=force, progress=progress
+    )
+    if state.labelled_items("test"):
+        evaluation = evaluate(config, state, report.tag, progress)
+        report.metrics = evaluation.metrics
+        report.features_computed += evaluation.features_computed
+    if round_id is None and not state.rounds():
+        row = history_row(
+            config, state, None, report.metrics, None, report.training_seconds, report.tag
+        )
+        state.save_history(None, row)
+    return report
+
+
+def history_row(
+    config: Config,
+    state: State,
+    open_round: RoundRow | None,
+    metrics: Metrics | None,
+    change: float | None,
+    training_seconds: float,
+    tag: str | None,
+    note: str | None = None,
+) -> HistoryRow:
+    """The row of a closed round, or of round 0 (``open_round=None``): the one builder, so
+    the starting point and each round record alike."""
+    counts = state.label_counts()
+    labelled = sum(counts.values())
+    selection = open_round.params.selection_seconds if open_round else None
+    return HistoryRow(
+        round=open_round.id if open_round else 0,
+        strategy=open_round.strategy if open_round else STARTING_POINT,
+        labelled=labelled,
+        batch_size=open_round.size if open_round else labelled,
+        labeller=open_round.labeller if open_round else "import",
+        labelled_per_class={c: counts.get(c, 0) for c in config.classes},
+        accuracy=metrics.accuracy if metrics else None,
+        macro_f1=metrics.macro_f1 if metrics else None,
+        roc_auc=metrics.roc_auc if metrics else None,
+        recall={c: v.recall for c, v in metrics.per_class.items()} if metrics else {},
+        pool_change=change,
+        selection_seconds=selection,
+        training_seconds=round(training_seconds, 2),
+        checkpoint=tag,
+        model_version=tag,
+        timestamp=now(),
+        note=note,
+    )
 
 
 def _record_untrained(config: Config, state: State, open_round: RoundRow) -> HistoryRow:
@@ -444,7 +514,9 @@ def run(
     if open_round is not None:
         report.rows.append(finish_when_labelled(open_round.id))
     if state.checkpoint() is None and _can_train(config, state):
-        report.initial = train(config, state, settings, tag="initial", progress=progress).metrics
+        report.initial = train_and_evaluate(
+            config, state, settings, tag="initial", progress=progress
+        ).metrics
     while len(report.rows) < plan.rounds:
         reason = stop_reason()
         if reason:

@@ -21,9 +21,8 @@ import numpy as np
 from al_pipeline.config import Config
 from al_pipeline.errors import PipelineError
 from al_pipeline.labelling import OracleLabeller
-from al_pipeline.loop.rounds import RunPlan, run
+from al_pipeline.loop.rounds import RunPlan, run, train_and_evaluate
 from al_pipeline.model.network import TrainingSettings
-from al_pipeline.model.train import train
 from al_pipeline.paths import at_least, output_folder
 from al_pipeline.progress import Progress, silent
 from al_pipeline.records import HistoryRow
@@ -138,7 +137,9 @@ def _full_data_accuracy(
     run_config, run_state = _run_config(config, state, folder, config.seed)
     with run_state:
         _reveal(run_state, hidden, list(hidden))
-        report = train(run_config, run_state, settings, tag="full-data", progress=progress)
+        report = train_and_evaluate(
+            run_config, run_state, settings, tag="full-data", progress=progress
+        )
     assert report.metrics is not None
     return report.metrics.accuracy
 
@@ -177,7 +178,7 @@ def _one_run(
     base, balance = parse_strategy(strategy)
     with run_state:
         _reveal(run_state, hidden, _seed_items(hidden, initial, np.random.default_rng(seed)))
-        train(run_config, run_state, seeded, tag=f"seed-labels-{seed}")
+        train_and_evaluate(run_config, run_state, seeded, tag=f"seed-labels-{seed}")
         plan = RunPlan(rounds, base, size, balance)
         run(run_config, run_state, OracleLabeller(run_state), seeded, plan)
         return SimulationRun(strategy, seed, run_state.history())

@@ -1,6 +1,7 @@
 """[train] Fit a classifier on every labelled, non-test item; save and register it.
 
-When the workspace has a test split, the new checkpoint is evaluated on it straight away.
+Evaluating it and recording it in the history is the round driver's part
+(:func:`al_pipeline.loop.rounds.train_and_evaluate`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from al_pipeline.config import Config
 from al_pipeline.errors import NoLabelsError
 from al_pipeline.model.backbones import Backbone, backbone_spec
 from al_pipeline.model.embeddings import embed_items
-from al_pipeline.model.evaluate import evaluate
 from al_pipeline.model.network import (
     CheckpointError,
     TrainingSettings,
@@ -31,10 +31,9 @@ from al_pipeline.model.network import (
 from al_pipeline.model.score import workspace_backbone
 from al_pipeline.paths import plain_name
 from al_pipeline.progress import Progress, silent
-from al_pipeline.records import STARTING_POINT, CheckpointMeta, HistoryRow, Metrics
+from al_pipeline.records import CheckpointMeta, Metrics
 from al_pipeline.store.db import now
 from al_pipeline.store.items import LabelledItem
-from al_pipeline.store.rounds import RoundRow
 from al_pipeline.store.state import State
 
 
@@ -51,7 +50,8 @@ class TrainReport:
     features_computed: int
     seconds: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    metrics: Metrics | None = None
+    metrics: Metrics | None = None  # held-out, once evaluated
+    training_seconds: float = 0.0
 
 
 def check_labels(config: Config, items: list[LabelledItem]) -> dict[str, int]:
@@ -83,10 +83,7 @@ def train(
     force: bool = False,
     progress: Progress = silent,
 ) -> TrainReport:
-    """Train on every labelled, non-test item, save a checkpoint and evaluate it.
-
-    Trained before the first round, the model is the starting point: the history's round 0
-    (a later one, still before round 1, replaces it).
+    """Train on every labelled, non-test item, and save and register a checkpoint.
 
     ``tag`` must be a plain name. A checkpoint already registered under it is replaced only
     with ``force`` (never one that a round recorded in its history).
@@ -157,14 +154,8 @@ def train(
         embedded.computed,
         time.perf_counter() - started,
         skipped=[(str(items[p].path), why) for p, why in embedded.failures],
+        training_seconds=training_seconds,
     )
-    if state.labelled_items("test"):
-        evaluation = evaluate(config, state, tag, progress)
-        report.metrics = evaluation.metrics
-        report.features_computed += evaluation.features_computed
-    if round_id is None and not state.rounds():
-        row = history_row(config, state, None, report.metrics, None, training_seconds, tag)
-        state.save_history(None, row)
     return report
 
 
@@ -212,39 +203,3 @@ def _relative(config: Config, folder: Path) -> Path:
         return folder.relative_to(config.root)
     except ValueError:
         return folder
-
-
-def history_row(
-    config: Config,
-    state: State,
-    open_round: RoundRow | None,
-    metrics: Metrics | None,
-    change: float | None,
-    training_seconds: float,
-    tag: str | None,
-    note: str | None = None,
-) -> HistoryRow:
-    """The row of a closed round, or of round 0 (``open_round=None``): the one builder, so
-    the starting point and each round record alike."""
-    counts = state.label_counts()
-    labelled = sum(counts.values())
-    selection = open_round.params.selection_seconds if open_round else None
-    return HistoryRow(
-        round=open_round.id if open_round else 0,
-        strategy=open_round.strategy if open_round else STARTING_POINT,
-        labelled=labelled,
-        batch_size=open_round.size if open_round else labelled,
-        labeller=open_round.labeller if open_round else "import",
-        labelled_per_class={c: counts.get(c, 0) for c in config.classes},
-        accuracy=metrics.accuracy if metrics else None,
-        macro_f1=metrics.macro_f1 if metrics else None,
-        roc_auc=metrics.roc_auc if metrics else None,
-        recall={c: v.recall for c, v in metrics.per_class.items()} if metrics else {},
-        pool_change=change,
-        selection_seconds=selection,
-        training_seconds=round(training_seconds, 2),
-        checkpoint=tag,
-        model_version=tag,
-        timestamp=now(),
-        note=note,
-    )
