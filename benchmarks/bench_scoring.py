@@ -35,9 +35,10 @@ def main() -> None:
     from al_pipeline.ingest.folders import add_folder
     from al_pipeline.ingest.images import is_image_name
     from al_pipeline.model.backbones import Weights, build_backbone
+    from al_pipeline.model.checkpoints import Checkpoint
     from al_pipeline.model.embeddings import predict_padded
     from al_pipeline.model.loader import decode
-    from al_pipeline.model.network import Checkpoint, build_classifier, build_head
+    from al_pipeline.model.network import build_classifier, build_head
     from al_pipeline.model.predict import predict_files
     from al_pipeline.model.score import score
     from al_pipeline.store.state import State

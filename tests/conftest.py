@@ -147,8 +147,8 @@ def oracle_template(tmp_path_factory: pytest.TempPathFactory, keras_home: Path) 
     """Session-wide: 300 real photos with hidden (oracle) labels and a visible 1/3 test
     split, features cached. Tests copy it with :func:`copy_workspace`."""
     from al_pipeline.ingest.folders import add_folder
+    from al_pipeline.model.backbones import workspace_backbone
     from al_pipeline.model.embeddings import embed
-    from al_pipeline.model.score import workspace_backbone
 
     root = tmp_path_factory.mktemp("oracle")
     photos = root / "photos"

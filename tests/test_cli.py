@@ -105,6 +105,7 @@ def test_installed_al_command_runs() -> None:
     assert result.returncode == 0 and "pool" in result.stdout
 
 
+@pytest.mark.slow
 def test_model_commands_on_a_trained_workspace(cli: CliRunner, trained: Trained) -> None:
     ws = ["-w", str(trained.config.root)]
     env = {"KERAS_HOME": str(trained.config.keras_home)}
@@ -283,7 +284,7 @@ def test_the_quickstart_works_from_an_empty_folder_outside_the_checkout(
     tmp_path: Path, keras_home: Path
 ) -> None:
     """The README's Quickstart, command by command, from an empty folder (Label Studio's
-    part runs in tests/test_labelstudio.py; here the round goes to the oracle)."""
+    part runs in tests/labelling/labelstudio/test_labeller.py; here the oracle labels)."""
     import os
     import shutil
 

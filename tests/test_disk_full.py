@@ -44,6 +44,7 @@ def _integrity(database: Path) -> str:
         return str(db.execute("PRAGMA integrity_check").fetchone()[0])
 
 
+@pytest.mark.slow
 def test_pool_add_on_a_full_disk_says_so_and_a_rerun_completes(
     small_disk: Callable[[str], Path], tmp_path: Path, make_images: Callable[..., list[Path]]
 ) -> None:

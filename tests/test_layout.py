@@ -139,3 +139,11 @@ def test_package_folders_are_packages() -> None:
     folders = {p.parent for p in PACKAGE.rglob("*.py")}
     assert all((folder / "__init__.py").is_file() for folder in folders)
     assert Path(PACKAGE / "__init__.py").is_file()
+
+
+def test_tests_mirror_the_package() -> None:
+    """A module's tests sit in the folder of its stage (tests/model/ for al_pipeline/model/)."""
+    for test_file in (REPO / "tests").rglob("test_*.py"):
+        folder = test_file.parent.relative_to(REPO / "tests")
+        assert (PACKAGE / folder).is_dir(), f"{test_file}: no al_pipeline/{folder}"
+        assert (test_file.parent / "__init__.py").is_file(), f"{folder} lacks __init__.py"

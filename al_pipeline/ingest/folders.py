@@ -26,7 +26,7 @@ from al_pipeline.ingest.images import (
 from al_pipeline.ingest.split import SplitSummary, assign_test_split
 from al_pipeline.paths import name_from, plain_name, write_csv
 from al_pipeline.progress import Progress, silent
-from al_pipeline.store.items import KnownFile, KnownItem, NewItem, Pool
+from al_pipeline.store.items import KnownFile, KnownItem, NewItem, PoolRow
 from al_pipeline.store.state import State
 
 BATCH = 128
@@ -142,7 +142,7 @@ def add_folder(
 def register(
     config: Config,
     state: State,
-    pool: Pool,
+    pool: PoolRow,
     candidates: Sequence[Candidate],
     report: IngestReport,
     progress: Progress = silent,
@@ -190,7 +190,7 @@ def _inspect(
 
 def _commit_batch(
     state: State,
-    pool: Pool,
+    pool: PoolRow,
     root: Path,
     inspected: Sequence[tuple[Candidate, ImageFile | ImageRejected]],
     report: IngestReport,
@@ -366,7 +366,7 @@ def pool_name_for(config: Config, state: State, given: str | None, root: Path) -
     return name_from(root.name)
 
 
-def ensure_pool(config: Config, state: State, name: str, root: Path) -> Pool:
+def ensure_pool(config: Config, state: State, name: str, root: Path) -> PoolRow:
     stored = _portable(config, root)
     pool = state.pool(name)
     if pool is None:

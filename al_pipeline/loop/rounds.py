@@ -26,11 +26,12 @@ from al_pipeline.loop.status import (
     wait_for_labels,
 )
 from al_pipeline.loop.stopping import PoolExhausted, StoppingRule
-from al_pipeline.model.backbones import Backbone
+from al_pipeline.model.backbones import Backbone, workspace_backbone
+from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint
 from al_pipeline.model.embeddings import Embedded, embed_items
 from al_pipeline.model.evaluate import evaluate
-from al_pipeline.model.network import Checkpoint, TrainingSettings
-from al_pipeline.model.score import find_checkpoint, head_probabilities, workspace_backbone
+from al_pipeline.model.network import TrainingSettings
+from al_pipeline.model.score import head_probabilities
 from al_pipeline.model.train import TrainReport, train
 from al_pipeline.paths import at_least
 from al_pipeline.progress import Progress, silent

@@ -16,7 +16,9 @@ from typing import Any
 
 import keras
 
+from al_pipeline.config import Config
 from al_pipeline.errors import ConfigError, PipelineError
+from al_pipeline.model.devices import resolve_precision
 
 
 class WeightsUnavailableError(PipelineError):
@@ -288,3 +290,18 @@ def _file_digest(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def workspace_backbone(config: Config) -> Backbone:
+    """The backbone the workspace config asks for, with its weights."""
+    weights = config.weights
+    if weights not in ("imagenet", "none") and not Path(weights).is_absolute():
+        weights = str(config.root / weights)
+    return build_backbone(
+        config.backbone,
+        config.image_size,
+        parse_weights(weights),
+        config.keras_home,
+        config.offline,
+        resolve_precision(config.precision),
+    )

@@ -15,9 +15,9 @@ from sklearn.metrics import (
 
 from al_pipeline.config import Config
 from al_pipeline.errors import NoLabelsError
+from al_pipeline.model.checkpoints import find_checkpoint, write_meta
 from al_pipeline.model.embeddings import item_files
-from al_pipeline.model.network import write_meta
-from al_pipeline.model.score import find_checkpoint, score
+from al_pipeline.model.score import score
 from al_pipeline.progress import Progress, silent
 from al_pipeline.records import ClassMetrics, Metrics
 from al_pipeline.store.state import State

@@ -8,10 +8,7 @@ with the backbone called in inference mode so BatchNorm statistics stay put.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,19 +19,12 @@ from numpy.typing import NDArray
 from sklearn.utils.class_weight import compute_class_weight
 
 from al_pipeline.errors import PipelineError
-from al_pipeline.model.backbones import Backbone, Preprocess
+from al_pipeline.model.backbones import Backbone
 from al_pipeline.model.loader import WORKERS, decode
-from al_pipeline.paths import at_least, write_atomically
-from al_pipeline.records import CheckpointMeta
+from al_pipeline.paths import at_least
 
-MODEL_FILE = "model.keras"
-META_FILE = "meta.json"
 HEAD_LEARNING_RATE = 1e-3
 FINE_TUNE_LEARNING_RATE = 1e-5
-
-
-class CheckpointError(PipelineError):
-    """A checkpoint is missing, unreadable, or does not fit the workspace."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +191,7 @@ def _network_of(backbone: Backbone) -> keras.Model:
     for layer in backbone.model.layers:
         if isinstance(layer, keras.Model):
             return layer
-    raise CheckpointError(f"Feature extractor of {backbone.name} has no inner network.")
+    raise PipelineError(f"Feature extractor of {backbone.name} has no inner network.")
 
 
 def linear_head(head: keras.Model) -> tuple[NDArray[np.float32], NDArray[np.float32]] | None:
@@ -242,119 +232,3 @@ def predict_proba(head: keras.Model, features: NDArray[np.floating]) -> NDArray[
         for start in range(0, len(features), batch)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, head.output.shape[-1]), np.float32)
-
-
-@dataclass
-class Checkpoint:
-    """A saved classifier and its metadata."""
-
-    path: Path
-    model: keras.Model
-    meta: CheckpointMeta
-
-    @property
-    def head(self) -> keras.Model:
-        return self.model.get_layer("head")
-
-    def backbone(self) -> Backbone:
-        extractor = self.model.get_layer("features")
-        meta = self.meta
-        return Backbone(
-            meta.backbone,
-            meta.image_size,
-            extractor,
-            meta.features_digest,
-            meta.pretrained,
-            meta.precision,
-        )
-
-
-def save_checkpoint(model: keras.Model, folder: Path, meta: CheckpointMeta) -> Path:
-    """Write ``model.keras`` and ``meta.json`` into ``folder`` atomically (all or nothing).
-
-    The new folder is written beside the old one as ``.<tag>.partial``, then swapped in by
-    renames; a failure (a full disk, say) removes what it wrote and leaves the old folder as
-    it was.
-    """
-    partial = folder.with_name(f".{folder.name}.partial")
-    retired = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.rmtree(retired, ignore_errors=True)
-    try:
-        partial.mkdir(parents=True)
-        model.save(partial / MODEL_FILE)
-        write_meta(partial, meta)
-        if folder.exists():
-            os.replace(folder, retired)
-        os.replace(partial, folder)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        if retired.exists() and not folder.exists():
-            os.replace(retired, folder)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-    return folder
-
-
-def is_own_leftover(folder: Path, tag: str) -> bool:
-    """True when ``folder`` is a checkpoint this workspace wrote for ``tag`` but never
-    registered (a command killed between saving and registering): safe to replace."""
-    try:
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("tag") == tag
-
-
-def write_meta(folder: Path, meta: CheckpointMeta) -> None:
-    text = json.dumps(meta.to_json(), indent=2).encode("utf-8")
-    write_atomically(folder / META_FILE, lambda handle: handle.write(text), "the checkpoint meta")
-
-
-_LOADED: dict[tuple[Path, int], Checkpoint] = {}
-_KEEP_LOADED = 2
-
-
-def load_checkpoint(folder: Path) -> Checkpoint:
-    """Load a checkpoint; the last two loaded stay in memory (a round start, its evaluation
-    and its pool scoring use the same model), keyed by file time so edits are seen."""
-    model_file = folder / MODEL_FILE
-    key = (model_file.resolve(), model_file.stat().st_mtime_ns) if model_file.is_file() else None
-    if key is not None and key in _LOADED:
-        loaded = _LOADED[key]
-        return Checkpoint(loaded.path, loaded.model, _read_meta(folder))
-    checkpoint = _load(folder)
-    if key is not None:
-        _LOADED[key] = checkpoint
-        while len(_LOADED) > _KEEP_LOADED:
-            _LOADED.pop(next(iter(_LOADED)))
-    return checkpoint
-
-
-def _read_meta(folder: Path) -> CheckpointMeta:
-    try:
-        return CheckpointMeta.from_json(
-            json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        )
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"Cannot read {folder / META_FILE}: {exc}.") from exc
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(
-            f"{folder / META_FILE} lacks what loading the model needs ({exc!r}). Restore it, "
-            "or train the checkpoint again with 'al train'."
-        ) from exc
-
-
-def _load(folder: Path) -> Checkpoint:
-    model_file = folder / MODEL_FILE
-    if not model_file.is_file():
-        raise CheckpointError(
-            f"No {MODEL_FILE} in '{folder}'. Train one with 'al train' or pick another "
-            "checkpoint (al checkpoints)."
-        )
-    meta = _read_meta(folder)
-    try:
-        model = keras.saving.load_model(model_file, custom_objects={"Preprocess": Preprocess})
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"Cannot load the checkpoint in '{folder}': {exc}.") from exc
-    return Checkpoint(folder, model, meta)

@@ -17,10 +17,9 @@ from PIL import Image
 from al_pipeline.config import Config
 from al_pipeline.errors import PipelineError
 from al_pipeline.ingest.images import crop_with_margin, is_image_name, load_rgb
+from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint
 from al_pipeline.model.embeddings import predict_padded
 from al_pipeline.model.loader import image_batches
-from al_pipeline.model.network import Checkpoint
-from al_pipeline.model.score import find_checkpoint
 from al_pipeline.paths import write_csv as write_csv_file
 from al_pipeline.progress import Progress, silent
 from al_pipeline.store.state import State

@@ -16,19 +16,16 @@ import numpy as np
 
 from al_pipeline.config import Config
 from al_pipeline.errors import NoLabelsError
-from al_pipeline.model.backbones import Backbone, backbone_spec
+from al_pipeline.model.backbones import Backbone, backbone_spec, workspace_backbone
+from al_pipeline.model.checkpoints import CheckpointError, is_own_leftover, save_checkpoint
 from al_pipeline.model.embeddings import embed_items
 from al_pipeline.model.network import (
-    CheckpointError,
     TrainingSettings,
     build_classifier,
     build_head,
     fine_tune,
     fit_head,
-    is_own_leftover,
-    save_checkpoint,
 )
-from al_pipeline.model.score import workspace_backbone
 from al_pipeline.paths import plain_name
 from al_pipeline.progress import Progress, silent
 from al_pipeline.records import CheckpointMeta, Metrics

@@ -12,7 +12,7 @@ from al_pipeline.store.labels import Labels
 
 
 @dataclass(frozen=True)
-class Pool:
+class PoolRow:
     """A registered pool: a named root folder."""
 
     id: int
@@ -98,21 +98,21 @@ class PoolStats:
 class Items(Labels):
     """Queries on pools and items (an item's import label is written with it)."""
 
-    def pool(self, name: str) -> Pool | None:
+    def pool(self, name: str) -> PoolRow | None:
         row = self._db.execute("SELECT * FROM pools WHERE name = ?", (name,)).fetchone()
-        return None if row is None else Pool(row["id"], row["name"], Path(row["root"]))
+        return None if row is None else PoolRow(row["id"], row["name"], Path(row["root"]))
 
-    def pools(self) -> list[Pool]:
+    def pools(self) -> list[PoolRow]:
         rows = self._db.execute("SELECT * FROM pools ORDER BY id").fetchall()
-        return [Pool(r["id"], r["name"], Path(r["root"])) for r in rows]
+        return [PoolRow(r["id"], r["name"], Path(r["root"])) for r in rows]
 
-    def add_pool(self, name: str, root: Path) -> Pool:
+    def add_pool(self, name: str, root: Path) -> PoolRow:
         with self.atomic():
             cursor = self._db.execute(
                 "INSERT INTO pools (name, root, created_at) VALUES (?, ?, ?)",
                 (name, str(root), now()),
             )
-        return Pool(int(cursor.lastrowid or 0), name, root)
+        return PoolRow(int(cursor.lastrowid or 0), name, root)
 
     def known_files(self, pool_id: int) -> dict[str, KnownFile]:
         rows = self._db.execute(

@@ -42,6 +42,7 @@ def test_two_pool_adds_at_once_register_each_file_once(
         assert len(state.pools()) == 1
 
 
+@pytest.mark.slow
 def test_a_writer_refuses_at_once_behind_serve_and_after_waiting_behind_others(
     workspace: Config, tmp_path: Path
 ) -> None:

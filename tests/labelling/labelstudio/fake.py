@@ -3,7 +3,7 @@
 It keeps what the labeller reads and writes (projects, storages, tasks with their data,
 predictions and annotations, the round's tab, webhooks) and answers like the real server
 where the labeller depends on it: ids grow, a deleted project is gone. The real server keeps
-its own tests in test_labelstudio.py.
+its own tests in test_labeller.py.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from al_pipeline.ingest.folders import IngestReport, add_folder
 from al_pipeline.ingest.images import load_rgb
 from al_pipeline.store.state import State
 from cli import app
-from tests.conftest import face_like
+from tests.conftest import REPO, face_like
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -234,7 +234,7 @@ def test_killed_process_resumes_without_duplicates_or_gaps(
         command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        cwd=Path(__file__).parent.parent,
+        cwd=REPO,
     )
     deadline = time.monotonic() + 120
     count = 0
@@ -245,9 +245,7 @@ def test_killed_process_resumes_without_duplicates_or_gaps(
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 0 < count < 900, "the kill should land mid-run"
-    rerun = subprocess.run(
-        command, capture_output=True, text=True, cwd=Path(__file__).parent.parent, check=False
-    )
+    rerun = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
     assert rerun.returncode == 0, rerun.stderr
     with sqlite3.connect(workspace.database) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -356,7 +354,7 @@ def test_a_huge_file_is_hashed_and_rejected_in_constant_memory(
             str(folder),
             "--json",
         ],
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,6 +1,6 @@
 """The Label Studio labeller on an in-memory client: pushing, one task per item, pulling
 with majority, ties, skips and retractions. Fast; the real server's own behaviour (stream
-order, a server killed mid-push, webhooks) is tested in test_labelstudio.py."""
+order, a server killed mid-push, webhooks) is tested in test_labeller.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from al_pipeline.records import RoundParams
 from al_pipeline.store.labels import PulledLabel
 from al_pipeline.store.rounds import QueuedItem, QueueEntry
 from al_pipeline.store.state import State
-from tests.fake_labelstudio import FakeLabelStudio
+from tests.labelling.labelstudio.fake import FakeLabelStudio
 
 Setup = tuple[LabelStudioLabeller, FakeLabelStudio, State]
 

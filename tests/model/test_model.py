@@ -18,20 +18,23 @@ from al_pipeline.errors import NoLabelsError
 from al_pipeline.ingest.folders import add_folder
 from al_pipeline.loop.rounds import train_and_evaluate
 from al_pipeline.model.backbones import Weights, build_backbone
+from al_pipeline.model.checkpoints import (
+    CheckpointError,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from al_pipeline.model.evaluate import evaluate
 from al_pipeline.model.network import (
-    CheckpointError,
     TrainingSettings,
     build_classifier,
     build_head,
     fit_head,
     linear_head,
-    load_checkpoint,
     predict_proba,
-    save_checkpoint,
 )
 from al_pipeline.model.predict import predict_files
-from al_pipeline.model.score import find_checkpoint, score
+from al_pipeline.model.score import score
 from al_pipeline.records import CheckpointMeta
 from al_pipeline.store.state import State
 from tests.conftest import VOC, Trained, copy_workspace, face_like, run_al, shared_or_skip
