@@ -58,6 +58,14 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.
 ReportFile = Annotated[
     Path | None, typer.Option(help="Write every file's outcome to this CSV file.")
 ]
+OracleFlag = Annotated[
+    bool,
+    typer.Option(
+        "--oracle",
+        help="Keep the labels hidden for the oracle labeller (simulation); test-split labels "
+        "stay visible.",
+    ),
+]
 LabellerName = Annotated[
     str,
     typer.Option(
@@ -211,33 +219,15 @@ def pool_add(
             "keeping near-duplicates together."
         ),
     ] = None,
-    oracle: Annotated[
-        bool,
-        typer.Option(
-            "--oracle",
-            help="With --labelled: keep the labels hidden for the "
-            "oracle labeller (simulation); test-split labels stay visible.",
-        ),
-    ] = False,
+    oracle: OracleFlag = False,
     report: ReportFile = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Register every image under PATH; bad files are reported, never fatal."""
     from al_pipeline.ingest.folders import add_folder
 
-    check_output(report, "--report")
-    with workspace("al pool add") as (config, state, progress):
-        result = add_folder(
-            config,
-            state,
-            path,
-            pool_name=pool,
-            labelled=labelled,
-            test_fraction=test_fraction,
-            oracle=oracle,
-            progress=progress,
-        )
-    show_ingest(result, report, as_json)
+    run = functools.partial(add_folder, folder=path, pool_name=pool, labelled=labelled)
+    ingest("al pool add", report, as_json, run, test_fraction, oracle)
 
 
 @pool_app.command("import-voc")
@@ -252,33 +242,15 @@ def pool_import_voc(
         float | None,
         typer.Option(help="Move this share of crops into the test set, by source photo."),
     ] = None,
-    oracle: Annotated[
-        bool,
-        typer.Option(
-            "--oracle",
-            help="Keep the labels hidden for the oracle labeller "
-            "(simulation); test-split labels stay visible.",
-        ),
-    ] = False,
+    oracle: OracleFlag = False,
     report: ReportFile = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Crop every Pascal VOC box into a labelled pool (one class per box)."""
     from al_pipeline.ingest.voc import import_voc
 
-    check_output(report, "--report")
-    with workspace("al pool import-voc") as (config, state, progress):
-        result = import_voc(
-            config,
-            state,
-            path,
-            pool_name=pool,
-            margin=margin,
-            test_fraction=test_fraction,
-            oracle=oracle,
-            progress=progress,
-        )
-    show_ingest(result, report, as_json)
+    run = functools.partial(import_voc, folder=path, pool_name=pool, margin=margin)
+    ingest("al pool import-voc", report, as_json, run, test_fraction, oracle)
 
 
 @contextmanager
@@ -291,9 +263,19 @@ def reading() -> Iterator[tuple[Config, State]]:
         yield config, state
 
 
-def records(rows: Any) -> list[dict[str, Any]]:
-    """Typed records as JSON objects."""
-    return [dataclasses.asdict(row) for row in rows]
+def ingest(
+    command: str,
+    report: Path | None,
+    as_json: bool,
+    run: Callable[..., IngestReport],
+    test_fraction: float | None,
+    oracle: bool,
+) -> None:
+    """Run an ingestion (``run(config, state, ...)``) and show what it did."""
+    check_output(report, "--report")
+    with workspace(command) as (config, state, progress):
+        result = run(config, state, test_fraction=test_fraction, oracle=oracle, progress=progress)
+    show_ingest(result, report, as_json)
 
 
 def show_ingest(result: IngestReport, report: Path | None, as_json: bool) -> None:
@@ -323,7 +305,7 @@ def pool_stats(
     """Counts per pool and class: labelled, unlabelled, test and queued."""
     with reading() as (config, state):
         rows = state.pool_stats()
-    emit(rows, as_json, lambda r: views.pool_stats(r, config.name), records)
+    emit(rows, as_json, lambda r: views.pool_stats(r, config.name))
 
 
 @app.command()
@@ -406,7 +388,7 @@ def predict(
             csv_file=csv_file,
             progress=progress,
         )
-    emit(results, as_json, lambda r: views.predictions(r, faces), records)
+    emit(results, as_json, lambda r: views.predictions(r, faces))
 
 
 @app.command()
@@ -417,7 +399,7 @@ def checkpoints(
     """List saved checkpoints with their test metrics."""
     with reading() as (_, state):
         rows = state.checkpoints()
-    emit(rows, as_json, views.checkpoints, records)
+    emit(rows, as_json, views.checkpoints)
 
 
 def training_settings(config: Config, epochs: int) -> TrainingSettings:
@@ -549,7 +531,7 @@ def history(
         views.note(f"Wrote {path}")
     if as_json or not written:
         title = f"History of '{config.name}'"
-        emit(rows, as_json, lambda r: views.history(r, title), lambda r: [x.to_json() for x in r])
+        emit(rows, as_json, lambda r: views.history(r, title))
 
 
 @app.command()

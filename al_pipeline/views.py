@@ -52,7 +52,7 @@ def emit(
     result: T,
     as_json: bool,
     view: Callable[[T], None],
-    data: Callable[[T], Any] = dataclasses.asdict,  # type: ignore[assignment]
+    data: Callable[[T], Any] = lambda result: result,
 ) -> None:
     """Print ``result`` as strict JSON (``--json``) or through its view."""
     if as_json:
@@ -67,6 +67,11 @@ def print_json(data: Any) -> None:
 
 
 def _plain(value: Any) -> Any:
+    """JSON-ready data; a record with ``to_json`` (a history row) is shown as it is stored."""
+    if hasattr(value, "to_json"):
+        value = value.to_json()
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if type(value).__module__ == "numpy" and hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

@@ -201,10 +201,14 @@ def test_every_command_prints_strict_json(
     ]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KERAS_HOME", str(keras_home))
+        shown = {}
         for command in commands:
             result = cli.invoke(app, ["-w", str(config.root), *command, "--json"])
             assert result.exit_code == 0, (command, result.output)
             strict_json(result.stdout)
+            shown[" ".join(command[:2])] = json.loads(result.stdout)
+    finished = shown["round finish"]["history"]
+    assert finished in shown["history"]  # the same row, shown the same way
 
 
 HEAVY = ("keras", "tensorflow", "jax", "torch")
