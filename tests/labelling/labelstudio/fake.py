@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from al_pipeline.labelling.labelstudio.client import Annotation, Task
@@ -50,6 +50,13 @@ class FakeLabelStudio:
         annotation = Annotation(next(self._ids), choice, cancelled, annotator, at)
         self.tasks_by_id[task].annotations.append(annotation)
         return annotation.id
+
+    def update_annotation(self, annotation: int, choice: str, at: str) -> None:
+        for task in self.tasks_by_id.values():
+            task.annotations = [
+                replace(a, choice=choice, updated_at=at) if a.id == annotation else a
+                for a in task.annotations
+            ]
 
     def delete_annotation(self, annotation: int) -> None:
         for task in self.tasks_by_id.values():

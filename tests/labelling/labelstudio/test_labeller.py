@@ -366,67 +366,6 @@ def test_studio_commands_report_the_running_server(studio_server: StudioServer) 
     assert stat.S_IMODE(studio_server.config.studio_dir.stat().st_mode) == 0o700
 
 
-@pytest.mark.integration
-def test_updated_and_deleted_annotations_are_reconciled(
-    oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
-) -> None:
-    config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
-    client = sdk(studio_server)
-    with State(config.database) as state:
-        labeller, started = studio_round(config, state, 3)
-        task = round_tasks(client, labeller.project(), started.round_id)[0]
-        item = task.data["al_item"]
-        annotation = annotate(client, task, "with_mask")
-        status(state, labeller)
-        assert state.current_labels([item])[item][0] == "with_mask"
-
-        client.annotations.update(id=annotation, result=choice_result("without_mask"))
-        assert status(state, labeller).labelled == 1
-        assert state.current_labels([item])[item][0] == "without_mask"
-
-        client.annotations.delete(id=annotation)
-        after = status(state, labeller)
-        assert after.labelled == 0 and after.pending == 3
-        assert state.current_labels([item]) == {}
-        history = state.label_history(item)
-        assert [h.class_name for h in history] == ["with_mask", "without_mask"]
-        assert all(h.retired_at for h in history)
-
-
-@pytest.mark.integration
-def test_several_annotators_majority_wins_and_a_tie_waits(
-    oracle_template: Path, tmp_path: Path, keras_home: Path, studio_server: StudioServer
-) -> None:
-    config = prepared(oracle_template, tmp_path / "ws", keras_home, studio_server)
-    client = sdk(studio_server)
-    users = [
-        int(client.users.create(username=name, email=f"{name}@example.com").id)
-        for name in ("ann", "bob", "cy")
-    ]
-    with State(config.database) as state:
-        labeller, started = studio_round(config, state, 2)
-        outvoted, tied = round_tasks(client, labeller.project(), started.round_id)
-        for user, choice in zip(users, ("without_mask", "with_mask", "without_mask"), strict=True):
-            annotate(client, outvoted, choice, user=user)
-        annotate(client, tied, "with_mask", user=users[0])
-        annotate(client, tied, "without_mask", user=users[1])
-
-        current = status(state, labeller)
-        assert (current.labelled, current.pending) == (1, 1)
-        tied_item, outvoted_item = tied.data["al_item"], outvoted.data["al_item"]
-        assert current.unresolved == [tied_item]
-        [label] = [h for h in state.label_history(outvoted_item) if not h.retired_at]
-        assert label.class_name == "without_mask"
-        assert "ann@" in str(label.annotator) and "cy@" in str(label.annotator)
-        with pytest.raises(RoundError, match=f"no majority on items \\[{tied_item}\\]"):
-            finish(config, state, labeller, SETTINGS)
-
-        annotate(client, tied, "without_mask", user=users[2])
-        done = finish(config, state, labeller, SETTINGS)
-        assert done.history.labelled == 12
-        assert state.current_labels([tied_item])[tied_item][0] == "without_mask"
-
-
 def test_majority_wins_and_ties_stay_unresolved() -> None:
     def vote(id: int, who: str, choice: str | None, when: str, cancelled: bool = False) -> Any:
         return Annotation(id, choice, cancelled, who, when)

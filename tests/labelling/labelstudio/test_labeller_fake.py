@@ -15,6 +15,9 @@ from al_pipeline.labelling.labelstudio.client import LabelStudioError
 from al_pipeline.labelling.labelstudio.connection import Connection
 from al_pipeline.labelling.labelstudio.fields import ITEM_KEY, ROUND_KEY
 from al_pipeline.labelling.labelstudio.labeller import LabelStudioLabeller
+from al_pipeline.loop.rounds import finish
+from al_pipeline.loop.status import RoundError, status
+from al_pipeline.model.network import TrainingSettings
 from al_pipeline.records import RoundParams
 from al_pipeline.store.labels import PulledLabel
 from al_pipeline.store.rounds import QueuedItem, QueueEntry
@@ -116,6 +119,56 @@ def test_a_deleted_annotation_retracts_the_label(setup: Setup) -> None:
     assert state.current_label(1) == "with_mask"
     fake.delete_annotation(annotation)
     assert labeller.pull(round_id, queue).retracted == [1]
+
+
+def test_updated_and_deleted_annotations_are_reconciled(setup: Setup) -> None:
+    labeller, fake, state = setup
+    round_id = open_round(state, [1, 2, 3])
+    pushed(labeller, state, round_id)
+    annotation = fake.annotate(fake.task_of(1).id, "with_mask")
+    assert status(state, labeller).labelled == 1
+    assert state.current_label(1) == "with_mask"
+
+    fake.update_annotation(annotation, "without_mask", at="2026-01-02T00:00:00")
+    assert status(state, labeller).labelled == 1
+    assert state.current_label(1) == "without_mask"
+
+    fake.delete_annotation(annotation)
+    after = status(state, labeller)
+    assert (after.labelled, after.pending) == (0, 3)
+    assert state.current_label(1) is None
+    history = state.label_history(1)
+    assert [h.class_name for h in history] == ["with_mask", "without_mask"]
+    assert all(h.retired_at for h in history)
+
+
+def test_a_tie_holds_the_round_open_until_an_annotator_decides(
+    setup: Setup, workspace: Config
+) -> None:
+    labeller, fake, state = setup
+    round_id = open_round(state, [1, 2])
+    pushed(labeller, state, round_id)
+    outvoted, tied = fake.task_of(1).id, fake.task_of(2).id
+    for annotator, choice in (
+        ("ann", "without_mask"),
+        ("bob", "with_mask"),
+        ("cy", "without_mask"),
+    ):
+        fake.annotate(outvoted, choice, f"{annotator}@example.com")
+    fake.annotate(tied, "with_mask", "ann@example.com")
+    fake.annotate(tied, "without_mask", "bob@example.com")
+
+    current = status(state, labeller)
+    assert (current.labelled, current.pending, current.unresolved) == (1, 1, [2])
+    [label] = [h for h in state.label_history(1) if not h.retired_at]
+    assert label.class_name == "without_mask"
+    assert "ann@" in str(label.annotator) and "cy@" in str(label.annotator)
+    with pytest.raises(RoundError, match=r"no majority on items \[2\]: add a deciding"):
+        finish(workspace, state, labeller, TrainingSettings(epochs=1))
+
+    fake.annotate(tied, "without_mask", "cy@example.com")
+    assert status(state, labeller).unresolved == []
+    assert state.current_label(2) == "without_mask"
 
 
 def test_a_project_deleted_in_label_studio_is_a_clear_error(setup: Setup) -> None:
