@@ -53,6 +53,8 @@ studio_app = typer.Typer(
     help="Run the workspace's Label Studio server, or connect to yours.", no_args_is_help=True
 )
 app.add_typer(studio_app, name="studio")
+export_app = typer.Typer(help="Hand the labels back.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 ReportFile = Annotated[
@@ -532,6 +534,31 @@ def history(
     if as_json or not written:
         title = f"History of '{config.name}'"
         emit(rows, as_json, lambda r: views.history(r, title))
+
+
+@export_app.command("labels")
+@handles_errors
+def export_labels(
+    format: Annotated[str, typer.Option(help="csv, jsonl, imagefolder or label-studio.")] = "csv",
+    out: Annotated[
+        Path | None, typer.Option(help="File (folder for imagefolder); default: exports/.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train, test or all.")] = "all",
+    source: Annotated[str, typer.Option(help="human, import, oracle or all.")] = "all",
+    since_round: Annotated[
+        int | None, typer.Option(help="Only labels given in this round or later.")
+    ] = None,
+    copy: Annotated[bool, typer.Option("--copy", help="imagefolder: copy, not link.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every labelled item with its label and where it came from; unlabelled ones beside."""
+    from al_pipeline.reporting.export import LabelExportPlan
+    from al_pipeline.reporting.export import export_labels as write_labels
+
+    plan = LabelExportPlan(format, out, split, source, since_round, copy)
+    with reading() as (config, state):
+        exported = write_labels(config, state, plan)
+    emit(exported, as_json, views.labels_exported)
 
 
 @app.command()

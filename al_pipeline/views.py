@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from al_pipeline.model.predict import Prediction
     from al_pipeline.model.train import TrainReport
     from al_pipeline.records import HistoryRow, Metrics
+    from al_pipeline.reporting.export import LabelsExported
     from al_pipeline.reporting.simulation import SimulationResult
     from al_pipeline.store.items import PoolStats
     from al_pipeline.store.models import CheckpointRow
@@ -453,6 +454,19 @@ def simulated(result: SimulationResult) -> None:
         table.add_row(*cells)
     out.print(table)
     out.print(f"Runs: {result.csv}  curves: {result.plot}  table: {result.table_csv}")
+
+
+def labels_exported(result: LabelsExported) -> None:
+    counts = ", ".join(f"{name} {n}" for name, n in result.per_class.items())
+    out.print(f"Exported {result.labels} labels ({counts}) as {result.format} to {result.out}")
+    if result.renamed:
+        out.print(f"{result.renamed} file(s) renamed: another file of that class had the name")
+    out.print(f"{result.unlabelled} item(s) without a label are listed in {result.unlabelled_file}")
+    if result.linked:
+        out.print(
+            "The files are links to the pool's photos. To add them to another workspace, "
+            "export with --copy ('al pool add' refuses links that leave its folder)."
+        )
 
 
 # -- Label Studio ---------------------------------------------------------------------------

@@ -3,8 +3,11 @@
 start:  score the pool (cached features, current head) -> select -> queue (one transaction)
         -> push to the labeller.
 finish: pull labels (written at once) -> train -> evaluate -> history row -> close.
-Every step checks what is already done, so a crash anywhere is mended by running the same
-command again: labels are not written twice, a round's model is not trained twice.
+run:    start -> wait for labels -> finish, until a stopping rule fires.
+:func:`train_and_evaluate` (train -> evaluate -> round 0) serves ``al train`` and the first
+model of a run. Every step checks what is already done, so a crash anywhere is mended by
+running the same command again: labels are not written twice, a round's model is not
+trained twice.
 """
 
 from __future__ import annotations

@@ -63,7 +63,9 @@ def status(state: State, labeller: Labeller | None = None) -> RoundStatus:
 def pull(state: State, labeller: Labeller, round_id: int) -> Pulled:
     """Pull and write at once: nothing pulled is lost if a later step fails."""
     pulled = labeller.pull(round_id, state.queue(round_id))
-    pulled.written = state.record_pulled(round_id, pulled.labels, pulled.skipped, pulled.retracted)
+    pulled.written = state.record_pulled(
+        round_id, pulled.labels, pulled.skipped, pulled.retracted, pulled.unresolved
+    )
     return pulled
 
 

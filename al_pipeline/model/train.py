@@ -131,16 +131,7 @@ def train(
         created_at=now(),
     )
     save_checkpoint(build_classifier(backbone, head), folder, meta)
-    state.add_checkpoint(
-        tag,
-        _relative(config, folder),
-        backbone.name,
-        backbone.image_size,
-        len(kept),
-        meta,
-        round_id,
-        replace=force,
-    )
+    state.add_checkpoint(_relative(config, folder), meta, replace=force)
     report = TrainReport(
         tag,
         folder,

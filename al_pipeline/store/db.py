@@ -152,6 +152,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE queue RENAME COLUMN score TO utility;
     UPDATE queue SET utility = NULL;
     """,
+    # 6: items whose annotators disagree with no majority, as the last pull of a round saw.
+    """
+    CREATE TABLE ties (
+        round_id INTEGER NOT NULL REFERENCES rounds(id),
+        item_id INTEGER NOT NULL REFERENCES items(id),
+        PRIMARY KEY (round_id, item_id)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 APPLICATION_ID = 0x616C7070  # "alpp": written by migration 4

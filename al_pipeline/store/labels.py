@@ -104,13 +104,20 @@ class Labels(Database):
         labels: Sequence[PulledLabel],
         skipped: Sequence[int] = (),
         retracted: Sequence[int] = (),
+        unresolved: Sequence[int] = (),
     ) -> int:
         """Write pulled labels at once (one transaction); a label already current for an item
         is not written twice. ``retracted`` items lose their current label (it stays in the
-        history, retired) and are pending again in the round. Returns how many labels were
-        new."""
+        history, retired) and are pending again in the round. ``unresolved`` (annotators
+        tied) replaces the round's list of ties. Returns how many labels were new."""
         written = 0
         with self.atomic():
+            if round_id is not None:
+                self._db.execute("DELETE FROM ties WHERE round_id = ?", (round_id,))
+                self._db.executemany(
+                    "INSERT INTO ties (round_id, item_id) VALUES (?, ?)",
+                    [(round_id, item_id) for item_id in unresolved],
+                )
             for item_id in retracted:
                 self._db.execute(
                     "UPDATE labels SET retired_at = ? WHERE item_id = ? AND retired_at IS NULL",

@@ -34,19 +34,11 @@ class CheckpointRow:
 class Models(Database):
     """Queries on checkpoints."""
 
-    def add_checkpoint(
-        self,
-        tag: str,
-        path: Path,
-        backbone: str,
-        image_size: int,
-        labelled_count: int,
-        meta: CheckpointMeta,
-        round_id: int | None = None,
-        replace: bool = False,
-    ) -> int:
-        """Register a checkpoint; with ``replace``, one registered under the same tag (and
-        its evaluations) gives way, in the same transaction."""
+    def add_checkpoint(self, path: Path, meta: CheckpointMeta, replace: bool = False) -> int:
+        """Register the checkpoint saved at ``path`` under ``meta.tag``; with ``replace``,
+        one registered under the same tag (and its evaluations) gives way, in the same
+        transaction."""
+        tag = meta.tag
         with self.atomic():
             if replace:
                 self._db.execute(
@@ -60,12 +52,12 @@ class Models(Database):
                 " image_size, labelled_count, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     tag,
-                    round_id,
+                    meta.round_id,
                     str(path),
-                    backbone,
+                    meta.backbone,
                     meta.features_digest,
-                    image_size,
-                    labelled_count,
+                    meta.image_size,
+                    meta.labelled_count,
                     json.dumps(meta.to_json()),
                     now(),
                 ),
