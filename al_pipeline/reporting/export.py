@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from al_pipeline.config import Config
 from al_pipeline.errors import ConfigError, OutputError
-from al_pipeline.labelling.labelstudio.connection import stored_connection
+from al_pipeline.labelling.labelstudio.connection import connection, has_connection
 from al_pipeline.labelling.labelstudio.fields import choice_result
 from al_pipeline.labelling.labelstudio.server import document_root
 from al_pipeline.paths import output_file, output_folder, write_atomically, write_csv
@@ -157,10 +157,10 @@ def _label_studio(
     config: Config, state: State, records: list[LabelRecord], out: Path, plan: LabelExportPlan
 ) -> int:
     """Tasks Label Studio imports with their annotations in place. Image URLs point under the
-    server's document root (local files), as the labeller's tasks do."""
-    stored = stored_connection(config)
-    root = Path(stored.document_root) if stored and stored.document_root else None
-    root = (root or document_root(config, state)).resolve()
+    document root of the server the labeller would use (else the one 'al studio up' would
+    serve), as the labeller's tasks do."""
+    known = connection(config).document_root if has_connection(config) else None
+    root = Path(known).resolve() if known else document_root(config, state).resolve()
     tasks = [_task(config, r, root) for r in records]
     _write_text(out, json.dumps(tasks, indent=1), "the Label Studio export")
     return 0
