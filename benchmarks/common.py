@@ -37,6 +37,17 @@ def keras_home_with_weights(weights: Path = MOBILENET) -> Path:
     return home
 
 
+def image_files(data: Path, listing: Path | None = None) -> list[Path]:
+    """The image files under ``data`` (sorted), or those a listing file names (one path
+    relative to ``data`` per line)."""
+    from al_pipeline.ingest.images import is_image_name
+
+    if listing is not None:
+        names = listing.read_text(encoding="utf-8").splitlines()
+        return [data / name for name in names if name.strip()]
+    return sorted(p for p in data.rglob("*") if p.is_file() and is_image_name(p))
+
+
 def environment() -> dict[str, Any]:
     import keras
 

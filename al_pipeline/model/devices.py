@@ -65,7 +65,7 @@ def devices() -> tuple[str, list[str]]:
     elif backend == "jax":
         import jax
 
-        found = [f"{d.platform.upper()}:{d}" for d in jax.devices()]
+        found = [f"{d.platform.upper()}:{d.device_kind}" for d in jax.devices()]
     elif backend == "torch":
         import torch
 
@@ -79,6 +79,12 @@ def has_gpu(found: list[str] | None = None) -> bool:
     """Whether Keras' backend sees a GPU."""
     found = devices()[1] if found is None else found
     return any(d.upper().startswith(("GPU", "CUDA")) for d in found)
+
+
+def compute_device(found: list[str] | None = None) -> str:
+    """The device Keras computes on: its first GPU, else the CPU."""
+    found = devices()[1] if found is None else found
+    return next((d for d in found if has_gpu([d])), "CPU")
 
 
 def resolve_precision(precision: str, gpu: bool | None = None) -> str:
@@ -97,7 +103,7 @@ def gather(workspace: dict[str, str] | None = None, precision: str = "auto") -> 
         packages=package_versions(),
         backend=backend,
         devices=found,
-        accelerator="GPU" if gpu else "CPU",
+        accelerator=compute_device(found),
         precision=resolve_precision(precision, gpu),
         workspace=workspace or {},
     )

@@ -24,13 +24,13 @@ from numpy.typing import NDArray
 from al_pipeline.config import Config
 from al_pipeline.ingest.images import file_state
 from al_pipeline.model.backbones import Backbone
+from al_pipeline.model.inference import predict_padded, scoring_batch
 from al_pipeline.model.loader import image_batches
 from al_pipeline.progress import Progress, silent
 from al_pipeline.store.embeddings import CachedRow
 from al_pipeline.store.state import State
 
 DTYPE = np.float16
-BATCH = 32
 
 
 def cache_digest(backbone: Backbone) -> str:
@@ -175,9 +175,10 @@ def embed(
     failures: list[tuple[int, str]] = []
     progress("Computing features", 0, len(missing))
     done = 0
-    for batch in image_batches([items[i][1] for i in missing], backbone.image_size, BATCH):
+    size = scoring_batch()
+    for batch in image_batches([items[i][1] for i in missing], backbone.image_size, size):
         if batch.indices:
-            features = predict_padded(backbone.model, batch.pixels, BATCH)
+            features = predict_padded(backbone.model, batch.pixels, size)
             cache.append([items[missing[j]][0] for j in batch.indices], features)
         failures += [(missing[j], reason) for j, reason in batch.failures]
         done += len(batch.indices) + len(batch.failures)
@@ -216,16 +217,3 @@ def embed_items(
 ) -> Embedded:
     """:func:`embed` for workspace items, with the workspace's cache."""
     return embed(state, config.cache_dir, backbone, item_files(config, items), progress)
-
-
-def predict_padded(
-    model: object, inputs: NDArray[np.float32], batch_size: int
-) -> NDArray[np.float32]:
-    """Run ``model.predict_on_batch`` on a fixed batch shape (padding the last batch), so
-    graph backends compile once instead of once per odd-sized batch."""
-    count = len(inputs)
-    if count < batch_size:
-        pad = np.zeros((batch_size - count, *inputs.shape[1:]), dtype=inputs.dtype)
-        inputs = np.concatenate([inputs, pad])
-    outputs = model.predict_on_batch(inputs)  # type: ignore[attr-defined]
-    return np.asarray(outputs, dtype=np.float32)[:count]

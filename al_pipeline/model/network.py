@@ -9,9 +9,11 @@ with the backbone called in inference mode so BatchNorm statistics stay put.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -20,11 +22,16 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from al_pipeline.errors import PipelineError
 from al_pipeline.model.backbones import Backbone
-from al_pipeline.model.loader import WORKERS, decode
+from al_pipeline.model.inference import predict_padded
+from al_pipeline.model.loader import WORKERS, decode, image_batches
 from al_pipeline.paths import at_least
+from al_pipeline.progress import Progress, silent
 
 HEAD_LEARNING_RATE = 1e-3
 FINE_TUNE_LEARNING_RATE = 1e-5
+# Training images are decoded once into memory up to this size (3,000 at 224 px: 450 MB).
+PIXEL_CACHE_BYTES = 4 << 30
+CACHE_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -75,16 +82,50 @@ def build_classifier(backbone: Backbone, head: keras.Model) -> keras.Model:
     return keras.Model(pixels, head(backbone.model(pixels)), name="classifier")
 
 
-def augmentation(seed: int) -> keras.Sequential:
-    """Rotation up to ±20°, zoom 0.8 to 1.2 (crop in / pad out) and horizontal flips."""
-    return keras.Sequential(
-        [
-            keras.layers.RandomRotation(20 / 360, fill_mode="reflect", seed=seed),
-            keras.layers.RandomZoom((-0.2, 0.2), fill_mode="reflect", seed=seed + 1),
-            keras.layers.RandomFlip("horizontal", seed=seed + 2),
-        ],
-        name="augment",
-    )
+@keras.saving.register_keras_serializable(package="al_pipeline")
+class Augment(keras.layers.Layer):  # type: ignore[misc]
+    """Random rotation (±``degrees``), zoom (1 ± ``zoom``) and horizontal flip, in training.
+
+    One affine transform per image, with edges filled by reflection. Unlike Keras'
+    RandomRotation and RandomZoom, which mark themselves as not jit-compatible (so JAX
+    trains the whole model eagerly, op by op), it uses only jit-safe ops, and the training
+    step stays compiled. At inference it is the identity.
+    """
+
+    def __init__(self, degrees: float = 20.0, zoom: float = 0.2, seed: int = 0, **kwargs: Any):
+        kwargs.setdefault("dtype", "float32")  # pixel coordinates want full precision
+        super().__init__(**kwargs)
+        self.degrees = degrees
+        self.zoom = zoom
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images: Any, training: bool | None = None) -> Any:
+        if not training:
+            return images
+        ops = keras.ops
+        shape = ops.shape(images)
+        draws = keras.random.uniform((shape[0], 3), seed=self.generator)
+        angle = (draws[:, 0] * 2.0 - 1.0) * (self.degrees * math.pi / 180.0)
+        scale = 1.0 + (draws[:, 1] * 2.0 - 1.0) * self.zoom
+        flip = ops.where(draws[:, 2] < 0.5, -1.0, 1.0)
+        cos, sin = ops.cos(angle) * scale, ops.sin(angle) * scale
+        # Output (x, y) reads input A @ ((x, y) - centre) + centre, A = scale * R(angle) * flip.
+        a0, a1, b0, b1 = cos * flip, -sin, sin * flip, cos
+        cx = (ops.cast(shape[2], "float32") - 1.0) / 2.0
+        cy = (ops.cast(shape[1], "float32") - 1.0) / 2.0
+        a2 = cx - a0 * cx - a1 * cy
+        b2 = cy - b0 * cx - b1 * cy
+        zero = ops.zeros_like(a0)
+        transform = ops.stack([a0, a1, a2, b0, b1, b2, zero, zero], axis=1)
+        return ops.image.affine_transform(images, transform, fill_mode="reflect")
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = {**super().get_config(), "degrees": self.degrees, "zoom": self.zoom}
+        return {**config, "seed": self.seed}
 
 
 def class_weights(labels: NDArray[np.int64], classes: int) -> dict[int, float]:
@@ -120,8 +161,51 @@ def fit_head(
     )
 
 
-class ImageBatches(keras.utils.PyDataset):  # type: ignore[misc]
-    """Labelled image files as shuffled training batches, decoded on worker threads."""
+class TrainingBatches(keras.utils.PyDataset):  # type: ignore[misc]
+    """Shuffled full batches of uint8 pixels and labels.
+
+    Every batch has the same shape, so a compiled training step compiles once (a short
+    last batch would compile a second program, which costs as much as the first). Each
+    epoch leaves out a different remainder of fewer than ``batch_size`` images.
+    """
+
+    def __init__(self, labels: NDArray[np.int64], batch_size: int, seed: int) -> None:
+        super().__init__(workers=WORKERS, use_multiprocessing=False)
+        self.labels = labels
+        self.batch_size = min(batch_size, len(labels))
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(labels))
+
+    def __len__(self) -> int:
+        return len(self.labels) // self.batch_size
+
+    def __getitem__(self, index: int) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.pixels(chosen), self.labels[chosen]
+
+    def pixels(self, chosen: NDArray[np.int64]) -> NDArray[np.uint8]:
+        raise NotImplementedError
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.labels))
+
+
+class PixelBatches(TrainingBatches):
+    """Batches from images decoded once into memory."""
+
+    def __init__(
+        self, pixels: NDArray[np.uint8], labels: NDArray[np.int64], batch_size: int, seed: int
+    ) -> None:
+        super().__init__(labels, batch_size, seed)
+        self.decoded = pixels
+
+    def pixels(self, chosen: NDArray[np.int64]) -> NDArray[np.uint8]:
+        return self.decoded[chosen]
+
+
+class ImageBatches(TrainingBatches):
+    """Batches decoded from the files again each epoch, on worker threads (for training
+    sets larger than :data:`PIXEL_CACHE_BYTES`)."""
 
     def __init__(
         self,
@@ -131,24 +215,54 @@ class ImageBatches(keras.utils.PyDataset):  # type: ignore[misc]
         batch_size: int,
         seed: int,
     ) -> None:
-        super().__init__(workers=WORKERS, use_multiprocessing=False)
+        super().__init__(labels, batch_size, seed)
         self.paths = list(paths)
-        self.labels = labels
         self.size = size
-        self.batch_size = batch_size
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(self.paths))
 
-    def __len__(self) -> int:
-        return math.ceil(len(self.paths) / self.batch_size)
+    def pixels(self, chosen: NDArray[np.int64]) -> NDArray[np.uint8]:
+        return np.stack([decode(self.paths[i], self.size) for i in chosen])
 
-    def __getitem__(self, index: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        pixels = np.stack([decode(self.paths[i], self.size) for i in chosen]).astype(np.float32)
-        return pixels, self.labels[chosen]
 
-    def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.paths))
+class EpochTimer(keras.callbacks.Callback):  # type: ignore[misc]
+    """Records each epoch's seconds and reports them through ``progress``."""
+
+    def __init__(self, progress: Progress, epochs: int) -> None:
+        super().__init__()
+        self.progress = progress
+        self.epochs = epochs
+        self.seconds: list[float] = []
+        self.started = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: object = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: object = None) -> None:
+        self.seconds.append(round(time.perf_counter() - self.started, 2))
+        self.progress("Fine-tuning", epoch + 1, self.epochs)
+
+
+def fine_tune_model(
+    backbone: Backbone, head: keras.Model, settings: TrainingSettings, train_all: bool = False
+) -> keras.Model:
+    """Augmentation, the backbone with its top ``fine_tune_layers`` (or all) unfrozen, and
+    the head: compiled so that the training step is one compiled function on every backend
+    that compiles (nothing in it opts out of XLA)."""
+    network = _network_of(backbone)
+    network.trainable = True
+    if not train_all:
+        for layer in network.layers[: max(0, len(network.layers) - settings.fine_tune_layers)]:
+            layer.trainable = False
+    size = backbone.image_size
+    pixels = keras.Input((size, size, 3), name="pixels")
+    augmented = Augment(seed=settings.seed, name="augment")(pixels)
+    model = keras.Model(pixels, head(backbone.model(augmented)), name="fine_tune")
+    rate = HEAD_LEARNING_RATE if train_all else FINE_TUNE_LEARNING_RATE
+    model.compile(
+        optimizer=keras.optimizers.Adam(rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
 
 
 def fine_tune(
@@ -159,31 +273,48 @@ def fine_tune(
     settings: TrainingSettings,
     classes: int,
     train_all: bool = False,
-) -> None:
+    progress: Progress = silent,
+) -> list[float]:
     """Unfreeze the top ``fine_tune_layers`` of the backbone (or all of it) and train on
-    augmented images."""
-    network = _network_of(backbone)
-    network.trainable = True
-    if not train_all:
-        for layer in network.layers[: max(0, len(network.layers) - settings.fine_tune_layers)]:
-            layer.trainable = False
-    pixels = keras.Input((backbone.image_size, backbone.image_size, 3))
-    model = keras.Model(pixels, head(backbone.model(augmentation(settings.seed)(pixels))))
-    rate = HEAD_LEARNING_RATE if train_all else FINE_TUNE_LEARNING_RATE
-    model.compile(
-        optimizer=keras.optimizers.Adam(rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    augmented images; return each epoch's seconds.
+
+    Each image is decoded once, at the training size, into a uint8 array when that fits in
+    :data:`PIXEL_CACHE_BYTES`; larger sets are decoded again each epoch.
+    """
+    model = fine_tune_model(backbone, head, settings, train_all)
     keras.utils.set_random_seed(settings.seed)
-    data = ImageBatches(paths, labels, backbone.image_size, settings.batch_size, settings.seed)
-    model.fit(
-        data,
-        epochs=settings.fine_tune_epochs,
-        class_weight=class_weights(labels, classes),
-        verbose=0,
-    )
-    network.trainable = False
+    timer = EpochTimer(progress, settings.fine_tune_epochs)
+    fit = {
+        "epochs": settings.fine_tune_epochs,
+        "class_weight": class_weights(labels, classes),
+        "callbacks": [timer],
+        "verbose": 0,
+    }
+    size, batch, seed = backbone.image_size, settings.batch_size, settings.seed
+    data: TrainingBatches
+    if len(paths) * size * size * 3 <= PIXEL_CACHE_BYTES:
+        pixels, kept = decode_all(paths, size, progress)
+        data = PixelBatches(pixels, labels[kept], batch, seed)
+    else:
+        data = ImageBatches(paths, labels, size, batch, seed)
+    model.fit(data, **fit)
+    _network_of(backbone).trainable = False
+    return timer.seconds
+
+
+def decode_all(
+    paths: Sequence[Path], size: int, progress: Progress = silent
+) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    """Every readable image of ``paths`` as one uint8 array, and the positions it holds."""
+    pixels = np.empty((len(paths), size, size, 3), np.uint8)
+    kept: list[int] = []
+    done = 0
+    for batch in image_batches(paths, size, CACHE_BATCH):
+        pixels[len(kept) : len(kept) + len(batch.indices)] = batch.pixels
+        kept += batch.indices
+        done += len(batch.indices) + len(batch.failures)
+        progress("Decoding training images", done, len(paths))
+    return pixels[: len(kept)], np.array(kept, dtype=np.int64)
 
 
 def _network_of(backbone: Backbone) -> keras.Model:
@@ -223,8 +354,6 @@ def predict_proba(head: keras.Model, features: NDArray[np.floating]) -> NDArray[
         logits -= logits.max(axis=1, keepdims=True)
         np.exp(logits, out=logits)
         return logits / logits.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
-    from al_pipeline.model.embeddings import predict_padded
-
     features = np.asarray(features, np.float32)
     batch = min(16_384, 1 << max(0, len(features) - 1).bit_length())
     parts = [

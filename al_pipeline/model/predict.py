@@ -18,13 +18,12 @@ from al_pipeline.config import Config
 from al_pipeline.errors import PipelineError
 from al_pipeline.ingest.images import crop_with_margin, is_image_name, load_rgb
 from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint
-from al_pipeline.model.embeddings import predict_padded
+from al_pipeline.model.inference import CPU_BATCH, predict_padded, scoring_batch
 from al_pipeline.model.loader import image_batches
 from al_pipeline.paths import write_csv as write_csv_file
 from al_pipeline.progress import Progress, silent
 from al_pipeline.store.state import State
 
-BATCH = 32
 FACE_MARGIN = 0.15
 
 
@@ -88,9 +87,10 @@ def predict_files(
     files = expand_paths(paths)
     results: dict[int, Prediction] = {}
     size = checkpoint.meta.image_size
-    for batch in image_batches(files, size, BATCH):
+    batch_size = scoring_batch()
+    for batch in image_batches(files, size, batch_size):
         if batch.indices:
-            probs = predict_padded(checkpoint.model, batch.pixels, BATCH)
+            probs = predict_padded(checkpoint.model, batch.pixels, batch_size)
             for row, index in enumerate(batch.indices):
                 results[index] = _prediction(str(files[index]), probs[row], config.classes)
         for index, reason in batch.failures:
@@ -120,7 +120,7 @@ def predict_faces(
             results.append(Prediction(str(path), None, None, error="no face found"))
         if boxes:
             crops = np.stack([_crop(image, box, size) for box in boxes])
-            probs = predict_padded(checkpoint.model, crops, BATCH)
+            probs = predict_padded(checkpoint.model, crops, CPU_BATCH)
             results += [
                 _prediction(str(path), p, config.classes, box)
                 for p, box in zip(probs, boxes, strict=True)
@@ -145,6 +145,6 @@ def _prediction(
     )
 
 
-def _crop(image: Image.Image, box: tuple[int, int, int, int], size: int) -> NDArray[np.float32]:
+def _crop(image: Image.Image, box: tuple[int, int, int, int], size: int) -> NDArray[np.uint8]:
     crop = crop_with_margin(image, box, FACE_MARGIN, min_side=1) or image
-    return np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)

@@ -18,6 +18,7 @@ from al_pipeline.config import Config
 from al_pipeline.errors import NoLabelsError
 from al_pipeline.model.backbones import Backbone, backbone_spec, workspace_backbone
 from al_pipeline.model.checkpoints import CheckpointError, is_own_leftover, save_checkpoint
+from al_pipeline.model.devices import compute_device
 from al_pipeline.model.embeddings import embed_items
 from al_pipeline.model.network import (
     TrainingSettings,
@@ -49,6 +50,9 @@ class TrainReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     metrics: Metrics | None = None  # held-out, once evaluated
     training_seconds: float = 0.0
+    device: str = "CPU"
+    precision: str = "float32"
+    epoch_seconds: list[float] = field(default_factory=list)  # fine-tuning, per epoch
 
 
 def check_labels(config: Config, items: list[LabelledItem]) -> dict[str, int]:
@@ -98,8 +102,9 @@ def train(
     progress("Training", 0, None)
     fit_head(head, embedded.features(), labels, settings, len(config.classes))
     fine_tuned = settings.fine_tune_layers > 0 or not backbone.pretrained
+    epoch_seconds: list[float] = []
     if fine_tuned:
-        fine_tune(
+        epoch_seconds = fine_tune(
             backbone,
             head,
             [config.root / i.path for i in kept],
@@ -107,6 +112,7 @@ def train(
             settings,
             len(config.classes),
             train_all=not backbone.pretrained,
+            progress=progress,
         )
         backbone = replace(backbone, weights_digest=weights_digest(backbone))
     progress("Training", 1, 1)
@@ -143,6 +149,9 @@ def train(
         time.perf_counter() - started,
         skipped=[(str(items[p].path), why) for p, why in embedded.failures],
         training_seconds=training_seconds,
+        device=compute_device(),
+        precision=backbone.precision,
+        epoch_seconds=epoch_seconds,
     )
     return report
 
