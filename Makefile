@@ -2,15 +2,24 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# GPU=1 adds JAX's CUDA build and makes JAX this venv's Keras backend (README, "On a GPU").
+GPU ?= 0
+JAX_GPU ?= jax[cuda12]
 
 .PHONY: setup test test-fast lint
 
 setup:
+ifeq ($(GPU),1)
+	@scripts/setup-gpu.sh check
+endif
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[server,dev]'
 	$(BIN)/python -m pip check
 	$(BIN)/al --version
+ifeq ($(GPU),1)
+	@scripts/setup-gpu.sh install $(VENV) '$(JAX_GPU)'
+endif
 	@scripts/ensure-chromium.sh
 
 test: lint
