@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
+from al_pipeline.errors import PipelineError
 from al_pipeline.ingest.images import require_regular_file, to_rgb
 
 CORES = os.cpu_count() or 1
@@ -245,9 +246,12 @@ def _process_batches(
             pending.append(ring.submit(paths[start : start + batch_size], start))
         while pending:
             yield ring.collect(pending.popleft())
-    except BrokenProcessPool:
-        _shutdown()  # a worker died (killed, or crashed in a decoder): start afresh next time
-        raise
+    except BrokenProcessPool as exc:
+        _shutdown()  # start afresh next time
+        raise PipelineError(
+            "A process decoding images died (killed, out of memory, or crashed in a decoder). "
+            "Nothing was lost: run the command again."
+        ) from exc
     finally:
         for batch in pending:
             for task in batch.tasks:

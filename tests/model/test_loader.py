@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from al_pipeline.errors import PipelineError
 from al_pipeline.ingest.images import is_image_name
 from al_pipeline.model import loader
 from al_pipeline.model.loader import Batch, decode, image_batches
@@ -70,3 +74,18 @@ def test_an_abandoned_iteration_frees_its_shared_memory(tmp_path: Path) -> None:
     assert set(Path("/dev/shm").glob("psm_*")) - before  # the ring exists while iterating
     batches.close()
     assert set(Path("/dev/shm").glob("psm_*")) - before == set()
+
+
+def test_a_killed_decoding_process_is_one_clear_error_and_the_next_call_works(
+    tmp_path: Path,
+) -> None:
+    files = _odd_files(tmp_path) * 4
+    batches = image_batches(files, 32, 4, workers=2, processes=True)
+    next(batches)
+    for child in multiprocessing.active_children():
+        assert child.pid is not None
+        os.kill(child.pid, signal.SIGKILL)
+    with pytest.raises(PipelineError, match="died"):
+        list(batches)
+    again = _gathered(list(image_batches(files[:20], 32, 4, workers=2, processes=True)))
+    assert len(again[0]) + len(again[1]) == 20
