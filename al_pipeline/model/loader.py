@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing
 import os
+import shutil
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import (
@@ -105,14 +106,17 @@ def image_batches(
     """Yield decoded batches in order, decoding ahead of the consumer.
 
     ``processes`` None picks worker processes when there are more than two cores and at
-    least :data:`PROCESS_MIN_IMAGES` paths, else threads.
+    least :data:`PROCESS_MIN_IMAGES` paths, else threads. Threads are used too when the
+    shared-memory ring would not fit in /dev/shm.
     """
     if processes is None:
         processes = uses_processes(len(paths))
-    if processes:
-        yield from _process_batches(paths, size, batch_size, workers or PROCESS_WORKERS)
+    workers = workers or (PROCESS_WORKERS if processes else WORKERS)
+    slots = max(4, -(-2 * workers * min(CHUNK, batch_size) // batch_size))
+    if processes and _shared_memory_fits(slots * batch_size * size * size * 3):
+        yield from _process_batches(paths, size, batch_size, workers, slots)
     else:
-        yield from _thread_batches(paths, size, batch_size, workers or WORKERS)
+        yield from _thread_batches(paths, size, batch_size, workers)
 
 
 def uses_processes(count: int) -> bool:
@@ -230,13 +234,21 @@ def _shutdown() -> None:
 atexit.register(_shutdown)
 
 
+def _shared_memory_fits(size: int) -> bool:
+    """Whether /dev/shm has room for ``size`` bytes (containers often give it 64 MB, and a
+    worker writing past that dies of SIGBUS). Where there is no /dev/shm, assume so."""
+    try:
+        return shutil.disk_usage("/dev/shm").free > size
+    except OSError:
+        return True
+
+
 def _process_batches(
-    paths: Sequence[Path], size: int, batch_size: int, workers: int
+    paths: Sequence[Path], size: int, batch_size: int, workers: int, slots: int
 ) -> Iterator[Batch]:
-    """Worker processes decode each batch into a slot of a shared ring; the batch is copied
-    out when it is yielded, and its slot is reused."""
-    # Enough batches in flight to keep every worker busy while the consumer works on one.
-    slots = max(4, -(-2 * workers * min(CHUNK, batch_size) // batch_size))
+    """Worker processes decode each batch into a slot of a shared ring of ``slots``
+    batches (enough to keep every worker busy while the consumer works on one); the batch
+    is copied out when it is yielded, and its slot is reused."""
     ring = _Ring(_process_pool(workers), slots, batch_size, size)
     pending: deque[_InFlight] = deque()
     try:

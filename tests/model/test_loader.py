@@ -89,3 +89,15 @@ def test_a_killed_decoding_process_is_one_clear_error_and_the_next_call_works(
         list(batches)
     again = _gathered(list(image_batches(files[:20], 32, 4, workers=2, processes=True)))
     assert len(again[0]) + len(again[1]) == 20
+
+
+def test_without_room_in_dev_shm_threads_decode_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _odd_files(tmp_path)
+    monkeypatch.setattr(loader, "_shared_memory_fits", lambda size: False)
+    monkeypatch.setattr(loader, "_process_batches", None)  # fails if called
+    pixels, failures = _gathered(list(image_batches(files, 32, 8, workers=2, processes=True)))
+    expected_pixels, expected_failures = _inline(files, 32)
+    assert failures == expected_failures
+    assert all(np.array_equal(pixels[i], expected_pixels[i]) for i in expected_pixels)
