@@ -36,7 +36,6 @@ def main() -> None:
     home = keras_home_with_weights(args.weights)
 
     from al_pipeline.ingest.folders import add_folder
-    from al_pipeline.model.devices import compute_device
     from al_pipeline.model.evaluate import evaluate
     from al_pipeline.model.network import TrainingSettings
     from al_pipeline.model.train import train
@@ -86,12 +85,7 @@ def main() -> None:
             f"{total:.1f} s); held-out accuracy {metrics.accuracy:.3f} on {metrics.count}",
             flush=True,
         )
-    result = {
-        "benchmark": "finetune",
-        "environment": environment(),
-        "device": compute_device(),
-        "rows": rows,
-    }
+    result = {"benchmark": "finetune", "environment": environment(), "rows": rows}
     print(f"saved {save('bench_finetune', result)}")
 
 

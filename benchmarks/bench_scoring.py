@@ -49,7 +49,7 @@ def main() -> None:
     home = keras_home_with_weights(args.weights)
 
     from al_pipeline.ingest.folders import add_folder
-    from al_pipeline.model.devices import compute_device, resolve_precision
+    from al_pipeline.model.devices import resolve_precision
     from al_pipeline.model.inference import scoring_batch
     from al_pipeline.store.state import State
     from al_pipeline.store.workspace import init_workspace
@@ -75,12 +75,7 @@ def main() -> None:
                 " img/s",
                 flush=True,
             )
-    result = {
-        "benchmark": "scoring",
-        "environment": environment(),
-        "device": compute_device(),
-        "rows": rows,
-    }
+    result = {"benchmark": "scoring", "environment": environment(), "rows": rows}
     print(f"saved {save('bench_scoring', result)}")
 
 

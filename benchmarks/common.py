@@ -51,13 +51,14 @@ def image_files(data: Path, listing: Path | None = None) -> list[Path]:
 def environment() -> dict[str, Any]:
     import keras
 
-    from al_pipeline.model.devices import devices
+    from al_pipeline.model.devices import compute_device, devices
 
     backend, found = devices()
     return {
         "keras": keras.__version__,
         "backend": backend,
         "devices": found,
+        "device": compute_device(found),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }
