@@ -87,6 +87,28 @@ def compute_device(found: list[str] | None = None) -> str:
     return next((d for d in found if has_gpu([d])), "CPU")
 
 
+def accelerator_memory() -> int | None:
+    """Bytes of memory free on the first GPU, where the backend says (JAX, torch)."""
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            stats = jax.devices()[0].memory_stats() or {}
+            if "bytes_limit" in stats:
+                return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        elif backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return int(torch.cuda.mem_get_info()[0])
+    except (RuntimeError, IndexError):
+        return None
+    return None
+
+
 def resolve_precision(precision: str, gpu: bool | None = None) -> str:
     """``auto`` becomes mixed_float16 on a GPU and float32 elsewhere (``gpu``: already
     known, or None to ask the backend)."""

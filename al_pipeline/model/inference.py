@@ -10,15 +10,25 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from al_pipeline.model.devices import has_gpu
+from al_pipeline.model.devices import accelerator_memory, has_gpu
 
 CPU_BATCH = 32
 ACCELERATOR_BATCH = 512
+# The free accelerator memory each batch size asks for: generous rules of thumb, not
+# measured per backbone. A device with less (small, or shared) scores in smaller batches.
+GIB = 1 << 30
+MEMORY_FOR_BATCH = ((16 * GIB, 512), (8 * GIB, 256), (4 * GIB, 128))
 
 
-def scoring_batch(gpu: bool | None = None) -> int:
-    """The batch size to score with: large on a GPU (``gpu`` None asks the backend)."""
-    return ACCELERATOR_BATCH if (has_gpu() if gpu is None else gpu) else CPU_BATCH
+def scoring_batch(gpu: bool | None = None, free: int | None = None) -> int:
+    """The batch size to score with: large on a GPU, smaller where its free memory is
+    short (``gpu`` and ``free``: already known, or None to ask the backend)."""
+    if not (has_gpu() if gpu is None else gpu):
+        return CPU_BATCH
+    free = accelerator_memory() if free is None else free
+    if free is None:
+        return ACCELERATOR_BATCH
+    return next((batch for need, batch in MEMORY_FOR_BATCH if free >= need), 64)
 
 
 def predict_padded(

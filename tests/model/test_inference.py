@@ -32,6 +32,9 @@ def test_uint8_pixels_give_the_features_float_pixels_give(tmp_path: Path) -> Non
     np.testing.assert_allclose(as_uint8, as_float, rtol=1e-5, atol=1e-6)
 
 
-def test_the_batch_is_large_only_on_an_accelerator() -> None:
+def test_the_batch_is_large_only_on_an_accelerator_with_memory_to_spare() -> None:
+    gib = 1 << 30
     assert scoring_batch(gpu=False) == CPU_BATCH
-    assert scoring_batch(gpu=True) >= 256
+    assert scoring_batch(gpu=True, free=70 * gib) == 512
+    assert scoring_batch(gpu=True, free=6 * gib) == 128
+    assert scoring_batch(gpu=True, free=gib) == 64
