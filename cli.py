@@ -53,7 +53,7 @@ studio_app = typer.Typer(
     help="Run the workspace's Label Studio server, or connect to yours.", no_args_is_help=True
 )
 app.add_typer(studio_app, name="studio")
-export_app = typer.Typer(help="Hand the labels back.", no_args_is_help=True)
+export_app = typer.Typer(help="Hand the labels and the model back.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -559,6 +559,24 @@ def export_labels(
     with reading() as (config, state):
         exported = write_labels(config, state, plan)
     emit(exported, as_json, views.labels_exported)
+
+
+@export_app.command("model")
+@handles_errors
+def export_model(
+    format: Annotated[str, typer.Option(help="keras, savedmodel, tflite or onnx.")] = "keras",
+    checkpoint: Annotated[
+        str | None, typer.Option(help="Checkpoint tag (default: the latest).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write; default: exports/.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The classifier, preprocessing inside, loaded back and checked against the checkpoint."""
+    from al_pipeline.model.export import export_model as write_model
+
+    with reading() as (config, state):
+        exported = write_model(config, state, format, out, checkpoint)
+    emit(exported, as_json, views.model_exported)
 
 
 @app.command()

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from al_pipeline.loop.status import RoundStatus
     from al_pipeline.model.devices import Info
     from al_pipeline.model.evaluate import EvaluationReport
+    from al_pipeline.model.export import ModelExported
     from al_pipeline.model.predict import Prediction
     from al_pipeline.model.train import TrainReport
     from al_pipeline.records import HistoryRow, Metrics
@@ -471,6 +472,17 @@ def labels_exported(result: LabelsExported) -> None:
             "The files are links to the pool's photos. To add them to another workspace, "
             "export with --copy ('al pool add' refuses links that leave its folder)."
         )
+
+
+def model_exported(result: ModelExported) -> None:
+    out.print(
+        f"Exported checkpoint [bold]{result.tag}[/] as {result.format} to {result.path} "
+        f"(classes and input size in {result.meta_file.name})"
+    )
+    out.print(
+        f"Loaded back and checked on {result.photos_checked} photos: probabilities within "
+        f"{result.max_difference:.1g} of the checkpoint's (allowed {result.tolerance:g})"
+    )
 
 
 # -- Label Studio ---------------------------------------------------------------------------

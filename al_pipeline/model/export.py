@@ -1,0 +1,266 @@
+"""[export] A checkpoint's classifier as a file that runs without al: Keras, a TensorFlow
+SavedModel, TFLite or ONNX.
+
+The exported model takes raw RGB pixels in [0, 255] (float32, ``(n, size, size, 3)``):
+the backbone's preprocessing is inside it. A JSON file beside it (``<export>.json``) names
+the classes in output order and the input size. Every export is loaded back with its own
+runtime and compared with the checkpoint on real photos of the workspace; an export that
+does not match is removed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from numpy.typing import NDArray
+
+from al_pipeline.config import Config
+from al_pipeline.errors import ConfigError, OutputError, PipelineError
+from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint
+from al_pipeline.model.loader import image_batches
+from al_pipeline.paths import output_file, output_folder, write_atomically
+from al_pipeline.store.state import State
+
+# Suffix of the exported file (savedmodel is a folder), and the largest difference in any
+# probability allowed against the checkpoint: converters reorder float arithmetic.
+FORMATS = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite", "onnx": ".onnx"}
+TOLERANCE = {"keras": 1e-6, "savedmodel": 1e-5, "tflite": 1e-4, "onnx": 1e-4}
+CHECK_PHOTOS = 16
+ONNX_PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
+
+
+class ExportError(PipelineError):
+    """A model export that cannot be made here, or that did not match its checkpoint."""
+
+
+@dataclass(frozen=True)
+class ModelExported:
+    """What ``al export model`` wrote and how it was checked."""
+
+    tag: str
+    format: str
+    path: Path
+    meta_file: Path
+    classes: list[str]
+    image_size: int
+    photos_checked: int
+    max_difference: float
+    tolerance: float
+
+
+def export_model(
+    config: Config, state: State, format: str, out: Path | None = None, tag: str | None = None
+) -> ModelExported:
+    """Export a checkpoint (default: the latest) and check the export against it."""
+    _require(format)
+    row, checkpoint = find_checkpoint(config, state, tag)
+    path = _target(config, row.tag, format, out)
+    pixels = _check_photos(config, state, checkpoint.meta.image_size)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # writers want the suffix
+    difference = _write_and_check(checkpoint.model, format, row.tag, partial, pixels)
+    _swap_in(partial, path)
+    meta_file = _write_meta(path, checkpoint, format)
+    return ModelExported(
+        row.tag,
+        format,
+        path,
+        meta_file,
+        list(checkpoint.meta.classes),
+        checkpoint.meta.image_size,
+        len(pixels),
+        difference,
+        TOLERANCE[format],
+    )
+
+
+def _write_and_check(
+    model: keras.Model, format: str, tag: str, partial: Path, pixels: NDArray[np.float32]
+) -> float:
+    """Write the export at ``partial``, run it with its own runtime, and return its largest
+    difference from ``model``; on any failure remove what was written."""
+    what = f"{format} export of {tag}"
+    expected = np.asarray(model.predict_on_batch(pixels), np.float32)
+    _remove(partial)
+    try:
+        _WRITERS[format](model, partial)
+        difference = float(np.abs(_RUNNERS[format](partial, pixels) - expected).max())
+    except (OSError, ValueError, RuntimeError) as exc:
+        _remove(partial)
+        raise ExportError(f"The {what} failed: {exc}") from exc
+    if difference > TOLERANCE[format]:
+        _remove(partial)
+        raise ExportError(
+            f"The {what} differs from the checkpoint by {difference:.2g} on {len(pixels)} "
+            f"photos (allowed {TOLERANCE[format]:g}); nothing was written."
+        )
+    return difference
+
+
+def _require(format: str) -> None:
+    """Refuse, before any work, a format this installation cannot write or check."""
+    if format not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got '{format}'.")
+    backend = keras.backend.backend()
+    if format in ("savedmodel", "tflite", "onnx") and backend != "tensorflow":
+        raise ExportError(
+            f"--format {format} needs Keras' TensorFlow backend, and this run uses {backend}. "
+            f"Run it as: KERAS_BACKEND=tensorflow al export model --format {format}"
+        )
+    missing = [p for p in ONNX_PACKAGES if importlib.util.find_spec(p) is None]
+    if format == "onnx" and missing:
+        raise ExportError(
+            f"--format onnx needs the package(s) {', '.join(missing)}. Install them with: "
+            f"pip install {' '.join(ONNX_PACKAGES)}"
+        )
+
+
+def _target(config: Config, tag: str, format: str, out: Path | None) -> Path:
+    """Where the export goes: ``out``, checked, or ``exports/model-<tag>`` in the workspace."""
+    suffix = FORMATS[format]
+    if out is None:
+        (config.root / "exports").mkdir(exist_ok=True)
+        name = f"model-{tag}-savedmodel" if format == "savedmodel" else f"model-{tag}{suffix}"
+        return config.root / "exports" / name
+    if format == "savedmodel":
+        output_folder(out, "--out")
+        if out.exists() and any(out.iterdir()) and not (out / "saved_model.pb").exists():
+            raise OutputError(
+                f"--out {out} is a folder with other files in it. Choose a new folder."
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return out
+    if out.suffix != suffix:
+        raise ConfigError(f"--out for --format {format} must end in {suffix}, got '{out}'.")
+    return output_file(out, "--out")
+
+
+def _check_photos(config: Config, state: State, size: int) -> NDArray[np.float32]:
+    """Up to :data:`CHECK_PHOTOS` readable labelled photos of the workspace, as pixels."""
+    items = state.labelled_items("test") + state.labelled_items("train")
+    paths = [config.root / item.path for item in items[: CHECK_PHOTOS * 2]]
+    rows = [b.pixels for b in image_batches(paths, size, CHECK_PHOTOS * 2) if len(b.pixels)]
+    if not rows:
+        raise ExportError(
+            "No readable labelled photo in the workspace to check the export on. Add some with "
+            "'al pool add DIR --labelled'."
+        )
+    return np.concatenate(rows)[:CHECK_PHOTOS].astype(np.float32)
+
+
+def _write_keras(model: keras.Model, path: Path) -> None:
+    model.save(path)
+
+
+def _write_savedmodel(model: keras.Model, path: Path) -> None:
+    model.export(path, format="tf_saved_model", verbose=False)
+
+
+def _write_tflite(model: keras.Model, path: Path) -> None:
+    model.export(path, format="litert", verbose=False)
+
+
+def _write_onnx(model: keras.Model, path: Path) -> None:
+    model.export(path, format="onnx", verbose=False)
+
+
+def _run_keras(path: Path, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+    model = keras.saving.load_model(path)
+    return np.asarray(model.predict_on_batch(pixels), np.float32)
+
+
+def _run_savedmodel(path: Path, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    return np.asarray(loaded.serve(tf.constant(pixels)), np.float32)
+
+
+def _run_tflite(path: Path, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+    interpreter = _tflite_interpreter(path)
+    inputs = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(inputs["index"], pixels.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inputs["index"], pixels)
+    interpreter.invoke()
+    output = interpreter.get_output_details()[0]
+    return np.asarray(interpreter.get_tensor(output["index"]), np.float32)
+
+
+def _tflite_interpreter(path: Path) -> Any:
+    """LiteRT's interpreter where installed, else TensorFlow's (the same runtime)."""
+    if importlib.util.find_spec("ai_edge_litert") is not None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter(model_path=str(path))
+    import warnings
+
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "deprecated: use ai_edge_litert"
+        return tf.lite.Interpreter(model_path=str(path))
+
+
+def _run_onnx(path: Path, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.asarray(session.run(None, {name: pixels})[0], np.float32)
+
+
+Writer = Callable[[keras.Model, Path], None]
+Runner = Callable[[Path, NDArray[np.float32]], NDArray[np.float32]]
+_WRITERS: dict[str, Writer] = {
+    "keras": _write_keras,
+    "savedmodel": _write_savedmodel,
+    "tflite": _write_tflite,
+    "onnx": _write_onnx,
+}
+_RUNNERS: dict[str, Runner] = {
+    "keras": _run_keras,
+    "savedmodel": _run_savedmodel,
+    "tflite": _run_tflite,
+    "onnx": _run_onnx,
+}
+
+
+def _write_meta(path: Path, checkpoint: Checkpoint, format: str) -> Path:
+    meta = {
+        "checkpoint": checkpoint.meta.tag,
+        "format": format,
+        "classes": list(checkpoint.meta.classes),
+        "image_size": checkpoint.meta.image_size,
+        "input": "float32 RGB pixels in [0, 255], shape (n, image_size, image_size, 3)",
+        "output": "class probabilities, in the order of 'classes'",
+        "backbone": checkpoint.meta.backbone,
+    }
+    text = json.dumps(meta, indent=2) + "\n"
+    meta_file = path.with_name(path.name + ".json")
+    return write_atomically(meta_file, lambda handle: handle.write(text.encode()), "--out")
+
+
+def _swap_in(partial: Path, path: Path) -> None:
+    """Put the checked export in place of any earlier one, by renames."""
+    retired = path.with_name(f".{path.name}.old")
+    _remove(retired)
+    if path.exists():
+        os.replace(path, retired)
+    os.replace(partial, path)
+    _remove(retired)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,74 @@
+"""A trained checkpoint exported as Keras and TFLite runs outside al with the same answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from al_pipeline.config import Config
+from al_pipeline.model.checkpoints import load_checkpoint
+from al_pipeline.model.export import _run_tflite, export_model
+from al_pipeline.model.loader import decode
+from al_pipeline.model.predict import predict_files
+from al_pipeline.store.state import State
+from cli import app
+from tests.conftest import Trained, copy_workspace, snapshot
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def workspace_copy(trained: Trained, tmp_path: Path, keras_home: Path) -> Config:
+    return copy_workspace(trained.config.root, tmp_path / "ws", keras_home)
+
+
+@pytest.mark.parametrize("format", ["keras", "tflite"])
+def test_an_export_reloads_and_matches_the_checkpoint_on_real_photos(
+    trained: Trained, workspace_copy: Config, format: str
+) -> None:
+    config = workspace_copy
+    with State(config.database) as state:
+        exported = export_model(config, state, format)
+    assert exported.path.parent == config.root / "exports" and exported.photos_checked >= 8
+    assert exported.max_difference <= exported.tolerance
+    meta = json.loads(exported.meta_file.read_text())
+    assert meta["classes"] == list(config.classes) and meta["image_size"] == exported.image_size
+
+    # Other photos, through the exported file alone (its own runtime) and through al.
+    photos = sorted(trained.photos.rglob("*.jpg"))[-6:]
+    pixels = np.stack([decode(p, exported.image_size) for p in photos]).astype(np.float32)
+    checkpoint = load_checkpoint(config.checkpoints_dir / exported.tag)
+    expected = np.array(
+        [
+            [r.probabilities[c] for c in config.classes] if r.probabilities else []
+            for r in predict_files(config, checkpoint, photos)
+        ]
+    )
+    if format == "tflite":
+        got = _run_tflite(exported.path, pixels)
+    else:
+        got = np.asarray(keras.saving.load_model(exported.path).predict_on_batch(pixels))
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_bad_requests_are_one_line_and_write_nothing(
+    workspace_copy: Config, tmp_path: Path
+) -> None:
+    root = workspace_copy.root
+    before = snapshot(root)
+    for args, words in (
+        (["--format", "pickle"], "--format must be one of"),
+        (["--format", "onnx"], "pip install"),
+        (["--format", "tflite", "--out", str(tmp_path / "model.bin")], "must end in .tflite"),
+        (["--checkpoint", "nope"], "nope"),
+    ):
+        done = CliRunner().invoke(app, ["-w", str(root), "export", "model", *args])
+        assert done.exit_code == 1, (args, done.output)
+        assert words in done.output and "Traceback" not in done.output, (args, done.output)
+    assert snapshot(root) == before
+    assert not (tmp_path / "model.bin").exists()
