@@ -255,6 +255,21 @@ def pool_import_voc(
     ingest("al pool import-voc", report, as_json, run, test_fraction, oracle)
 
 
+@pool_app.command("import-labels")
+@handles_errors
+def pool_import_labels(
+    file: Annotated[Path, typer.Argument(help="A Label Studio JSON export, or a CSV.")],
+    report: ReportFile = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Label pool items from a Label Studio export or a CSV of path (or sha256), label."""
+    from al_pipeline.labelling.imports import import_labels
+
+    with workspace("al pool import-labels") as (config, state, _):
+        result = import_labels(config, state, file, report)
+    emit(result, as_json, views.labels_imported)
+
+
 @contextmanager
 def reading() -> Iterator[tuple[Config, State]]:
     """The workspace and its state, for a command that only reads (no lock, no bars)."""

@@ -30,6 +30,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from al_pipeline.ingest.folders import IngestReport
+    from al_pipeline.labelling.imports import LabelsImported
     from al_pipeline.labelling.labelstudio.server import ServerStatus, Stopped
     from al_pipeline.loop.rounds import RoundFinished, RoundStarted, RunReport
     from al_pipeline.loop.status import RoundStatus
@@ -472,6 +473,18 @@ def labels_exported(result: LabelsExported) -> None:
             "The files are links to the pool's photos. To add them to another workspace, "
             "export with --copy ('al pool add' refuses links that leave its folder)."
         )
+
+
+def labels_imported(result: LabelsImported) -> None:
+    out.print(
+        f"{result.file}: {result.count('added')} label(s) added, "
+        f"{result.count('unchanged')} already so, {result.count('rejected')} row(s) rejected"
+    )
+    rejected = [r for r in result.rows if r.status == "rejected"]
+    for row in rejected[:10]:
+        out.print(f"  row {row.number} ({row.item}): {row.reason}", highlight=False)
+    if len(rejected) > 10:
+        out.print(f"  ... and {len(rejected) - 10} more (--report FILE lists every row)")
 
 
 def model_exported(result: ModelExported) -> None:

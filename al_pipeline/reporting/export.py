@@ -15,9 +15,8 @@ from urllib.parse import quote
 
 from al_pipeline.config import Config
 from al_pipeline.errors import ConfigError, OutputError
-from al_pipeline.labelling.labelstudio.connection import connection, has_connection
+from al_pipeline.labelling.imports import SHA_KEY, files_root
 from al_pipeline.labelling.labelstudio.fields import choice_result
-from al_pipeline.labelling.labelstudio.server import document_root
 from al_pipeline.paths import output_file, output_folder, write_atomically, write_csv
 from al_pipeline.store.catalog import SOURCES, SPLITS, LabelRecord, Unlabelled
 from al_pipeline.store.state import State
@@ -35,7 +34,6 @@ COLUMNS = (
     "split",
     "external_id",
 )
-SHA_KEY = "sha256"  # the task data key a Label Studio export carries the content hash in
 
 
 @dataclass(frozen=True)
@@ -159,8 +157,7 @@ def _label_studio(
     """Tasks Label Studio imports with their annotations in place. Image URLs point under the
     document root of the server the labeller would use (else the one 'al studio up' would
     serve), as the labeller's tasks do."""
-    known = connection(config).document_root if has_connection(config) else None
-    root = Path(known).resolve() if known else document_root(config, state).resolve()
+    root = files_root(config, state)
     tasks = [_task(config, r, root) for r in records]
     _write_text(out, json.dumps(tasks, indent=1), "the Label Studio export")
     return 0
