@@ -580,9 +580,7 @@ def export_labels(
 @handles_errors
 def export_model(
     format: Annotated[str, typer.Option(help="keras, savedmodel, tflite or onnx.")] = "keras",
-    checkpoint: Annotated[
-        str | None, typer.Option(help="Checkpoint tag (default: the latest).")
-    ] = None,
+    checkpoint: CheckpointTag = None,
     out: Annotated[Path | None, typer.Option(help="Where to write; default: exports/.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
