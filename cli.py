@@ -551,6 +551,27 @@ def history(
         emit(rows, as_json, lambda r: views.history(r, title))
 
 
+@app.command()
+@handles_errors
+def labels(
+    item: Annotated[int | None, typer.Option(help="One item's label history, by id.")] = None,
+    path: Annotated[Path | None, typer.Option(help="One item's history, by its file.")] = None,
+    disagreements: Annotated[
+        bool, typer.Option("--disagreements", help="Items whose annotators tied.")
+    ] = False,
+    changed: Annotated[
+        bool, typer.Option("--changed", help="Labels changed after a model trained on them.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Label histories: one item's, the ties annotators left, or labels changed since used."""
+    from al_pipeline.reporting.labels import LabelQuery, label_report
+
+    with reading() as (_, state):
+        report = label_report(state, LabelQuery(item, path, disagreements, changed))
+    emit(report, as_json, views.label_report)
+
+
 @export_app.command("labels")
 @handles_errors
 def export_labels(

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from al_pipeline.model.train import TrainReport
     from al_pipeline.records import HistoryRow, Metrics
     from al_pipeline.reporting.export import LabelsExported
+    from al_pipeline.reporting.labels import ItemLabels, LabelReport
     from al_pipeline.reporting.simulation import SimulationResult
     from al_pipeline.store.items import PoolStats
     from al_pipeline.store.models import CheckpointRow
@@ -473,6 +474,36 @@ def labels_exported(result: LabelsExported) -> None:
             "The files are links to the pool's photos. To add them to another workspace, "
             "export with --copy ('al pool add' refuses links that leave its folder)."
         )
+
+
+def label_report(report: LabelReport) -> None:
+    if report.item is not None:
+        _item_history(report.item)
+    if report.ties is not None:
+        out.print(f"{len(report.ties)} tie(s) between annotators")
+        for tie in report.ties:
+            now = tie.label or "still undecided"
+            out.print(f"  round {tie.round_id}, item {tie.item_id} ({tie.path}): {now}")
+    if report.changed is not None:
+        out.print(f"{len(report.changed)} training label(s) changed after a model used them")
+        for c in report.changed:
+            out.print(
+                f"  item {c.item_id} ({c.path}): {c.old_label} -> {c.new_label or 'no label'}"
+                f" at {c.changed_at}; first used by {c.trained_by}"
+            )
+
+
+def _item_history(item: ItemLabels) -> None:
+    out.print(f"Item {item.item_id}: {item.path} (label now: {item.current or 'none'})")
+    table = Table("label", "source", "annotator", "round", "recorded", "retired")
+    for e in item.history:
+        round_id = "" if e.round_id is None else str(e.round_id)
+        row = (e.class_name, e.source, e.annotator or "", round_id, e.created_at)
+        table.add_row(*row, e.retired_at or "")
+    out.print(table)
+    if item.tied_in_rounds:
+        rounds = ", ".join(map(str, item.tied_in_rounds))
+        out.print(f"Annotators tied on it in round(s) {rounds}")
 
 
 def labels_imported(result: LabelsImported) -> None:

@@ -160,6 +160,12 @@ def _sha256(handle: BinaryIO) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """The content hash items are known by (raises OSError when the file cannot be read)."""
+    with path.open("rb") as handle:
+        return _sha256(handle)
+
+
 def _resolve_inside(path: Path, root: Path) -> Path:
     try:
         real = path.resolve(strict=True)

@@ -10,7 +10,6 @@ the reason. A file that cannot be read at all changes nothing.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from al_pipeline.config import Config
 from al_pipeline.errors import IngestError
+from al_pipeline.ingest.images import file_sha256
 from al_pipeline.labelling.labelstudio.connection import connection, has_connection
 from al_pipeline.labelling.labelstudio.server import document_root
 from al_pipeline.paths import output_file, write_csv
@@ -126,21 +126,13 @@ def _find(state: State, row: Row) -> tuple[int | None, str]:
     sha = row.sha256
     if sha is None and row.path is not None:
         try:
-            sha = _file_sha256(row.path)
+            sha = file_sha256(row.path)
         except OSError as exc:
             return None, f"cannot read {row.path} ({exc.strerror})"
     found = state.item_by_sha256(sha) if sha else None
     if found is None:
         return None, "not in any pool: add the image with 'al pool add' first"
     return found, ""
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read(config: Config, state: State, file: Path) -> Iterator[Row]:

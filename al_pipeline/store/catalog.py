@@ -40,6 +40,37 @@ class Unlabelled:
     round_id: int | None
 
 
+@dataclass(frozen=True)
+class Tie:
+    """An item whose annotators disagreed with no majority in a round, and its label now."""
+
+    item_id: int
+    path: Path
+    round_id: int
+    label: str | None  # None while it stays undecided
+
+
+@dataclass(frozen=True)
+class ChangedLabel:
+    """A label that a checkpoint was trained on and that has changed since (or gone)."""
+
+    item_id: int
+    path: Path
+    old_label: str
+    new_label: str | None
+    changed_at: str
+    trained_by: str  # the first checkpoint trained while the old label held
+
+
+# A label's span ends when it is retired or when a later label of the item is recorded.
+_SPANS = """
+    SELECT l.id, l.item_id, l.class_name, l.created_at,
+           COALESCE(l.retired_at, (SELECT MIN(n.created_at) FROM labels n
+                                   WHERE n.item_id = l.item_id AND n.id > l.id)) AS ended_at
+    FROM labels l
+"""
+
+
 class Catalog(Labels):
     """Queries that read labels with their items."""
 
@@ -78,6 +109,51 @@ class Catalog(Labels):
                 r["round_id"],
                 r["split"] or "train",
                 r["external_id"],
+            )
+            for r in rows
+        ]
+
+    def item_path(self, item_id: int) -> Path | None:
+        row = self._db.execute(
+            "SELECT p.root, i.relpath FROM items i JOIN pools p ON p.id = i.pool_id WHERE i.id = ?",
+            (item_id,),
+        ).fetchone()
+        return None if row is None else Path(row["root"]) / row["relpath"]
+
+    def tie_records(self) -> list[Tie]:
+        """Every recorded tie, oldest round first, with the item's label now."""
+        rows = self._db.execute(
+            "SELECT t.item_id, t.round_id, p.root, i.relpath, cl.class_name FROM ties t"
+            " JOIN items i ON i.id = t.item_id JOIN pools p ON p.id = i.pool_id"
+            " LEFT JOIN current_labels cl ON cl.item_id = t.item_id"
+            " ORDER BY t.round_id, t.item_id"
+        )
+        return [
+            Tie(r["item_id"], Path(r["root"]) / r["relpath"], r["round_id"], r["class_name"])
+            for r in rows
+        ]
+
+    def changed_after_training(self) -> list[ChangedLabel]:
+        """Training labels that changed (or were retracted) after a checkpoint used them."""
+        rows = self._db.execute(
+            f"WITH spans AS ({_SPANS})"
+            " SELECT s.item_id, s.class_name, s.ended_at, cl.class_name AS now, p.root,"
+            " i.relpath, (SELECT c.tag FROM checkpoints c WHERE c.created_at >= s.created_at"
+            "   AND c.created_at < s.ended_at ORDER BY c.created_at LIMIT 1) AS trained_by"
+            " FROM spans s JOIN items i ON i.id = s.item_id JOIN pools p ON p.id = i.pool_id"
+            " LEFT JOIN current_labels cl ON cl.item_id = s.item_id"
+            " WHERE s.ended_at IS NOT NULL AND (i.split IS NULL OR i.split = 'train')"
+            "   AND (cl.class_name IS NULL OR cl.class_name != s.class_name)"
+            "   AND trained_by IS NOT NULL ORDER BY s.ended_at, s.item_id"
+        )
+        return [
+            ChangedLabel(
+                r["item_id"],
+                Path(r["root"]) / r["relpath"],
+                r["class_name"],
+                r["now"],
+                r["ended_at"],
+                r["trained_by"],
             )
             for r in rows
         ]
