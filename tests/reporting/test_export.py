@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from al_pipeline.config import Config
 from al_pipeline.errors import PipelineError
 from al_pipeline.ingest.folders import add_folder
+from al_pipeline.labelling.labelstudio.client import Gateway
 from al_pipeline.records import RoundParams
 from al_pipeline.reporting.export import LabelExportPlan, export_labels
 from al_pipeline.store.labels import PulledLabel
@@ -21,7 +22,7 @@ from al_pipeline.store.rounds import QueueEntry
 from al_pipeline.store.state import State
 from al_pipeline.store.workspace import init_workspace
 from cli import app
-from tests.conftest import snapshot
+from tests.conftest import StudioServer, snapshot
 
 Labelled = tuple[Config, State, dict[int, str]]
 
@@ -164,3 +165,18 @@ def test_export_command_prints_one_line_per_file_and_json(labelled: Labelled) ->
     shown = json.loads(done.stdout)
     assert shown["labels"] == 11 and shown["unlabelled"] == 4
     assert shown["per_class"] == {"with_mask": 6, "without_mask": 5}
+
+
+@pytest.mark.integration
+def test_the_label_studio_export_imports_into_a_real_server_with_its_annotations(
+    labelled: Labelled, studio_server: StudioServer
+) -> None:
+    config, state, labels = labelled
+    out = config.root / "ls-export.json"
+    export_labels(config, state, LabelExportPlan("label-studio", out, "all", "all", None, False))
+    tasks = json.loads(out.read_text(encoding="utf-8"))
+    gateway = Gateway(studio_server.url, studio_server.api_key)
+    project = gateway.create_project("export round trip", config.classes, "al export labels")
+    assert len(gateway.import_tasks(project, tasks)) == len(labels)
+    imported = {t.data["sha256"]: [a.choice for a in t.annotations] for t in gateway.tasks(project)}
+    assert imported == {r.sha256: [r.label] for r in state.label_records()}
