@@ -1,5 +1,5 @@
-"""[labelling] Labels brought in from a file: a Label Studio JSON export, or a CSV with a
-``path`` (or ``sha256``) and a ``label`` column, for items already in a pool.
+"""[labelling] Labels brought in from a file: a Label Studio JSON export, or a CSV or JSON
+lines with a ``path`` (or ``sha256``) and a ``label`` field, for items already in a pool.
 
 Each row is checked on its own, as ``al pool add --labelled`` checks a file: the class must
 be one of the workspace's, and a row must not contradict the item's label (or another row).
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,26 +136,51 @@ def _find(state: State, row: Row) -> tuple[int | None, str]:
 
 
 def _read(config: Config, state: State, file: Path) -> Iterator[Row]:
-    """The rows of a ``.json`` Label Studio export or a ``.csv`` file."""
+    """The rows of a ``.json`` Label Studio export, a ``.jsonl`` or a ``.csv`` file."""
     try:
         text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise IngestError(
-            f"Cannot read {file}: {exc}. Pass a readable .json or .csv file."
+            f"Cannot read {file}: {exc}. Pass a readable .json, .jsonl or .csv file."
         ) from exc
-    if file.suffix.lower() == ".json":
-        try:
-            tasks = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise IngestError(f"{file} is not valid JSON ({exc}).") from exc
-        if not isinstance(tasks, list):
-            raise IngestError(f"{file} is not a Label Studio export (a JSON list of tasks).")
-        root = files_root(config, state)
-        yield from (_task_row(n, task, root) for n, task in enumerate(tasks, start=1))
-    elif file.suffix.lower() == ".csv":
+    suffix = file.suffix.lower()
+    if suffix == ".json":
+        yield from _json_rows(config, state, file, text)
+    elif suffix == ".jsonl":
+        yield from _jsonl_rows(config, text)
+    elif suffix == ".csv":
         yield from _csv_rows(config, file, text)
     else:
-        raise IngestError(f"{file}: import-labels reads a Label Studio .json export or a .csv.")
+        raise IngestError(
+            f"{file}: import-labels reads a Label Studio .json export, a .jsonl or a .csv."
+        )
+
+
+def _json_rows(config: Config, state: State, file: Path, text: str) -> Iterator[Row]:
+    try:
+        tasks = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IngestError(f"{file} is not valid JSON ({exc}).") from exc
+    if not isinstance(tasks, list):
+        raise IngestError(f"{file} is not a Label Studio export (a JSON list of tasks).")
+    root = files_root(config, state)
+    yield from (_task_row(n, task, root) for n, task in enumerate(tasks, start=1))
+
+
+def _jsonl_rows(config: Config, text: str) -> Iterator[Row]:
+    """One JSON object per line with ``path`` or ``sha256`` and ``label``, as ``al export
+    labels --format jsonl`` writes; a line that is not one is a rejected row."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            yield Row(number, None, problem="not a JSON object")
+            continue
+        yield _record_row(config, number, record)
 
 
 def _csv_rows(config: Config, file: Path, text: str) -> Iterator[Row]:
@@ -167,14 +192,27 @@ def _csv_rows(config: Config, file: Path, text: str) -> Iterator[Row]:
             f"column; it has: {', '.join(sorted(columns)) or 'none'}."
         )
     for number, record in enumerate(reader, start=2):
-        path = (record.get("path") or "").strip()
-        yield Row(
-            number,
-            (record.get("label") or "").strip() or None,
-            sha256=(record.get("sha256") or "").strip() or None,
-            path=(config.root / path) if path else None,
-            annotator=(record.get("annotator") or "").strip() or None,
-        )
+        yield _record_row(config, number, record)
+
+
+def _record_row(config: Config, number: int, record: Mapping[str, object]) -> Row:
+    """A row from named fields: ``path`` (absolute, or relative to the workspace) or
+    ``sha256``, ``label``, and optionally ``annotator``."""
+
+    def text(key: str) -> str | None:
+        value = record.get(key)
+        if value is None:
+            return None
+        return str(value).strip() or None
+
+    path = text("path")
+    return Row(
+        number,
+        text("label"),
+        sha256=text("sha256"),
+        path=config.root / path if path else None,
+        annotator=text("annotator"),
+    )
 
 
 def _task_row(number: int, task: Any, root: Path) -> Row:

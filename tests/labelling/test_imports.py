@@ -88,7 +88,7 @@ def test_csv_rows_are_checked_one_by_one_and_bad_ones_change_nothing(
         ("labels.csv", "file,class\na.png,with_mask\n", "needs a header row"),
         ("labels.json", "{not json", "not valid JSON"),
         ("labels.json", '{"data": {}}', "JSON list of tasks"),
-        ("labels.txt", "a,b\n", "reads a Label Studio .json export or a .csv"),
+        ("labels.txt", "a,b\n", "reads a Label Studio .json export, a .jsonl or a .csv"),
     ],
 )
 def test_a_file_that_cannot_be_read_is_one_error_and_changes_nothing(
@@ -101,7 +101,7 @@ def test_a_file_that_cannot_be_read_is_one_error_and_changes_nothing(
     assert snapshot(workspace.root) == before
 
 
-@pytest.mark.parametrize("format", ["csv", "label-studio"])
+@pytest.mark.parametrize("format", ["csv", "jsonl", "label-studio"])
 def test_exported_labels_import_into_a_fresh_workspace_unchanged(
     workspace: Config,
     state: State,
@@ -113,14 +113,18 @@ def test_exported_labels_import_into_a_fresh_workspace_unchanged(
     make_images(photos / "with_mask", 3)
     make_images(photos / "without_mask", 3, start=10)
     add_folder(workspace, state, photos, labelled=True)
-    out = tmp_path / f"labels.{'csv' if format == 'csv' else 'json'}"
+    suffix = {"csv": "csv", "jsonl": "jsonl", "label-studio": "json"}[format]
+    out = tmp_path / f"labels.{suffix}"
     export_labels(workspace, state, LabelExportPlan(format, out, "all", "all", None, False))
+    if format == "jsonl":
+        out.write_text(out.read_text() + "not json\n")  # one bad line: one rejected row
 
     fresh = init_workspace(tmp_path / "fresh", ",".join(workspace.classes)).config
     with State(fresh.database) as other:
         add_folder(fresh, other, photos)  # the same photos, unlabelled
         result = import_labels(fresh, other, out)
-        assert result.count("added") == 6 and result.count("rejected") == 0
+        assert result.count("added") == 6
+        assert result.count("rejected") == (1 if format == "jsonl" else 0)
         assert _current(other) == _current(state)
 
 
