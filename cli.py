@@ -77,7 +77,7 @@ LabellerName = Annotated[
     ),
 ]
 StrategyName = Annotated[
-    str, typer.Option(help="margin, entropy, least_confidence, diverse or random.")
+    str, typer.Option(help="margin, entropy, least_confidence, diverse, targeted or random.")
 ]
 HeadEpochs = Annotated[int, typer.Option(help="Epochs for the head.")]
 BatchSize = Annotated[int, typer.Option("--size", help="Items to select per round.")]

@@ -39,7 +39,14 @@ from al_pipeline.model.train import TrainReport, train
 from al_pipeline.paths import at_least
 from al_pipeline.progress import Progress, silent
 from al_pipeline.records import STARTING_POINT, HistoryRow, Metrics, RoundParams
-from al_pipeline.selection.strategies import Picked, Pool, get_strategy, select, strategy_for
+from al_pipeline.selection.strategies import (
+    NEEDS_LABELLED_FEATURES,
+    Picked,
+    Pool,
+    get_strategy,
+    select,
+    strategy_for,
+)
 from al_pipeline.store.db import now
 from al_pipeline.store.items import ItemRef
 from al_pipeline.store.rounds import QueuedItem, QueueEntry, RoundRow
@@ -107,12 +114,14 @@ def start(
     progress("Selecting", 0, None)
     began = time.perf_counter()
     pool_probs = _probabilities(checkpoint, embedded)
+    features, classes = _labelled_features(config, state, backbone, strategy, progress)
     pool = Pool(
         pool_probs,
         lambda p: embedded.cache.read(embedded.rows[p]),
         len(embedded.rows),
-        _labelled_features(config, state, backbone, strategy, progress),
+        features,
         np.random.default_rng([config.seed, len(state.rounds())]),
+        classes,
     )
     if pool.size == 0:
         raise RoundError(
@@ -188,13 +197,17 @@ def _probabilities(checkpoint: Checkpoint | None, embedded: Embedded) -> NDArray
 
 def _labelled_features(
     config: Config, state: State, backbone: Backbone, strategy: str, progress: Progress
-) -> NDArray[np.float32] | None:
-    """Features of the labelled items, which only the diverse strategy needs."""
-    labelled = state.labelled_items("train") if strategy == "diverse" else []
+) -> tuple[NDArray[np.float32] | None, NDArray[np.int64] | None]:
+    """Features and class indices of the labelled items, which only the strategies that
+    compare the pool with them need."""
+    wanted = strategy in NEEDS_LABELLED_FEATURES
+    labelled = state.labelled_items("train") if wanted else []
     if not labelled:
-        return None
+        return None, None
     embedded = embed_items(config, state, backbone, labelled, progress)
-    return embedded.features()
+    kept = [labelled[p] for p in embedded.positions]
+    classes = np.array([config.class_index(item.label) for item in kept], dtype=np.int64)
+    return embedded.features(), classes
 
 
 def _entries(

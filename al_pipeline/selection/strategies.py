@@ -43,8 +43,9 @@ class Pool:
         probabilities: ``(N, classes)`` from the current model, or None at cold start.
         read_features: Backbone features for pool positions (from the embedding cache).
         size: N.
-        labelled_features: Features of the labelled items (for diversity), if any.
+        labelled_features: Features of the labelled items (diverse, targeted), if any.
         rng: Seeded random generator.
+        labelled_classes: Class index of each row of ``labelled_features`` (targeted).
     """
 
     probabilities: NDArray[np.float32] | None
@@ -52,6 +53,7 @@ class Pool:
     size: int
     labelled_features: NDArray[np.float32] | None = None
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    labelled_classes: NDArray[np.int64] | None = None
 
     def subset(self, positions: Positions) -> Pool:
         """The same pool restricted to ``positions`` (positions of the subset are local)."""
@@ -62,6 +64,7 @@ class Pool:
             len(positions),
             self.labelled_features,
             self.rng,
+            self.labelled_classes,
         )
 
 
@@ -158,11 +161,61 @@ def diverse(pool: Pool, n: int) -> Picked:
     return candidates[np.asarray(indices, dtype=np.int64)], np.asarray(scores, np.float64)
 
 
+SIMILARITY_CHUNK = 65_536
+# Strategies that compare the pool with the labelled items' features.
+NEEDS_LABELLED_FEATURES = frozenset({"diverse", "targeted"})
+
+
+def targeted(pool: Pool, n: int) -> Picked:
+    """Uncertainty weighted by likeness to the labelled examples of the rarest class
+    (after SIMILAR, Kothawade et al. 2021, and SEALS, Coleman et al. 2022).
+
+    A rare class is often one the model is not yet unsure about: its members look
+    confidently like a common class. Margin sampling then never finds them. Here each
+    item's ``1 - margin`` is multiplied by its cosine similarity (mapped to [0, 1]) to the
+    nearest labelled item of the class with the fewest labels, so the picks are the unsure
+    items that look like the rare class. The pool's features are read in chunks, so memory
+    does not grow with the pool. Without labelled features it is margin sampling; at cold
+    start, :func:`coverage`.
+    """
+    if pool.probabilities is None:
+        return coverage(pool, n)
+    margin = STRATEGIES["margin"]
+    if pool.labelled_features is None or pool.labelled_classes is None:
+        return margin(pool, n)
+    counts = np.bincount(pool.labelled_classes, minlength=pool.probabilities.shape[1])
+    rarest = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+    examples = _unit(pool.labelled_features[pool.labelled_classes == rarest])
+    ordered = np.sort(pool.probabilities, axis=1)
+    uncertainty = 1.0 - (ordered[:, -1] - ordered[:, -2])
+    utility = uncertainty * (_likeness(pool, examples) + 1.0) / 2.0
+    picked = np.argpartition(-utility, n - 1)[:n].astype(np.int64)
+    picked = picked[np.argsort(-utility[picked])]
+    return picked, utility[picked].astype(np.float64)
+
+
+def _likeness(pool: Pool, examples: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Each pool item's cosine similarity to the nearest of ``examples`` (unit rows)."""
+    chunks = max(1, -(-pool.size // SIMILARITY_CHUNK))
+    parts = [
+        (_unit(pool.read_features(chunk)) @ examples.T).max(axis=1)
+        for chunk in np.array_split(np.arange(pool.size, dtype=np.int64), chunks)
+    ]
+    return np.concatenate(parts)
+
+
+def _unit(rows: NDArray[np.floating]) -> NDArray[np.float32]:
+    rows = np.asarray(rows, np.float32)
+    norms = np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return np.asarray(rows / norms, np.float32)
+
+
 STRATEGIES: dict[str, Strategy] = {
     "margin": _query(margin_sampling, higher_is_better=False),
     "entropy": _query(entropy_sampling),
     "least_confidence": _query(uncertainty_sampling),
     "diverse": diverse,
+    "targeted": targeted,
     "random": random,
 }
 

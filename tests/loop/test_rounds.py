@@ -58,7 +58,7 @@ def test_cold_start_round_then_every_strategy_with_a_model(oracle_ws: Config) ->
             start(config, state, oracle, strategy="margin", size=20)
         assert status(state).pending == 20
         finish(config, state, oracle, SETTINGS)
-        for strategy in ("margin", "entropy", "least_confidence", "diverse", "random"):
+        for strategy in ("margin", "entropy", "least_confidence", "diverse", "targeted", "random"):
             started = start(config, state, oracle, strategy=strategy, size=10, balance=True)
             assert not started.cold_start and started.model == "round-001"
             check_queue(state, started.queued, 10)

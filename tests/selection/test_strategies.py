@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from al_pipeline.errors import ConfigError
 from al_pipeline.selection.strategies import (
@@ -124,3 +125,35 @@ def test_a_balanced_strategy_is_named_with_a_suffix() -> None:
     assert parse_strategy("random") == ("random", False)
     with pytest.raises(ConfigError, match="Unknown strategy 'nope'"):
         parse_strategy("nope+balance")
+
+
+def planted_pool() -> tuple[Pool, NDArray[np.bool_]]:
+    """480 common items, 20 planted beside the one labelled rare example. The model calls
+    them all common; the common ones are the more uncertain, so margin never finds the
+    planted ones."""
+    rng = np.random.default_rng(4)
+    common, rare = rng.normal(size=16) * 5, rng.normal(size=16) * 5
+    features = np.concatenate(
+        [common + rng.normal(size=(480, 16)), rare + rng.normal(size=(20, 16))]
+    ).astype(np.float32)
+    planted = np.arange(500) >= 480
+    margins = np.where(planted, 0.5, rng.uniform(0.0, 0.4, size=500))
+    probs = np.stack([(1 + margins) / 2, (1 - margins) / 2], axis=1).astype(np.float32)
+    labelled = np.concatenate([common + rng.normal(size=(30, 16)), rare[None] + 0.1])
+    classes = np.array([0] * 30 + [1], dtype=np.int64)
+    pool = Pool(probs, lambda p: features[p], 500, labelled.astype(np.float32), rng, classes)
+    return pool, planted
+
+
+def test_targeted_finds_the_items_like_the_rare_labelled_example() -> None:
+    pool, planted = planted_pool()
+    targeted, utilities = select(get_strategy("targeted"), pool, 20)
+    margin, _ = select(get_strategy("margin"), pool, 20)
+    assert planted[targeted].sum() >= 18
+    assert planted[margin].sum() == 0
+    assert np.all(np.diff(utilities) <= 0)  # best first
+
+
+def test_targeted_without_labelled_features_is_margin() -> None:
+    pool = make_pool()
+    assert np.array_equal(pick("targeted", pool, 10), pick("margin", pool, 10))
