@@ -5,7 +5,7 @@ photo; incorrect-mask recall per round is in the CSV). Writes the runs, the tabl
 learning curves under benchmarks/results/label_efficiency/<dataset>/.
 
     python benchmarks/bench_label_efficiency.py [--dataset both|chandrikadeb7|voc]
-        [--rounds 20] [--seeds 3]
+        [--rounds 20] [--seeds 3] [--strategies margin,targeted,random]
 """
 
 from __future__ import annotations
@@ -50,22 +50,28 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--weights", type=Path, default=MOBILENET)
+    parser.add_argument("--strategies", help="comma-separated; default: per dataset")
     args = parser.parse_args()
     home = keras_home_with_weights(args.weights)
 
-    from al_pipeline.loop.simulate import SimulationPlan, dataset_workspace, simulate
+    from al_pipeline.loop.simulate import SimulationPlan, dataset_workspace
     from al_pipeline.model.network import TrainingSettings
+    from al_pipeline.reporting.simulation import simulate_and_report
     from al_pipeline.store.state import State
 
     runs = {
         "chandrikadeb7": dict(
             strategies=["margin", "entropy", "diverse", "random"], initial=10, size=10
         ),
-        "voc": dict(strategies=["margin", "margin+balance", "random"], initial=9, size=20),
+        "voc": dict(
+            strategies=["margin", "margin+balance", "targeted", "random"], initial=9, size=20
+        ),
     }
     for name, plan in runs.items():
         if args.dataset not in ("both", name):
             continue
+        if args.strategies:
+            plan = {**plan, "strategies": args.strategies.split(",")}
         out = RESULTS / "label_efficiency" / name
         started = time.perf_counter()
         if name == "chandrikadeb7":
@@ -75,7 +81,7 @@ def main() -> None:
         config = replace(config, keras_home=home)
         with State(config.database) as state:
             settings = TrainingSettings(epochs=args.epochs)
-            result = simulate(
+            result = simulate_and_report(
                 config,
                 state,
                 out,
