@@ -173,18 +173,21 @@ def targeted(pool: Pool, n: int) -> Picked:
     A rare class is often one the model is not yet unsure about: its members look
     confidently like a common class. Margin sampling then never finds them. Here each
     item's ``1 - margin`` is multiplied by its cosine similarity (mapped to [0, 1]) to the
-    nearest labelled item of the class with the fewest labels, so the picks are the unsure
-    items that look like the rare class. The pool's features are read in chunks, so memory
-    does not grow with the pool. Without labelled features it is margin sampling; at cold
-    start, :func:`coverage`.
+    nearest labelled item of the rarest class (the one the model expects least of in the
+    pool), so the picks are the unsure items that look like the rare class. The pool's
+    features are read in chunks, so memory does not grow with the pool. Without labelled
+    features it is margin sampling; at cold start, :func:`coverage`.
     """
     if pool.probabilities is None:
         return coverage(pool, n)
     margin = STRATEGIES["margin"]
     if pool.labelled_features is None or pool.labelled_classes is None:
         return margin(pool, n)
-    counts = np.bincount(pool.labelled_classes, minlength=pool.probabilities.shape[1])
-    rarest = int(np.argmin(np.where(counts > 0, counts, np.iinfo(np.int64).max)))
+    # The rarest class is the one the model expects least of in the pool (the labels may
+    # have been drawn evenly per class), among the classes with a labelled example.
+    expected = pool.probabilities.mean(axis=0)
+    labelled = np.bincount(pool.labelled_classes, minlength=len(expected)) > 0
+    rarest = int(np.argmin(np.where(labelled, expected, np.inf)))
     examples = _unit(pool.labelled_features[pool.labelled_classes == rarest])
     ordered = np.sort(pool.probabilities, axis=1)
     uncertainty = 1.0 - (ordered[:, -1] - ordered[:, -2])
