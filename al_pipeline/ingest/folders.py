@@ -17,7 +17,6 @@ from pathlib import Path
 from al_pipeline.config import Config
 from al_pipeline.errors import IngestError
 from al_pipeline.ingest.images import (
-    ImageFile,
     ImageRejected,
     file_state,
     inspect_file,
@@ -26,7 +25,7 @@ from al_pipeline.ingest.images import (
 from al_pipeline.ingest.split import SplitSummary, assign_test_split
 from al_pipeline.paths import name_from, plain_name, write_csv
 from al_pipeline.progress import Progress, silent
-from al_pipeline.store.items import KnownFile, KnownItem, NewItem, PoolRow
+from al_pipeline.store.items import ImageFile, KnownFile, KnownItem, NewItem, PoolRow
 from al_pipeline.store.state import State
 
 BATCH = 128
@@ -212,18 +211,7 @@ def _commit_batch(
             if existing is not None:
                 outcomes.append(_duplicate(state, existing, candidate, rel, report))
                 continue
-            item = NewItem(
-                rel,
-                result.sha256,
-                result.size,
-                result.mtime_ns,
-                result.format,
-                result.width,
-                result.height,
-                candidate.label,
-                candidate.source,
-                candidate.hidden,
-            )
+            item = NewItem(rel, result, candidate.label, candidate.source, candidate.hidden)
             state.insert_items(pool.id, [item])
             report.labels_added += item.label is not None and not item.hidden_label
             outcomes.append(FileOutcome(rel, ADDED))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +17,8 @@ import numpy as np
 import scipy.fft
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from al_pipeline.store.items import ImageFile
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
@@ -46,18 +47,6 @@ class ImageRejected(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
-
-
-@dataclass(frozen=True)
-class ImageFile:
-    """A validated image file."""
-
-    sha256: str
-    size: int
-    mtime_ns: int
-    format: str
-    width: int
-    height: int
 
 
 def is_image_name(path: Path) -> bool:

@@ -21,16 +21,23 @@ class PoolRow:
 
 
 @dataclass(frozen=True)
-class NewItem:
-    """An item about to be registered (its file has been validated)."""
+class ImageFile:
+    """A validated image file, as ingestion found it and the store records it."""
 
-    relpath: str
     sha256: str
     size: int
     mtime_ns: int
     format: str
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item about to be registered (its file has been validated)."""
+
+    relpath: str
+    file: ImageFile
     label: str | None = None
     source: str | None = None
     hidden_label: bool = False
@@ -151,12 +158,12 @@ class Items(Labels):
                 (
                     pool_id,
                     item.relpath,
-                    item.sha256,
-                    item.size,
-                    item.mtime_ns,
-                    item.format,
-                    item.width,
-                    item.height,
+                    item.file.sha256,
+                    item.file.size,
+                    item.file.mtime_ns,
+                    item.file.format,
+                    item.file.width,
+                    item.file.height,
                     item.source,
                     stamp,
                 ),

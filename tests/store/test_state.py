@@ -16,7 +16,7 @@ from al_pipeline.config import Config
 from al_pipeline.errors import StateError
 from al_pipeline.records import RoundParams
 from al_pipeline.store.db import SCHEMA_VERSION
-from al_pipeline.store.items import NewItem
+from al_pipeline.store.items import ImageFile, NewItem
 from al_pipeline.store.labels import PulledLabel
 from al_pipeline.store.rounds import QueueEntry
 from al_pipeline.store.state import State
@@ -41,7 +41,7 @@ def test_newer_database_is_refused(tmp_path: Path) -> None:
 
 
 def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
-    item = NewItem("a.png", "0" * 64, 1, 1, "PNG", 1, 1, label="with_mask")
+    item = NewItem("a.png", ImageFile("0" * 64, 1, 1, "PNG", 1, 1), label="with_mask")
     with State(tmp_path / "s.sqlite3") as state:
         pool = state.add_pool("p", tmp_path)
         with pytest.raises(RuntimeError), state.atomic():
@@ -54,7 +54,7 @@ def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
 
 
 def _item(n: int, label: str | None = None) -> NewItem:
-    return NewItem(f"{n}.png", f"{n:064d}", 1, 1, "PNG", 1, 1, label=label)
+    return NewItem(f"{n}.png", ImageFile(f"{n:064d}", 1, 1, "PNG", 1, 1), label=label)
 
 
 def test_atomic_blocks_nest_as_savepoints(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_latest_label_is_current_and_history_is_kept(tmp_path: Path) -> None:
     with State(tmp_path / "s.sqlite3") as state:
         pool = state.add_pool("p", tmp_path)
         with state.atomic():
-            state.insert_items(pool.id, [NewItem("a.png", "1" * 64, 1, 1, "PNG", 1, 1)])
+            state.insert_items(pool.id, [NewItem("a.png", ImageFile("1" * 64, 1, 1, "PNG", 1, 1))])
             state.insert_label(1, "with_mask", "human", annotator="ann@example.com")
             state.insert_label(1, "without_mask", "human", annotator="rev@example.com")
         assert state.current_label(1) == "without_mask"
