@@ -81,6 +81,12 @@ class Config:
             if not path.is_absolute():
                 object.__setattr__(self, name, self.root / path)
 
+    def exports_dir(self) -> Path:
+        """Where ``al export`` writes when no ``--out`` is given (created on demand)."""
+        folder = self.root / "exports"
+        folder.mkdir(exist_ok=True)
+        return folder
+
     def class_index(self, name: str) -> int:
         """Return the label index of ``name`` or raise a clear error."""
         from al_pipeline.errors import UnknownClassError

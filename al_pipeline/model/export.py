@@ -127,9 +127,8 @@ def _target(config: Config, tag: str, format: str, out: Path | None) -> Path:
     """Where the export goes: ``out``, checked, or ``exports/model-<tag>`` in the workspace."""
     suffix = FORMATS[format]
     if out is None:
-        (config.root / "exports").mkdir(exist_ok=True)
         name = f"model-{tag}-savedmodel" if format == "savedmodel" else f"model-{tag}{suffix}"
-        return config.root / "exports" / name
+        return config.exports_dir() / name
     if format == "savedmodel":
         output_folder(out, "--out")
         if out.exists() and any(out.iterdir()) and not (out / "saved_model.pb").exists():

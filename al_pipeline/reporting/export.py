@@ -65,9 +65,7 @@ class LabelsExported:
 def export_labels(config: Config, state: State, plan: LabelExportPlan) -> LabelsExported:
     """Write the current labels that pass the plan's filters, and the unlabelled items."""
     _check(plan)
-    out = plan.out or config.root / "exports" / f"labels{FORMATS[plan.format]}"
-    if plan.out is None:
-        out.parent.mkdir(exist_ok=True)
+    out = plan.out or config.exports_dir() / f"labels{FORMATS[plan.format]}"
     side = out.with_name(f"{out.name.removesuffix(FORMATS[plan.format])}.unlabelled.csv")
     _check_out(out, plan.format)
     output_file(side, "The list of unlabelled items")
