@@ -355,8 +355,12 @@ def train(
 
     overrides = {"backbone": backbone, "image_size": image_size, "weights": weights, "seed": seed}
     with workspace("al train", **overrides) as (config, state, progress):
-        tuning = {"fine_tune_layers": fine_tune_layers, "fine_tune_epochs": fine_tune_epochs}
-        settings = TrainingSettings(epochs=epochs, seed=config.seed, **tuning)
+        settings = TrainingSettings(
+            epochs=epochs,
+            seed=config.seed,
+            fine_tune_layers=fine_tune_layers,
+            fine_tune_epochs=fine_tune_epochs,
+        )
         report = fit(config, state, settings, tag=tag, force=force, progress=progress)
     emit(report, as_json, views.trained)
 

@@ -109,6 +109,8 @@ class CheckpointMeta:
     per_class: dict[str, int] = field(default_factory=dict)
     epochs: int = 0
     seed: int = 0
+    imbalance: str = "weights"  # how training coped with unequal classes
+    tau: float = 0.0  # the logit adjustment, when imbalance is "logit-adjust"
     round_id: int | None = None
     training_seconds: float = 0.0
     created_at: str = ""

@@ -33,7 +33,7 @@ from al_pipeline.model.backbones import Backbone, workspace_backbone
 from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint
 from al_pipeline.model.embeddings import Embedded, embed_items
 from al_pipeline.model.evaluate import evaluate
-from al_pipeline.model.network import TrainingSettings
+from al_pipeline.model.network import TrainingSettings, dropout_rate, sample_proba
 from al_pipeline.model.score import head_probabilities
 from al_pipeline.model.train import TrainReport, train
 from al_pipeline.paths import at_least
@@ -43,6 +43,7 @@ from al_pipeline.selection.strategies import (
     NEEDS_LABELLED_FEATURES,
     Picked,
     Pool,
+    Sampler,
     get_strategy,
     select,
     strategy_for,
@@ -115,13 +116,15 @@ def start(
     began = time.perf_counter()
     pool_probs = _probabilities(checkpoint, embedded)
     features, classes = _labelled_features(config, state, backbone, strategy, progress)
+    rng = np.random.default_rng([config.seed, len(state.rounds())])
     pool = Pool(
         pool_probs,
         lambda p: embedded.cache.read(embedded.rows[p]),
         len(embedded.rows),
         features,
-        np.random.default_rng([config.seed, len(state.rounds())]),
+        rng,
         classes,
+        _sampler(checkpoint, embedded, rng),
     )
     if pool.size == 0:
         raise RoundError(
@@ -193,6 +196,17 @@ def _current_model(config: Config, state: State) -> Checkpoint | None:
 
 def _probabilities(checkpoint: Checkpoint | None, embedded: Embedded) -> NDArray[np.float32] | None:
     return None if checkpoint is None else head_probabilities(checkpoint, embedded)
+
+
+def _sampler(
+    checkpoint: Checkpoint | None, embedded: Embedded, rng: np.random.Generator
+) -> Sampler | None:
+    """MC-dropout passes of the checkpoint's head over cached features (bald), if it has
+    dropout."""
+    if checkpoint is None or dropout_rate(checkpoint.head) == 0:
+        return None
+    head = checkpoint.head
+    return lambda p, passes: sample_proba(head, embedded.cache.read(embedded.rows[p]), passes, rng)
 
 
 def _labelled_features(

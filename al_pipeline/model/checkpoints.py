@@ -80,6 +80,7 @@ def save_checkpoint(model: keras.Model, folder: Path, meta: CheckpointMeta) -> P
             os.replace(retired, folder)
         raise
     shutil.rmtree(retired, ignore_errors=True)
+    _remember(folder, Checkpoint(folder, model, meta))
     return folder
 
 
@@ -103,19 +104,34 @@ _KEEP_LOADED = 2
 
 
 def load_checkpoint(folder: Path) -> Checkpoint:
-    """Load a checkpoint; the last two loaded stay in memory (a round start, its evaluation
-    and its pool scoring use the same model), keyed by file time so edits are seen."""
-    model_file = folder / MODEL_FILE
-    key = (model_file.resolve(), model_file.stat().st_mtime_ns) if model_file.is_file() else None
+    """Load a checkpoint; the last two loaded or saved stay in memory (a round trains,
+    evaluates and then scores the pool with the same model), keyed by file time so edits
+    are seen."""
+    key = _key(folder)
     if key is not None and key in _LOADED:
         loaded = _LOADED[key]
         return Checkpoint(loaded.path, loaded.model, _read_meta(folder))
     checkpoint = _load(folder)
+    _remember(folder, checkpoint)
+    return checkpoint
+
+
+def _key(folder: Path) -> tuple[Path, int] | None:
+    model_file = folder / MODEL_FILE
+    return (model_file.resolve(), model_file.stat().st_mtime_ns) if model_file.is_file() else None
+
+
+def _remember(folder: Path, checkpoint: Checkpoint) -> None:
+    key = _key(folder)
     if key is not None:
         _LOADED[key] = checkpoint
         while len(_LOADED) > _KEEP_LOADED:
             _LOADED.pop(next(iter(_LOADED)))
-    return checkpoint
+
+
+def forget_loaded() -> None:
+    """Drop the models kept in memory (the next load reads the files)."""
+    _LOADED.clear()
 
 
 def _read_meta(folder: Path) -> CheckpointMeta:

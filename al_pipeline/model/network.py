@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.utils.class_weight import compute_class_weight
 
-from al_pipeline.errors import PipelineError
+from al_pipeline.errors import ConfigError, PipelineError
 from al_pipeline.model.backbones import Backbone
 from al_pipeline.model.inference import predict_padded
 from al_pipeline.model.loader import WORKERS, decode, image_batches
@@ -32,17 +32,31 @@ FINE_TUNE_LEARNING_RATE = 1e-5
 # Training images are decoded once into memory up to this size (3,000 at 224 px: 450 MB).
 PIXEL_CACHE_BYTES = 4 << 30
 CACHE_BATCH = 256
+# How training copes with unequal classes (see TrainingSettings.imbalance).
+IMBALANCE_OPTIONS = ("weights", "logit-adjust", "none")
 
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """How to fit: epochs for the head, and optionally a fine-tuning stage."""
+    """How to fit: epochs for the head, and optionally a fine-tuning stage.
+
+    ``imbalance`` is how training copes with unequal classes:
+    ``weights`` weighs each class's loss by its inverse frequency; ``logit-adjust`` trains
+    on the plain loss and then subtracts ``tau * log(prior)`` from the logits (Menon et al.
+    2021), where the prior is the training labels' class frequencies, so a class the
+    labels rarely show is predicted more readily; ``none`` does neither. With a free bias in
+    the last layer, training on the balanced-softmax loss (Ren et al. 2020: logits plus
+    ``log(prior)``) reaches the same model as ``logit-adjust`` with ``tau = 1``: the shift
+    is absorbed by the bias. So the one option covers both.
+    """
 
     epochs: int = 50
     batch_size: int = 32
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 5
     seed: int = 0
+    imbalance: str = "weights"
+    tau: float = 1.0
 
     def __post_init__(self) -> None:
         at_least(self.epochs, 1, "--epochs")
@@ -50,6 +64,17 @@ class TrainingSettings:
         at_least(self.fine_tune_layers, 0, "--fine-tune-layers")
         at_least(self.fine_tune_epochs, 1, "--fine-tune-epochs")
         at_least(self.seed, 0, "--seed")
+        if self.imbalance not in IMBALANCE_OPTIONS:
+            raise ConfigError(
+                f"--imbalance '{self.imbalance}' is not an option. Choose one of: "
+                f"{', '.join(IMBALANCE_OPTIONS)}."
+            )
+        if not 0.0 <= self.tau <= 5.0:
+            raise ConfigError(f"--tau {self.tau} is out of range. Use a value from 0 to 5.")
+
+    def class_weights(self, labels: NDArray[np.int64], classes: int) -> dict[int, float] | None:
+        """The loss weights per class for these labels (None: every class weighs 1)."""
+        return class_weights(labels, classes) if self.imbalance == "weights" else None
 
 
 def build_head(
@@ -155,10 +180,35 @@ def fit_head(
         labels,
         epochs=settings.epochs,
         batch_size=settings.batch_size,
-        class_weight=class_weights(labels, classes),
+        class_weight=settings.class_weights(labels, classes),
         verbose=0,
         shuffle=True,
     )
+
+
+def adjust_logits(
+    head: keras.Model, labels: NDArray[np.int64], settings: TrainingSettings, classes: int
+) -> None:
+    """With ``logit-adjust``, subtract ``tau * log(prior)`` from the head's output bias.
+
+    The prior is each class's share of the training labels (a class without labels counts
+    one half, so its log stays finite). The change lives in the weights, so the saved
+    checkpoint and every export predict with it.
+    """
+    if settings.imbalance != "logit-adjust" or settings.tau == 0:
+        return
+    dense = _output_dense(head)
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    prior = np.where(counts > 0, counts, 0.5) / max(len(labels), 1)
+    kernel, bias = (keras.ops.convert_to_numpy(w) for w in dense.weights)
+    dense.set_weights([kernel, (bias - settings.tau * np.log(prior)).astype(bias.dtype)])
+
+
+def _output_dense(head: keras.Model) -> keras.layers.Dense:
+    dense = [layer for layer in head.layers if isinstance(layer, keras.layers.Dense)]
+    if not dense or not dense[-1].use_bias:
+        raise PipelineError("The head has no output layer with a bias to adjust.")
+    return dense[-1]
 
 
 class TrainingBatches(keras.utils.PyDataset):  # type: ignore[misc]
@@ -286,7 +336,7 @@ def fine_tune(
     timer = EpochTimer(progress, settings.fine_tune_epochs)
     fit = {
         "epochs": settings.fine_tune_epochs,
-        "class_weight": class_weights(labels, classes),
+        "class_weight": settings.class_weights(labels, classes),
         "callbacks": [timer],
         "verbose": 0,
     }
@@ -350,10 +400,7 @@ def predict_proba(head: keras.Model, features: NDArray[np.floating]) -> NDArray[
     """
     weights = linear_head(head)
     if weights is not None:
-        logits = np.asarray(features, np.float32) @ weights[0] + weights[1]
-        logits -= logits.max(axis=1, keepdims=True)
-        np.exp(logits, out=logits)
-        return logits / logits.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+        return _softmax(np.asarray(features, np.float32) @ weights[0] + weights[1])
     features = np.asarray(features, np.float32)
     batch = min(16_384, 1 << max(0, len(features) - 1).bit_length())
     parts = [
@@ -361,3 +408,39 @@ def predict_proba(head: keras.Model, features: NDArray[np.floating]) -> NDArray[
         for start in range(0, len(features), batch)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, head.output.shape[-1]), np.float32)
+
+
+def _softmax(logits: NDArray[np.float32]) -> NDArray[np.float32]:
+    logits -= logits.max(axis=-1, keepdims=True)
+    np.exp(logits, out=logits)
+    return logits / logits.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
+
+
+def dropout_rate(head: keras.Model) -> float:
+    """The head's dropout rate (0 when it has no dropout)."""
+    rates = [layer.rate for layer in head.layers if isinstance(layer, keras.layers.Dropout)]
+    return float(max(rates, default=0.0))
+
+
+def sample_proba(
+    head: keras.Model, features: NDArray[np.floating], passes: int, rng: np.random.Generator
+) -> NDArray[np.float32]:
+    """``(passes, N, classes)`` probabilities with the head's dropout left on (MC dropout).
+
+    A linear head runs in numpy, with masks drawn from ``rng``, so the passes are
+    reproducible; about ``passes x N x dim`` random draws. Any other head runs through
+    Keras with ``training=True``.
+    """
+    features = np.asarray(features, np.float32)
+    weights, rate = linear_head(head), dropout_rate(head)
+    if weights is None:
+        return np.stack(
+            [keras.ops.convert_to_numpy(head(features, training=True)) for _ in range(passes)]
+        ).astype(np.float32)
+    kernel, bias = weights
+    keep = np.float32(1.0 - rate)
+    out = np.empty((passes, len(features), kernel.shape[1]), np.float32)
+    for index in range(passes):
+        kept = features * (rng.random(features.shape, dtype=np.float32) < keep) / keep
+        out[index] = _softmax(np.asarray(kept @ kernel + bias, np.float32))
+    return out

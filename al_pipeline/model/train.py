@@ -22,6 +22,7 @@ from al_pipeline.model.devices import compute_device
 from al_pipeline.model.embeddings import embed_items
 from al_pipeline.model.network import (
     TrainingSettings,
+    adjust_logits,
     build_classifier,
     build_head,
     fine_tune,
@@ -115,6 +116,7 @@ def train(
             progress=progress,
         )
         backbone = replace(backbone, weights_digest=weights_digest(backbone))
+    adjust_logits(head, labels, settings, len(config.classes))
     progress("Training", 1, 1)
     folder = config.checkpoints_dir / tag
     training_seconds = round(time.perf_counter() - started, 2)
@@ -132,6 +134,8 @@ def train(
         per_class=per_class,
         epochs=settings.epochs,
         seed=settings.seed,
+        imbalance=settings.imbalance,
+        tau=settings.tau if settings.imbalance == "logit-adjust" else 0.0,
         round_id=round_id,
         training_seconds=training_seconds,
         created_at=now(),

@@ -30,6 +30,8 @@ Positions = NDArray[np.int64]
 Utilities = NDArray[np.float64]
 Picked = tuple[Positions, Utilities]
 FeatureReader = Callable[[Positions], NDArray[np.float32]]
+# (positions, passes) -> (passes, len(positions), classes): the head run with dropout on.
+Sampler = Callable[[Positions, int], NDArray[np.float32]]
 BALANCED = "+balance"  # a strategy name's suffix that wraps it in ClassBalancer
 COLD_START_SAMPLE = 10_000
 DIVERSE_CANDIDATES = 20
@@ -46,6 +48,7 @@ class Pool:
         labelled_features: Features of the labelled items (diverse, targeted), if any.
         rng: Seeded random generator.
         labelled_classes: Class index of each row of ``labelled_features`` (targeted).
+        sample_probabilities: Stochastic passes of the head (bald), if the model has one.
     """
 
     probabilities: NDArray[np.float32] | None
@@ -54,10 +57,12 @@ class Pool:
     labelled_features: NDArray[np.float32] | None = None
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     labelled_classes: NDArray[np.int64] | None = None
+    sample_probabilities: Sampler | None = None
 
     def subset(self, positions: Positions) -> Pool:
         """The same pool restricted to ``positions`` (positions of the subset are local)."""
         probabilities = None if self.probabilities is None else self.probabilities[positions]
+        sampler = self.sample_probabilities
         return Pool(
             probabilities,
             lambda local: self.read_features(positions[local]),
@@ -65,6 +70,7 @@ class Pool:
             self.labelled_features,
             self.rng,
             self.labelled_classes,
+            None if sampler is None else lambda local, passes: sampler(positions[local], passes),
         )
 
 
@@ -191,10 +197,7 @@ def targeted(pool: Pool, n: int) -> Picked:
     examples = _unit(pool.labelled_features[pool.labelled_classes == rarest])
     ordered = np.sort(pool.probabilities, axis=1)
     uncertainty = 1.0 - (ordered[:, -1] - ordered[:, -2])
-    utility = uncertainty * (_likeness(pool, examples) + 1.0) / 2.0
-    picked = np.argpartition(-utility, n - 1)[:n].astype(np.int64)
-    picked = picked[np.argsort(-utility[picked])]
-    return picked, utility[picked].astype(np.float64)
+    return _top(uncertainty * (_likeness(pool, examples) + 1.0) / 2.0, n)
 
 
 def _likeness(pool: Pool, examples: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -213,12 +216,129 @@ def _unit(rows: NDArray[np.floating]) -> NDArray[np.float32]:
     return np.asarray(rows / norms, np.float32)
 
 
+def _top(utility: NDArray[np.floating], n: int) -> Picked:
+    """The ``n`` highest utilities, best first."""
+    picked = np.argpartition(-utility, n - 1)[:n].astype(np.int64)
+    picked = picked[np.argsort(-utility[picked], kind="stable")]
+    return picked, np.asarray(utility[picked], np.float64)
+
+
+def balanced_margin(pool: Pool, n: int) -> Picked:
+    """Per-class one-vs-rest margins with equal quotas (after BASE, Emam et al. 2021).
+
+    For class c, an item's distance to c's boundary is ``|p_c - max_{j != c} p_j|``. Each
+    class in turn (quotas differ by at most one) takes the unpicked items nearest its
+    boundary, whatever the model predicts for them. A rare class the model almost never
+    predicts still gets its share of the items it half believes in, where plain margin
+    spends the whole batch on the boundary between two common classes. Utilities are
+    ``1 - distance``. At cold start, :func:`coverage`.
+    """
+    if pool.probabilities is None:
+        return coverage(pool, n)
+    probs = pool.probabilities.astype(np.float64)
+    classes = probs.shape[1]
+    taken = np.zeros(pool.size, dtype=bool)
+    positions: list[int] = []
+    utilities: list[float] = []
+    for cls, quota in enumerate(even_shares(n, classes)):
+        others = np.delete(probs, cls, axis=1).max(axis=1)
+        utility = np.where(taken, -np.inf, 1.0 - np.abs(probs[:, cls] - others))
+        picked, values = _top(utility, quota) if quota else (np.zeros(0, np.int64), None)
+        taken[picked] = True
+        positions += picked.tolist()
+        utilities += [] if values is None else values.tolist()
+    return np.array(positions, dtype=np.int64), np.array(utilities, dtype=np.float64)
+
+
+BADGE_CANDIDATES = 10_000
+
+
+def badge(pool: Pool, n: int) -> Picked:
+    """BADGE (Ash et al. 2020): k-means++ seeding on the head's gradient embeddings.
+
+    An item's gradient embedding is ``(p - onehot(argmax p)) ⊗ x`` for its features x: the
+    last layer's loss gradient if its guess were right. Its length grows with uncertainty,
+    and its direction says which features and classes it would move, so k-means++ picks
+    (each with chance proportional to the squared distance to the picks so far) are both
+    uncertain and unlike one another. Distances use ``<a⊗x, b⊗y> = <a, b><x, y>``, so the
+    ``classes x dim`` embeddings are never built. The ``BADGE_CANDIDATES`` items with the
+    longest gradients are the candidates, so cost does not grow with the pool; an item
+    outside them would almost never be drawn. Utilities are the picks' gradient lengths.
+    """
+    if pool.probabilities is None:
+        return coverage(pool, n)
+    probs = pool.probabilities.astype(np.float64)
+    residual = probs.copy()
+    residual[np.arange(pool.size), probs.argmax(axis=1)] -= 1.0
+    residual_sq = (residual**2).sum(axis=1)
+    count = min(pool.size, max(BADGE_CANDIDATES, n))
+    candidates = np.argpartition(-residual_sq, count - 1)[:count].astype(np.int64)
+    features = pool.read_features(candidates).astype(np.float64)
+    residual = residual[candidates]
+    norms_sq = residual_sq[candidates] * (features**2).sum(axis=1)
+    chosen = [int(np.argmax(norms_sq))]
+    nearest = np.full(count, np.inf)
+    for _ in range(1, n):
+        last = chosen[-1]
+        inner = (residual @ residual[last]) * (features @ features[last])
+        nearest = np.minimum(nearest, np.maximum(norms_sq + norms_sq[last] - 2 * inner, 0.0))
+        nearest[chosen] = 0.0
+        total = nearest.sum()
+        if total <= 0:  # every candidate duplicates a pick: take the longest left
+            left = np.setdiff1d(np.arange(count), chosen)
+            chosen.append(int(left[np.argmax(norms_sq[left])]))
+            continue
+        chosen.append(int(pool.rng.choice(count, p=nearest / total)))
+    picks = np.array(chosen, dtype=np.int64)
+    return candidates[picks], np.sqrt(norms_sq[picks])
+
+
+MC_PASSES = 20
+MC_CHUNK = 65_536
+
+
+def bald(pool: Pool, n: int) -> Picked:
+    """BALD with MC dropout on the head (Houlsby et al. 2011; Gal et al. 2017).
+
+    The head runs ``MC_PASSES`` times with dropout on, over the cached features. An item's
+    utility is the mutual information between its label and the head's weights: the
+    entropy of the mean prediction minus the mean entropy of the passes. It is high where
+    the passes disagree (the model lacks evidence), and low where every pass says 50/50
+    (the image is ambiguous, and a label teaches little), which margin and entropy cannot
+    tell apart. modAL's BALD (``modAL.dropout``) needs a PyTorch model, so this computes the
+    same quantity from the passes. The pool is scored in chunks. Without a sampler (a head
+    without dropout) it is entropy sampling; at cold start, :func:`coverage`.
+    """
+    if pool.probabilities is None:
+        return coverage(pool, n)
+    if pool.sample_probabilities is None:
+        return STRATEGIES["entropy"](pool, n)
+    chunks = max(1, -(-pool.size // MC_CHUNK))
+    parts = [
+        mutual_information(pool.sample_probabilities(chunk, MC_PASSES))
+        for chunk in np.array_split(np.arange(pool.size, dtype=np.int64), chunks)
+    ]
+    return _top(np.concatenate(parts), n)
+
+
+def mutual_information(passes: NDArray[np.floating]) -> NDArray[np.float64]:
+    """BALD's score from ``(passes, items, classes)`` probabilities."""
+    probs = np.clip(np.asarray(passes, np.float64), 1e-12, 1.0)
+    mean = probs.mean(axis=0)
+    entropy_of_mean = -(mean * np.log(mean)).sum(axis=1)
+    mean_entropy = -(probs * np.log(probs)).sum(axis=2).mean(axis=0)
+    return np.asarray(np.maximum(entropy_of_mean - mean_entropy, 0.0), np.float64)
+
+
 STRATEGIES: dict[str, Strategy] = {
     "margin": _query(margin_sampling, higher_is_better=False),
     "entropy": _query(entropy_sampling),
     "least_confidence": _query(uncertainty_sampling),
     "diverse": diverse,
     "targeted": targeted,
+    "balanced-margin": balanced_margin,
+    "badge": badge,
+    "bald": bald,
     "random": random,
 }
 

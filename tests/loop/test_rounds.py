@@ -23,6 +23,7 @@ from al_pipeline.loop.rounds import RunPlan, finish, run, start
 from al_pipeline.loop.status import RoundError, status
 from al_pipeline.loop.stopping import stopping_rules
 from al_pipeline.model.network import TrainingSettings
+from al_pipeline.selection.strategies import STRATEGIES
 from al_pipeline.store.rounds import QueuedItem
 from al_pipeline.store.state import State
 from cli import app
@@ -58,7 +59,7 @@ def test_cold_start_round_then_every_strategy_with_a_model(oracle_ws: Config) ->
             start(config, state, oracle, strategy="margin", size=20)
         assert status(state).pending == 20
         finish(config, state, oracle, SETTINGS)
-        for strategy in ("margin", "entropy", "least_confidence", "diverse", "targeted", "random"):
+        for strategy in STRATEGIES:
             started = start(config, state, oracle, strategy=strategy, size=10, balance=True)
             assert not started.cold_start and started.model == "round-001"
             check_queue(state, started.queued, 10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from al_pipeline.model.backbones import Weights, build_backbone
 from al_pipeline.model.checkpoints import (
     CheckpointError,
     find_checkpoint,
+    forget_loaded,
     load_checkpoint,
     save_checkpoint,
 )
@@ -33,7 +35,7 @@ from al_pipeline.model.network import (
     linear_head,
     predict_proba,
 )
-from al_pipeline.model.predict import predict_files
+from al_pipeline.model.predict import Prediction, predict_files, predict_paths
 from al_pipeline.model.score import score
 from al_pipeline.records import CheckpointMeta
 from al_pipeline.store.state import State
@@ -142,7 +144,11 @@ def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
     model = build_classifier(backbone, build_head(backbone.dim, 3))
     pixels = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     meta = CheckpointMeta("basic_cnn", 32, "x", pretrained=False, classes=["a", "b", "c"])
-    loaded = load_checkpoint(save_checkpoint(model, tmp_path / "ck", meta))
+    saved = save_checkpoint(model, tmp_path / "ck", meta)
+    assert load_checkpoint(saved).model is model  # kept in memory as saved
+    forget_loaded()
+    loaded = load_checkpoint(saved)
+    assert loaded.model is not model
     np.testing.assert_array_equal(
         model.predict_on_batch(pixels), loaded.model.predict_on_batch(pixels)
     )
@@ -221,25 +227,26 @@ def test_fine_tuning_on_real_photos(trained: Trained, tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_predict_reports_a_fifo_instead_of_hanging(trained: Trained, tmp_path: Path) -> None:
-    """A FIFO named .jpg would block the reader until someone writes to it."""
+    """A FIFO named .jpg would block the reader until someone writes to it. Run in a
+    thread, so a regression fails the test instead of hanging it."""
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
     photo = sorted((trained.photos / "with_mask").iterdir())[0]
-    env = {"KERAS_HOME": str(trained.config.keras_home), "AL_OFFLINE": "1"}
-    for extra in ([], ["--faces"]):
-        done = run_al(
-            "-w",
-            str(trained.config.root),
-            "predict",
-            str(fifo),
-            str(photo),
-            "--json",
-            *extra,
-            **env,
-        )
-        assert done.returncode == 0, done.stderr
-        rows = {row["path"]: row for row in json.loads(done.stdout)}
-        assert "not a regular file" in rows[str(fifo)]["error"]
+    for faces in (False, True):
+        found: list[list[Prediction]] = []
+
+        def predict(faces: bool = faces, found: list[list[Prediction]] = found) -> None:
+            with State(trained.config.database) as state:
+                found.append(predict_paths(trained.config, state, [fifo, photo], faces=faces))
+
+        worker = threading.Thread(target=predict, daemon=True)
+        worker.start()
+        worker.join(timeout=120)
+        assert not worker.is_alive(), "predict hung on a FIFO"
+        rows = {row.path: row for row in found[0]}
+        error = rows[str(fifo)].error
+        assert error is not None and "not a regular file" in error
+        assert any(row.label for path, row in rows.items() if path != str(fifo)) or faces
 
 
 @pytest.mark.integration

@@ -9,14 +9,21 @@ import keras
 import numpy as np
 import pytest
 
+from al_pipeline.errors import ConfigError
 from al_pipeline.model.backbones import Weights, build_backbone
 from al_pipeline.model.network import (
     Augment,
     TrainingSettings,
+    adjust_logits,
     build_head,
     decode_all,
+    dropout_rate,
     fine_tune,
     fine_tune_model,
+    fit_head,
+    linear_head,
+    predict_proba,
+    sample_proba,
 )
 from tests.conftest import face_like
 
@@ -77,3 +84,58 @@ def test_fine_tuning_decodes_once_and_reports_each_epoch(
     )
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
     assert ("Fine-tuning", 2) in seen
+
+
+def imbalanced(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two overlapping classes, 95:5."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(1000) >= 950).astype(np.int64)
+    centres = np.array([[0.0] * 8, [1.5] * 8], np.float32)
+    return (centres[labels] + rng.normal(size=(1000, 8))).astype(np.float32), labels
+
+
+def test_logit_adjustment_shifts_the_bias_by_the_log_prior_and_finds_the_rare_class() -> None:
+    features, labels = imbalanced()
+    heads = {}
+    for imbalance in ("none", "logit-adjust"):
+        settings = TrainingSettings(epochs=30, imbalance=imbalance, tau=1.0)
+        heads[imbalance] = build_head(8, 2, seed=0)
+        fit_head(heads[imbalance], features, labels, settings, 2)
+        adjust_logits(heads[imbalance], labels, settings, 2)
+    (plain_w, plain_b), (adjusted_w, adjusted_b) = (linear_head(h) for h in heads.values())
+    np.testing.assert_allclose(adjusted_w, plain_w, rtol=1e-5)
+    np.testing.assert_allclose(adjusted_b - plain_b, -np.log([0.95, 0.05]), rtol=1e-5)
+    test_features, test_labels = imbalanced(seed=1)
+    recall = {
+        name: (predict_proba(head, test_features)[test_labels == 1].argmax(axis=1) == 1).mean()
+        for name, head in heads.items()
+    }
+    assert recall["logit-adjust"] >= recall["none"] + 0.2
+
+
+def test_training_settings_name_the_bad_option() -> None:
+    with pytest.raises(ConfigError, match="--imbalance 'focal' is not an option"):
+        TrainingSettings(imbalance="focal")
+    with pytest.raises(ConfigError, match="--tau 9"):
+        TrainingSettings(tau=9)
+    _, labels = imbalanced()
+    assert TrainingSettings(imbalance="none").class_weights(labels, 2) is None
+    weights = TrainingSettings().class_weights(labels, 2)
+    assert weights is not None and weights[1] > 5 * weights[0]
+
+
+def test_mc_dropout_passes_vary_around_the_prediction_and_repeat_with_the_seed() -> None:
+    features, labels = imbalanced()
+    head = build_head(8, 2, dropout=0.5, seed=0)
+    fit_head(head, features, labels, TrainingSettings(epochs=5), 2)
+    passes = sample_proba(head, features[:50], 200, np.random.default_rng(0))
+    assert passes.shape == (200, 50, 2) and dropout_rate(head) == 0.5
+    np.testing.assert_allclose(passes.sum(axis=2), 1, rtol=1e-5)
+    assert passes.std(axis=0).mean() > 0.01
+    plain = predict_proba(head, features[:50])
+    sure = plain.max(axis=1) > 0.7
+    assert sure.sum() >= 10
+    assert np.array_equal(passes.mean(axis=0)[sure].argmax(axis=1), plain[sure].argmax(axis=1))
+    again = sample_proba(head, features[:50], 200, np.random.default_rng(0))
+    np.testing.assert_array_equal(passes, again)
+    assert dropout_rate(build_head(8, 2, dropout=0.0)) == 0.0

@@ -157,3 +157,66 @@ def test_targeted_finds_the_items_like_the_rare_labelled_example() -> None:
 def test_targeted_without_labelled_features_is_margin() -> None:
     pool = make_pool()
     assert np.array_equal(pick("targeted", pool, 10), pick("margin", pool, 10))
+
+
+def test_balanced_margin_gives_the_rare_boundary_its_quota() -> None:
+    """100 items torn between the two common classes, 10 half-way to the rare class, 390
+    sure: margin spends the batch on the common boundary, balanced-margin sends a third
+    of it to the rare class's boundary."""
+    probs = np.tile(np.array([0.98, 0.01, 0.01], np.float32), (500, 1))
+    probs[:100] = [0.5, 0.49, 0.01]
+    near_rare = np.zeros(500, dtype=bool)
+    near_rare[100:110] = True
+    probs[near_rare] = [0.64, 0.01, 0.35]
+    features = np.zeros((500, 4), np.float32)
+    pool = Pool(probs, lambda p: features[p], 500)
+    picked, utilities = select(get_strategy("balanced-margin"), pool, 9)
+    assert near_rare[pick("margin", pool, 9)].sum() == 0
+    assert near_rare[picked].sum() == 3
+    assert (picked < 100).sum() == 6
+    np.testing.assert_allclose(utilities[-3:], 1 - 0.29, rtol=1e-5)
+
+
+def test_badge_takes_one_of_many_copies_and_at_most_one_sure_item() -> None:
+    """50 copies of one unsure image, 10 distinct unsure ones and 440 sure ones. Sure items
+    have gradients near zero, so they sit together at the origin: k-means++ may take one
+    of them as a centre, never two."""
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(500, 32)).astype(np.float32)
+    features[:50] = features[0]
+    probs = np.tile(np.array([0.999, 0.001], np.float32), (500, 1))
+    probs[:50] = [0.5, 0.5]
+    probs[50:60] = [0.6, 0.4]
+    pool = Pool(probs, lambda p: features[p], 500, rng=np.random.default_rng(0))
+    picked, utilities = select(get_strategy("badge"), pool, 8)
+    assert (picked < 50).sum() == 1
+    assert (picked >= 60).sum() <= 1
+    assert pick("margin", pool, 8).max() < 50  # margin takes copies only
+    assert np.all(utilities > 0)
+
+
+def test_bald_prefers_disagreeing_passes_to_ambiguous_items() -> None:
+    """Items 0-19: every pass says 50/50 (an ambiguous image). Items 20-39: passes flip
+    between sure answers (the model lacks evidence). Entropy cannot tell them apart from
+    the mean; BALD picks the second kind."""
+    size, passes = 200, 20
+    samples = np.tile(np.array([0.95, 0.05], np.float32), (passes, size, 1))
+    samples[:, :20] = [0.5, 0.5]
+    flips = np.arange(passes) % 2 == 0
+    samples[flips, 20:40] = [0.97, 0.03]
+    samples[~flips, 20:40] = [0.03, 0.97]
+    mean = samples.mean(axis=0)
+    features = np.zeros((size, 4), np.float32)
+
+    def sampler(positions: Positions, count: int) -> NDArray[np.float32]:
+        assert count == passes
+        return samples[:, positions]
+
+    pool = Pool(mean, lambda p: features[p], size, sample_probabilities=sampler)
+    picked, utilities = select(get_strategy("bald"), pool, 20)
+    assert set(picked.tolist()) == set(range(20, 40))
+    assert np.all(utilities > 0.4) and np.all(np.diff(utilities) <= 0)
+    bald_of_subset, _ = select(get_strategy("bald"), pool.subset(np.arange(10, 30)), 5)
+    assert set(bald_of_subset.tolist()) <= set(range(10, 20))  # local positions 10-19
+    without_sampler = Pool(mean, lambda p: features[p], size)
+    assert np.array_equal(pick("bald", without_sampler, 20), pick("entropy", without_sampler, 20))
