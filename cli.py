@@ -85,6 +85,16 @@ Balance = Annotated[
     bool, typer.Option("--balance", help="Spread each batch evenly over predicted classes.")
 ]
 CheckpointTag = Annotated[str | None, typer.Option(help="Checkpoint tag (default: the latest).")]
+Imbalance = Annotated[
+    str | None,
+    typer.Option(
+        help="Unequal classes: weights (inverse frequency), logit-adjust (by --tau) or none "
+        "(default: al.toml)."
+    ),
+]
+Tau = Annotated[
+    float | None, typer.Option(help="Logit adjustment strength, 0-5 (default: al.toml).")
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -343,6 +353,8 @@ def train(
     ] = 0,
     fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning.")] = 5,
     seed: Annotated[int | None, typer.Option(help="Seed (default: workspace seed).")] = None,
+    imbalance: Imbalance = None,
+    tau: Tau = None,
     tag: Annotated[str | None, typer.Option(help="Checkpoint name (default: train-NNN).")] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace the checkpoint --tag names if it exists.")
@@ -354,14 +366,10 @@ def train(
     from al_pipeline.model.network import TrainingSettings
 
     overrides = {"backbone": backbone, "image_size": image_size, "weights": weights, "seed": seed}
-    with workspace("al train", **overrides) as (config, state, progress):
-        settings = TrainingSettings(
-            epochs=epochs,
-            seed=config.seed,
-            fine_tune_layers=fine_tune_layers,
-            fine_tune_epochs=fine_tune_epochs,
-        )
-        report = fit(config, state, settings, tag=tag, force=force, progress=progress)
+    tuning = {"fine_tune_layers": fine_tune_layers, "fine_tune_epochs": fine_tune_epochs}
+    with workspace("al train", **overrides, imbalance=imbalance, tau=tau) as (config, state, bar):
+        settings = TrainingSettings.for_workspace(config, epochs=epochs, **tuning)
+        report = fit(config, state, settings, tag=tag, force=force, progress=bar)
     emit(report, as_json, views.trained)
 
 
@@ -426,7 +434,7 @@ def checkpoints(
 def training_settings(config: Config, epochs: int) -> TrainingSettings:
     from al_pipeline.model.network import TrainingSettings
 
-    return TrainingSettings(epochs=epochs, seed=config.seed)
+    return TrainingSettings.for_workspace(config, epochs=epochs)
 
 
 @round_app.command("start")
@@ -617,6 +625,22 @@ def export_model(
     emit(exported, as_json, views.model_exported)
 
 
+def simulation_config(
+    dataset: Path | None,
+    out_dir: Path,
+    classes: str | None,
+    test_fraction: float,
+    progress: Progress,
+    **given: Any,
+) -> Config:
+    """The workspace's config, or with ``--dataset`` that of a workspace made for it."""
+    from al_pipeline.loop.simulate import dataset_workspace
+
+    if dataset is None:
+        return config_for(**given)
+    return dataset_workspace(dataset, out_dir, classes, test_fraction, progress, **given)
+
+
 @app.command()
 @handles_errors
 def simulate(
@@ -639,6 +663,12 @@ def simulate(
     rounds: Annotated[int, typer.Option(help="Rounds per run.")] = 10,
     seeds: Annotated[int, typer.Option(help="Runs per strategy.")] = 3,
     epochs: HeadEpochs = 50,
+    splits: Annotated[
+        int, typer.Option(help="Test splits, each photo-grouped and drawn with its own seed.")
+    ] = 1,
+    image_size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
+    imbalance: Imbalance = None,
+    tau: Tau = None,
     classes: Annotated[
         str | None, typer.Option(help="With --dataset: classes (default: subfolder names).")
     ] = None,
@@ -649,18 +679,17 @@ def simulate(
     as_json: JsonFlag = False,
 ) -> None:
     """Prove label efficiency: strategies against random, with the oracle, over seeds."""
-    from al_pipeline.loop.simulate import SimulationPlan, dataset_workspace
+    from al_pipeline.loop.simulate import SimulationPlan
     from al_pipeline.model.network import TrainingSettings
     from al_pipeline.reporting.simulation import simulate_and_report
     from al_pipeline.store.workspace import opened
 
     names = [s.strip() for s in strategies.split(",")]
-    plan = SimulationPlan(names, initial, size, rounds, seeds, TrainingSettings(epochs=epochs))
+    given = {"imbalance": imbalance, "tau": tau}
     with BarProgress() as progress:
-        if dataset is None:
-            config = config_for()
-        else:
-            config = dataset_workspace(dataset, out_dir, classes, test_fraction, progress)
+        config = simulation_config(dataset, out_dir, classes, test_fraction, progress, **given)
+        settings = TrainingSettings.for_workspace(config, epochs=epochs)
+        plan = SimulationPlan(names, initial, size, rounds, seeds, settings, splits, image_size)
         with opened(config, "al simulate", views.note) as state:
             result = simulate_and_report(config, state, out_dir, plan, progress)
     emit(result, as_json, views.simulated, views.simulation_data)

@@ -46,6 +46,9 @@ class Config:
         offline: Never try to download weights (``$AL_OFFLINE=1``).
         precision: ``auto`` (mixed_float16 when Keras sees a GPU, else float32), or a
             Keras dtype policy: ``float32``, ``mixed_float16``, ``mixed_bfloat16``.
+        imbalance: How training copes with unequal classes: ``weights``, ``logit-adjust``
+            or ``none`` (see ``TrainingSettings``).
+        tau: The logit adjustment's strength, with ``logit-adjust``.
         studio_dir: The embedded Label Studio's data, credentials, pid and log files.
         studio_url: A Label Studio server to use instead of the stored connection
             (``$LABEL_STUDIO_URL``).
@@ -70,6 +73,8 @@ class Config:
     keras_home: Path = field(default_factory=lambda: Path.home() / ".keras")
     offline: bool = False
     precision: str = "auto"
+    imbalance: str = "weights"
+    tau: float = 1.0
     studio_dir: Path = field(default=Path("studio"))
     studio_url: str | None = None
     studio_api_key: str | None = None
@@ -196,6 +201,8 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
             backbone=str(model.get("backbone", Config.backbone)),
             weights=str(model.get("weights", Config.weights)),
             precision=_precision(model.get("precision", Config.precision)),
+            imbalance=_choice(model.get("imbalance", Config.imbalance), IMBALANCES, "imbalance"),
+            tau=_tau(model.get("tau", Config.tau)),
             image_size=_positive_int(model.get("image_size", Config.image_size), "image_size"),
             seed=_non_negative_int(workspace.get("seed", Config.seed), "seed"),
             max_pixels=_positive_int(ingest.get("max_pixels", Config.max_pixels), "max_pixels"),
@@ -211,6 +218,19 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
 
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+IMBALANCES = ("weights", "logit-adjust", "none")
+
+
+def _choice(value: object, choices: tuple[str, ...], name: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+def _tau(value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 5:
+        raise ValueError(f"tau must be a number from 0 to 5, got {value!r}")
+    return float(value)
 
 
 def _precision(value: object) -> str:
@@ -327,7 +347,10 @@ def render_toml(config: Config) -> str:
         "# imagenet, none, or the path of a no-top .h5 weights file\n"
         f"weights = {text(config.weights)}\n"
         "# auto: mixed_float16 on a GPU, float32 on a CPU\n"
-        f"precision = {text(config.precision)}\n\n"
+        f"precision = {text(config.precision)}\n"
+        "# unequal classes: weights (inverse frequency), logit-adjust (by tau), or none\n"
+        f"imbalance = {text(config.imbalance)}\n"
+        f"tau = {config.tau}\n\n"
         "[ingest]\n"
         "# Images with more pixels are rejected as decompression bombs.\n"
         f"max_pixels = {config.max_pixels}\n"

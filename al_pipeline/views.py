@@ -433,34 +433,52 @@ SIMULATION_COLUMNS = (
     "labels_to_full",
     "ratio_full",
     "final_labels",
-    "final_accuracy",
 )
+# Shown as "mean ± half-width of the 95 % interval".
+SIMULATION_INTERVALS = ("final_accuracy", "final_macro_f1", "rare_recall", "rare_share")
 
 
 def simulation_data(result: SimulationResult) -> dict[str, Any]:
     return {
         "full_accuracy": result.full_accuracy,
         "full_labels": result.full_labels,
+        "splits": result.splits,
+        "rare_class": result.rare_class,
+        "full_rare_recall": result.full_rare_recall,
         "table": result.table.to_dict("records"),
         "csv": result.csv,
         "plot": result.plot,
+        "rare_class_plot": result.panels,
     }
 
 
 def simulated(result: SimulationResult) -> None:
-    table = Table(
-        title=f"Labels needed (median over seeds); all {result.full_labels} labels "
-        f"give accuracy {result.full_accuracy:.4f}"
+    rare = (
+        f"; {result.rare_class} recall {result.full_rare_recall:.3f}" if result.rare_class else ""
     )
-    for column in SIMULATION_COLUMNS:
+    table = Table(
+        title=f"Labels needed (median over runs: seeds x {result.splits} split(s)); all "
+        f"{result.full_labels} labels give accuracy {result.full_accuracy:.4f}{rare}"
+    )
+    intervals = [c for c in SIMULATION_INTERVALS if f"{c}_mean" in result.table]
+    for column in (*SIMULATION_COLUMNS, *intervals):
+        name = (
+            column.replace("rare", str(result.rare_class)) if column.startswith("rare") else column
+        )
         table.add_column(
-            column.replace("_", " "), justify="left" if column == "strategy" else "right"
+            name.replace("_", " "), justify="left" if column == "strategy" else "right"
         )
     for row in result.table.to_dict("records"):
-        cells = (_cell(row[c]) if row[c] is not None else "not reached" for c in SIMULATION_COLUMNS)
-        table.add_row(*cells)
+        cells = [_cell(row[c]) if row[c] is not None else "not reached" for c in SIMULATION_COLUMNS]
+        table.add_row(*cells, *(_mean_ci(row[f"{c}_mean"], row[f"{c}_ci"]) for c in intervals))
     out.print(table)
-    out.print(f"Runs: {result.csv}  curves: {result.plot}  table: {result.table_csv}")
+    out.print(
+        f"Runs: {result.csv}  curves: {result.plot}, {result.panels}  table: {result.table_csv}"
+    )
+
+
+def _mean_ci(mean: float, half: float) -> str:
+    return f"{mean:.3f}" if half != half else f"{mean:.3f} ± {half:.3f}"
 
 
 def labels_exported(result: LabelsExported) -> None:

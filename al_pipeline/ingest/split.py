@@ -12,7 +12,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -56,6 +56,30 @@ def assign_test_split(
         newly_train=sum(s == "train" for s in assignment.values()),
         test_total=sum(s == "test" for s in final.values()),
         train_total=sum(s == "train" for s in final.values()),
+        groups=len(groups),
+        largest_group=max((len(g) for g in groups), default=0),
+    )
+
+
+def redraw_test_split(config: Config, state: State, seed: int) -> SplitSummary:
+    """Draw the test split again with another seed, at the share it has now: for a
+    simulation's copy of a workspace whose labels are all hidden (the store refuses any
+    other). Groups stay whole, as in :func:`assign_test_split`."""
+    candidates = state.split_candidates()
+    hashes = _hashes(config, state, candidates, silent)
+    hashed = [c for c in candidates if c.item_id in hashes]
+    fraction = sum(c.split == "test" for c in hashed) / max(len(hashed), 1)
+    members = [replace(c, split=None) for c in hashed]
+    groups = group_items(members, hashes, config.near_duplicate_bits)
+    assignment = _assign(members, groups, fraction, seed)
+    state.redraw_split(assignment)
+    test = sum(side == "test" for side in assignment.values())
+    return SplitSummary(
+        fraction=fraction,
+        newly_test=test,
+        newly_train=len(assignment) - test,
+        test_total=test,
+        train_total=len(assignment) - test,
         groups=len(groups),
         largest_group=max((len(g) for g in groups), default=0),
     )

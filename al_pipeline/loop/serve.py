@@ -166,7 +166,7 @@ def _on_batch(
     strategy and size). True if a round was finished."""
     with open_state(config.database) as state:
         labeller = LabelStudioLabeller(config, state, connection(config))
-        settings = plan.settings or TrainingSettings(seed=config.seed)
+        settings = plan.settings or TrainingSettings.for_workspace(config)
         done = finish_if_labelled(
             config, state, labeller, settings, min_labelled=plan.min_labelled, progress=progress
         )

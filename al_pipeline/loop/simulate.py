@@ -12,20 +12,23 @@ table, the CSV and the curves.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from al_pipeline.config import Config
 from al_pipeline.errors import PipelineError
+from al_pipeline.ingest.split import redraw_test_split
 from al_pipeline.labelling import OracleLabeller
 from al_pipeline.loop.rounds import RunPlan, run, train_and_evaluate
 from al_pipeline.model.network import TrainingSettings
 from al_pipeline.paths import at_least, output_folder
 from al_pipeline.progress import Progress, silent
-from al_pipeline.records import HistoryRow
+from al_pipeline.records import HistoryRow, Metrics
 from al_pipeline.selection.strategies import even_shares, parse_strategy
 from al_pipeline.store.labels import PulledLabel
 from al_pipeline.store.state import State, open_state
@@ -33,27 +36,52 @@ from al_pipeline.store.state import State, open_state
 
 @dataclass(frozen=True)
 class SimulationRun:
-    """One strategy from one seed: its history, round 0 (the seed labels' model) first."""
+    """One strategy from one seed on one test split: its history, round 0 (the seed
+    labels' model) first."""
 
     strategy: str
     seed: int
     rows: list[HistoryRow]
+    split: int = 0
+
+
+@dataclass(frozen=True)
+class FullData:
+    """What a model trained on every hidden label of one split reaches on its test side."""
+
+    split: int
+    labels: int
+    metrics: Metrics
 
 
 @dataclass(frozen=True)
 class Simulation:
-    """Every run, and what a model trained on all the hidden labels reaches."""
+    """Every run, and the all-labels reference of each split."""
 
     runs: list[SimulationRun]
-    full_accuracy: float
-    full_labels: int
+    full: list[FullData]
+
+    @property
+    def full_accuracy(self) -> float:
+        """The all-labels accuracy, as a mean over splits."""
+        return float(np.mean([f.metrics.accuracy for f in self.full]))
+
+    @property
+    def full_labels(self) -> int:
+        return self.full[0].labels
 
 
 @dataclass(frozen=True)
 class SimulationPlan:
     """Every strategy runs from ``initial`` seed labels for ``rounds`` rounds of ``size``,
-    ``seeds`` times. A strategy name ending in ``+balance`` (``margin+balance``) selects
-    class-balanced batches, so it can be compared with the plain strategy in one run."""
+    ``seeds`` times on each of ``splits`` test splits. A strategy name ending in
+    ``+balance`` (``margin+balance``) selects class-balanced batches, so it can be compared
+    with the plain strategy in one run.
+
+    Split 0 is the workspace's own; each further split is drawn again with another seed,
+    photo-grouped as the first (:func:`al_pipeline.ingest.split.redraw_test_split`), so a
+    result is not one split's luck. ``image_size`` overrides the workspace's input size.
+    """
 
     strategies: Sequence[str]
     initial: int
@@ -61,59 +89,94 @@ class SimulationPlan:
     rounds: int
     seeds: int
     settings: TrainingSettings
+    splits: int = 1
+    image_size: int | None = None
 
 
 def simulate(
     config: Config, state: State, out: Path, plan: SimulationPlan, progress: Progress = silent
 ) -> Simulation:
     """Run the plan on the workspace's hidden labels, each run in a workspace of its own
-    under ``out``."""
-    strategies, initial, size = plan.strategies, plan.initial, plan.size
-    rounds, seeds, settings = plan.rounds, plan.seeds, plan.settings
+    under ``out`` (under ``out/splitK`` for split K > 0)."""
+    _check(config, state, out, plan)
+    if plan.image_size is not None:
+        config = replace(config, image_size=plan.image_size)
+    out.mkdir(parents=True, exist_ok=True)
+    runs: list[SimulationRun] = []
+    full: list[FullData] = []
+    for split in range(plan.splits):
+        folder = out if split == 0 else out / f"split{split}"
+        with _split_state(config, state, folder, split) as split_state:
+            full.append(
+                _full_data(config, split_state, folder / "full-data", plan, split, progress)
+            )
+            runs += _split_runs(config, split_state, folder, plan, split, progress)
+    return Simulation(runs, full)
+
+
+def _check(config: Config, state: State, out: Path, plan: SimulationPlan) -> None:
     output_folder(out, "--out")
-    for name in strategies:
+    for name in plan.strategies:
         parse_strategy(name)
-    for flag, value in (("--size", size), ("--rounds", rounds), ("--seeds", seeds)):
+    for flag, value in (
+        ("--size", plan.size),
+        ("--rounds", plan.rounds),
+        ("--seeds", plan.seeds),
+        ("--splits", plan.splits),
+    ):
         at_least(value, 1, flag)
-    if initial < len(config.classes):
+    if plan.image_size is not None:
+        at_least(plan.image_size, 32, "--image-size")
+    if plan.initial < len(config.classes):
         raise PipelineError(
-            f"--initial {initial} is too few: every class needs a seed label, so use at least "
-            f"{len(config.classes)}."
+            f"--initial {plan.initial} is too few: every class needs a seed label, so use at "
+            f"least {len(config.classes)}."
         )
-    hidden = state.hidden_items()
-    if len(hidden) < initial + size:
+    if len(state.hidden_items()) < plan.initial + plan.size:
         raise PipelineError(
-            f"The workspace has {len(hidden)} items with hidden labels; a simulation needs "
-            "more than --initial + --size. Add labelled data with 'al pool add DIR --labelled "
-            "--oracle --test-fraction 0.2' (or pass --dataset DIR)."
+            f"The workspace has {len(state.hidden_items())} items with hidden labels; a "
+            "simulation needs more than --initial + --size. Add labelled data with 'al pool "
+            "add DIR --labelled --oracle --test-fraction 0.2' (or pass --dataset DIR)."
         )
     if not state.labelled_items("test"):
         raise PipelineError(
             "The workspace has no test split to measure accuracy on. Add "
             "labelled data with --test-fraction."
         )
-    out.mkdir(parents=True, exist_ok=True)
-    full = _full_data_accuracy(config, state, out / "full-data", hidden, settings, progress)
+
+
+@contextmanager
+def _split_state(config: Config, state: State, folder: Path, split: int) -> Iterator[State]:
+    """The workspace's state for split 0; for another, a copy with the split drawn again."""
+    if split == 0:
+        yield state
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    base = folder / "base.sqlite3"
+    base.unlink(missing_ok=True)
+    state.backup(base)
+    with open_state(base) as copy:
+        redraw_test_split(config, copy, seed=config.seed + split)
+        yield copy
+
+
+def _split_runs(
+    config: Config,
+    state: State,
+    folder: Path,
+    plan: SimulationPlan,
+    split: int,
+    progress: Progress,
+) -> list[SimulationRun]:
     runs = []
-    for seed in range(seeds):
-        for name in strategies:
-            progress(f"Simulating {name}, seed {seed}", 0, rounds)
-            runs.append(
-                _one_run(
-                    config,
-                    state,
-                    out / f"{name.replace('+', '-')}-seed{seed}",
-                    hidden,
-                    name,
-                    seed,
-                    initial,
-                    size,
-                    rounds,
-                    settings,
-                )
-            )
-            progress(f"Simulating {name}, seed {seed}", rounds, rounds)
-    return Simulation(runs, full, len(hidden))
+    for seed in range(plan.seeds):
+        for name in plan.strategies:
+            what = f"Simulating {name}, seed {seed}" + (f", split {split}" if split else "")
+            progress(what, 0, plan.rounds)
+            run_folder = folder / f"{name.replace('+', '-')}-seed{seed}"
+            runs.append(_one_run(config, state, run_folder, name, seed, split, plan))
+            progress(what, plan.rounds, plan.rounds)
+    return runs
 
 
 def _run_config(config: Config, state: State, folder: Path, seed: int) -> tuple[Config, State]:
@@ -126,22 +189,23 @@ def _run_config(config: Config, state: State, folder: Path, seed: int) -> tuple[
     return run_config, open_state(run_config.database)
 
 
-def _full_data_accuracy(
+def _full_data(
     config: Config,
     state: State,
     folder: Path,
-    hidden: dict[int, str],
-    settings: TrainingSettings,
+    plan: SimulationPlan,
+    split: int,
     progress: Progress,
-) -> float:
+) -> FullData:
+    hidden = state.hidden_items()
     run_config, run_state = _run_config(config, state, folder, config.seed)
     with run_state:
         _reveal(run_state, hidden, list(hidden))
         report = train_and_evaluate(
-            run_config, run_state, settings, tag="full-data", progress=progress
+            run_config, run_state, plan.settings, tag="full-data", progress=progress
         )
     assert report.metrics is not None
-    return report.metrics.accuracy
+    return FullData(split, len(hidden), report.metrics)
 
 
 def _reveal(state: State, hidden: dict[int, str], item_ids: Sequence[int]) -> None:
@@ -165,30 +229,35 @@ def _one_run(
     config: Config,
     state: State,
     folder: Path,
-    hidden: dict[int, str],
     strategy: str,
     seed: int,
-    initial: int,
-    size: int,
-    rounds: int,
-    settings: TrainingSettings,
+    split: int,
+    plan: SimulationPlan,
 ) -> SimulationRun:
+    hidden = state.hidden_items()
     run_config, run_state = _run_config(config, state, folder, seed)
-    seeded = replace(settings, seed=seed)
+    seeded = replace(plan.settings, seed=seed)
     base, balance = parse_strategy(strategy)
+    rng = np.random.default_rng(seed if split == 0 else [seed, split])
     with run_state:
-        _reveal(run_state, hidden, _seed_items(hidden, initial, np.random.default_rng(seed)))
+        _reveal(run_state, hidden, _seed_items(hidden, plan.initial, rng))
         train_and_evaluate(run_config, run_state, seeded, tag=f"seed-labels-{seed}")
-        plan = RunPlan(rounds, base, size, balance)
-        run(run_config, run_state, OracleLabeller(run_state), seeded, plan)
-        return SimulationRun(strategy, seed, run_state.history())
+        run_plan = RunPlan(plan.rounds, base, plan.size, balance)
+        run(run_config, run_state, OracleLabeller(run_state), seeded, run_plan)
+        return SimulationRun(strategy, seed, run_state.history(), split)
 
 
 def dataset_workspace(
-    dataset: Path, out: Path, classes: str | None, test_fraction: float, progress: Progress = silent
+    dataset: Path,
+    out: Path,
+    classes: str | None,
+    test_fraction: float,
+    progress: Progress = silent,
+    **overrides: Any,
 ) -> Config:
     """A workspace under ``out`` for a labelled folder: labels hidden for the oracle, a
-    grouped test split visible. Re-running reuses it (ingestion skips what it has)."""
+    grouped test split visible. Re-running reuses it (ingestion skips what it has).
+    ``overrides`` are flag values for its config, as for any workspace."""
     from al_pipeline.config import CONFIG_FILE, load_config, resolve_config
     from al_pipeline.ingest.folders import add_folder
     from al_pipeline.store.workspace import init_workspace
@@ -214,4 +283,5 @@ def dataset_workspace(
             test_fraction=test_fraction,
             progress=progress,
         )
-    return resolve_config(config.root)  # with the environment's settings, as any workspace
+    # With the environment's settings and the flags, as any workspace.
+    return resolve_config(config.root, **overrides)

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.utils.class_weight import compute_class_weight
 
+from al_pipeline.config import IMBALANCES, Config
 from al_pipeline.errors import ConfigError, PipelineError
 from al_pipeline.model.backbones import Backbone
 from al_pipeline.model.inference import predict_padded
@@ -32,8 +33,6 @@ FINE_TUNE_LEARNING_RATE = 1e-5
 # Training images are decoded once into memory up to this size (3,000 at 224 px: 450 MB).
 PIXEL_CACHE_BYTES = 4 << 30
 CACHE_BATCH = 256
-# How training copes with unequal classes (see TrainingSettings.imbalance).
-IMBALANCE_OPTIONS = ("weights", "logit-adjust", "none")
 
 
 @dataclass(frozen=True)
@@ -64,13 +63,19 @@ class TrainingSettings:
         at_least(self.fine_tune_layers, 0, "--fine-tune-layers")
         at_least(self.fine_tune_epochs, 1, "--fine-tune-epochs")
         at_least(self.seed, 0, "--seed")
-        if self.imbalance not in IMBALANCE_OPTIONS:
+        if self.imbalance not in IMBALANCES:
             raise ConfigError(
                 f"--imbalance '{self.imbalance}' is not an option. Choose one of: "
-                f"{', '.join(IMBALANCE_OPTIONS)}."
+                f"{', '.join(IMBALANCES)}."
             )
         if not 0.0 <= self.tau <= 5.0:
             raise ConfigError(f"--tau {self.tau} is out of range. Use a value from 0 to 5.")
+
+    @classmethod
+    def for_workspace(cls, config: Config, **given: Any) -> TrainingSettings:
+        """The workspace's seed and imbalance handling, with ``given`` fields on top."""
+        workspace: dict[str, Any] = {"seed": config.seed, "imbalance": config.imbalance}
+        return cls(**(workspace | {"tau": config.tau} | given))
 
     def class_weights(self, labels: NDArray[np.int64], classes: int) -> dict[int, float] | None:
         """The loss weights per class for these labels (None: every class weighs 1)."""

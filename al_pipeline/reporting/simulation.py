@@ -3,12 +3,14 @@ learning curves."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from al_pipeline.config import Config
 from al_pipeline.loop.simulate import Simulation, SimulationPlan, simulate
@@ -28,6 +30,10 @@ class SimulationResult:
     csv: Path
     plot: Path
     table_csv: Path
+    panels: Path | None = None
+    splits: int = 1
+    rare_class: str | None = None
+    full_rare_recall: float | None = None
 
 
 def simulate_and_report(
@@ -37,48 +43,134 @@ def simulate_and_report(
     the efficiency table and the curves under ``out``."""
     simulation = simulate(config, state, out, plan, progress)
     runs = runs_frame(simulation)
-    table = efficiency_table(runs, simulation.full_accuracy)
-    csv, table_csv, plot = (
-        out / "simulation.csv",
-        out / "efficiency.csv",
-        out / "learning_curves.png",
-    )
+    rare = rarest_class(simulation)
+    full = {f.split: f.metrics.accuracy for f in simulation.full}
+    full_rare = {f.split: f.metrics.per_class[rare].recall for f in simulation.full}
+    table = efficiency_table(runs, full, rare, full_rare)
+    csv, table_csv = out / "simulation.csv", out / "efficiency.csv"
+    plot, panels = out / "learning_curves.png", out / "rare_class_curves.png"
     runs.to_csv(csv, index=False)
     table.to_csv(table_csv, index=False)
     plot_runs(runs, simulation.full_accuracy, plot)
+    plot_panels(runs, rare, float(np.mean(list(full_rare.values()))), panels)
     return SimulationResult(
-        runs, table, simulation.full_accuracy, simulation.full_labels, csv, plot, table_csv
+        runs,
+        table,
+        simulation.full_accuracy,
+        simulation.full_labels,
+        csv,
+        plot,
+        table_csv,
+        panels,
+        plan.splits,
+        rare,
+        float(np.mean(list(full_rare.values()))),
     )
 
 
 def runs_frame(simulation: Simulation) -> pd.DataFrame:
-    """Every run's history rows, with the run's strategy and seed."""
+    """Every run's history rows, with the run's strategy, seed and split, and per round
+    the share of each class among the items that round queried (``queried_<class>``)."""
     frames = []
     for run in simulation.runs:
         frame = history_frame(run.rows)
         frame["strategy"] = run.strategy
         frame.insert(2, "seed", run.seed)
+        frame.insert(3, "split", run.split)
+        labelled = frame.filter(like="labelled_").fillna(0)
+        queried = labelled.diff()
+        for column in labelled.columns:
+            frame[column.replace("labelled_", "queried_", 1)] = queried[column]
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
-def efficiency_table(runs: pd.DataFrame, full_accuracy: float) -> pd.DataFrame:
-    """Median labels (over seeds) to reach full-data accuracy - 1 point, and to reach it."""
+def rarest_class(simulation: Simulation) -> str:
+    """The class with the fewest test items, summed over the splits."""
+    support: dict[str, int] = {}
+    for full in simulation.full:
+        for name, metrics in full.metrics.per_class.items():
+            support[name] = support.get(name, 0) + metrics.support
+    return min(support, key=lambda name: support[name])
+
+
+def interval(values: Sequence[float] | pd.Series) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % t-interval (NaN for a single value)."""
+    data = np.asarray(pd.Series(values).dropna(), np.float64)
+    if len(data) == 0:
+        return float("nan"), float("nan")
+    if len(data) == 1:
+        return float(data[0]), float("nan")
+    half = stats.t.ppf(0.975, len(data) - 1) * data.std(ddof=1) / np.sqrt(len(data))
+    return float(data.mean()), float(half)
+
+
+def efficiency_table(
+    runs: pd.DataFrame,
+    full_accuracy: float | Mapping[int, float],
+    rare: str | None = None,
+    full_rare_recall: Mapping[int, float] | None = None,
+) -> pd.DataFrame:
+    """Per strategy, over seeds and splits: median labels to reach the all-labels
+    accuracy - 1 point, and to reach it (each run against its own split's reference);
+    the final accuracy and macro-F1 as mean ± 95 % interval; and, with ``rare``, the rare
+    class's final recall, its share of the queried items, and the labels each run needed to
+    reach the all-labels recall of it."""
+    runs = runs if "split" in runs else runs.assign(split=0)
+    targets = _per_split(full_accuracy, runs)
     rows: list[dict[str, Any]] = []
     for strategy, part in runs.groupby("strategy", sort=True):
+        groups = [g for _, g in part.groupby(["split", "seed"])]
         row: dict[str, Any] = {"strategy": strategy, "seeds": part["seed"].nunique()}
-        for key, target in (("within_1pt", full_accuracy - 0.01), ("full", full_accuracy)):
-            needed = [_labels_to_reach(seed_part, target) for _, seed_part in part.groupby("seed")]
+        row["runs"] = len(groups)
+        for key, drop in (("within_1pt", 0.01), ("full", 0.0)):
+            needed = [_labels_to_reach(g, targets[g["split"].iloc[0]] - drop) for g in groups]
             reached = [n for n in needed if n is not None]
             row[f"labels_to_{key}"] = (
                 float(np.median(reached)) if len(reached) == len(needed) else None
             )
             row[f"reached_{key}"] = f"{len(reached)}/{len(needed)}"
-        last = part.sort_values("labelled").groupby("seed").tail(1)
+        last = pd.concat([g.sort_values("labelled").tail(1) for g in groups])
         row["final_labels"] = int(last["labelled"].median())
         row["final_accuracy"] = float(last["accuracy"].median())
+        for metric in (m for m in ("accuracy", "macro_f1") if m in last):
+            row[f"final_{metric}_mean"], row[f"final_{metric}_ci"] = interval(last[metric])
+        if rare is not None:
+            row |= _rare_columns(groups, last, rare, full_rare_recall)
         rows.append(row)
-    table = pd.DataFrame(rows)
+    return _with_ratios(pd.DataFrame(rows))
+
+
+def _rare_columns(
+    groups: list[pd.DataFrame],
+    last: pd.DataFrame,
+    rare: str,
+    full_rare_recall: Mapping[int, float] | None,
+) -> dict[str, Any]:
+    queried = [g[f"queried_{rare}"].sum() / max(g["batch_size"].sum(), 1) for g in groups]
+    row: dict[str, Any] = {}
+    row["rare_recall_mean"], row["rare_recall_ci"] = interval(last[f"recall_{rare}"])
+    row["rare_share_mean"], row["rare_share_ci"] = interval(queried)
+    if full_rare_recall is not None:
+        needed = [
+            _labels_to_reach(g, full_rare_recall[g["split"].iloc[0]], f"recall_{rare}")
+            for g in groups
+        ]
+        reached = [n for n in needed if n is not None]
+        row["labels_to_rare_recall"] = (
+            float(np.median(reached)) if len(reached) == len(needed) else None
+        )
+        row["reached_rare_recall"] = f"{len(reached)}/{len(needed)}"
+    return row
+
+
+def _per_split(value: float | Mapping[int, float], runs: pd.DataFrame) -> dict[int, float]:
+    if isinstance(value, Mapping):
+        return {int(k): float(v) for k, v in value.items()}
+    return {int(split): float(value) for split in runs["split"].unique()}
+
+
+def _with_ratios(table: pd.DataFrame) -> pd.DataFrame:
     random_row = table[table["strategy"] == "random"]
     for key in ("within_1pt", "full"):
         base = random_row[f"labels_to_{key}"].iloc[0] if len(random_row) else None
@@ -99,32 +191,71 @@ def efficiency_table(runs: pd.DataFrame, full_accuracy: float) -> pd.DataFrame:
     return table
 
 
-def _labels_to_reach(part: pd.DataFrame, target: float) -> int | None:
+def _labels_to_reach(part: pd.DataFrame, target: float, metric: str = "accuracy") -> int | None:
     hit = part.sort_values("labelled")
-    hit = hit[hit["accuracy"] >= target - 1e-9]
+    hit = hit[hit[metric] >= target - 1e-9]
     return None if hit.empty else int(hit["labelled"].iloc[0])
+
+
+def _bands(axis: Any, runs: pd.DataFrame, metric: str) -> None:
+    """Per strategy: the mean over runs (line) and its 95 % interval (band)."""
+    for strategy, part in runs.groupby("strategy", sort=True):
+        points = [(n, *interval(g[metric])) for n, g in part.groupby("labelled")]
+        labelled, mean, half = (
+            np.array(column, np.float64) for column in zip(*points, strict=True)
+        )
+        axis.plot(labelled, mean, marker=".", label=str(strategy))
+        if np.isfinite(half).any():
+            axis.fill_between(labelled, mean - half, mean + half, alpha=0.15)
 
 
 def plot_runs(
     runs: pd.DataFrame, full_accuracy: float, path: Path, metric: str = "accuracy"
 ) -> Path:
-    """Mean (line) and min to max over seeds (band) per strategy against labels."""
+    """Mean (line) and 95 % interval over seeds and splits (band) per strategy against
+    labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 5), dpi=100)
-    for strategy, part in runs.groupby("strategy", sort=True):
-        stats = part.groupby("labelled")[metric].agg(["mean", "min", "max"]).reset_index()
-        axis.plot(stats["labelled"], stats["mean"], marker=".", label=str(strategy))
-        axis.fill_between(stats["labelled"], stats["min"], stats["max"], alpha=0.15)
+    _bands(axis, runs, metric)
     axis.axhline(full_accuracy, color="grey", linestyle="--", label="all labels")
     axis.axhline(full_accuracy - 0.01, color="grey", linestyle=":", label="all labels - 1 pt")
     axis.set_xlabel("labelled items")
     axis.set_ylabel(f"held-out {metric}")
     axis.grid(alpha=0.3)
     axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_panels(runs: pd.DataFrame, rare: str, full_rare_recall: float, path: Path) -> Path:
+    """Against labels: macro-F1, the rare class's recall, and its share of all the items
+    queried so far (seed labels excluded); mean and 95 % interval per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = runs.sort_values("labelled").copy()
+    by_run = frame.groupby(["strategy", "seed", "split"])
+    frame["rare_share"] = by_run[f"queried_{rare}"].cumsum() / by_run["batch_size"].cumsum()
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), dpi=100)
+    for axis, metric, title in (
+        (axes[0], "macro_f1", "held-out macro-F1"),
+        (axes[1], f"recall_{rare}", f"held-out recall of {rare}"),
+        (axes[2], "rare_share", f"share of {rare} among queried items"),
+    ):
+        _bands(axis, frame, metric)
+        axis.set_xlabel("labelled items")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    axes[1].axhline(full_rare_recall, color="grey", linestyle="--", label="all labels")
+    axes[0].legend()
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from al_pipeline.errors import PipelineError
 from al_pipeline.store.db import now
 from al_pipeline.store.labels import Labels
 
@@ -224,13 +225,38 @@ class Items(Labels):
                 "UPDATE items SET split = ? WHERE id = ? AND split IS NULL",
                 [(split, item_id) for item_id, split in assignment.items()],
             )
-            self._db.execute(
-                "INSERT INTO labels (item_id, class_name, source, annotator, created_at)"
-                " SELECT o.item_id, o.class_name, 'import', 'test split', ? FROM oracle_labels o"
-                " JOIN items i ON i.id = o.item_id WHERE i.split = 'test'"
-                " AND NOT EXISTS (SELECT 1 FROM current_labels l WHERE l.item_id = o.item_id)",
-                (now(),),
+            self._reveal_test_labels()
+
+    def redraw_split(self, assignment: dict[int, str]) -> None:
+        """Give items new sides, in a workspace whose every label is hidden for the oracle
+        (a simulation's copy): labels revealed for the old test side are hidden again, and
+        the new test side's revealed. Refuses when any label came from elsewhere, since a
+        split that has been trained on must never change."""
+        with self.atomic():
+            other = self._db.execute(
+                "SELECT COUNT(*) FROM labels WHERE annotator IS NOT 'test split'"
+                " OR item_id NOT IN (SELECT item_id FROM oracle_labels)"
+            ).fetchone()[0]
+            if other:
+                raise PipelineError(
+                    f"The workspace holds {other} label(s) besides the oracle's test split; "
+                    "only a simulation's own copy, with every label hidden, can redraw it."
+                )
+            self._db.execute("DELETE FROM labels WHERE annotator = 'test split'")
+            self._db.executemany(
+                "UPDATE items SET split = ? WHERE id = ?",
+                [(split, item_id) for item_id, split in assignment.items()],
             )
+            self._reveal_test_labels()
+
+    def _reveal_test_labels(self) -> None:
+        self._db.execute(
+            "INSERT INTO labels (item_id, class_name, source, annotator, created_at)"
+            " SELECT o.item_id, o.class_name, 'import', 'test split', ? FROM oracle_labels o"
+            " JOIN items i ON i.id = o.item_id WHERE i.split = 'test'"
+            " AND NOT EXISTS (SELECT 1 FROM current_labels l WHERE l.item_id = o.item_id)",
+            (now(),),
+        )
 
     def labelled_items(self, split: str) -> list[LabelledItem]:
         """Labelled items of the ``train`` side (no split or train) or the ``test`` side."""

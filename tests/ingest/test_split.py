@@ -10,8 +10,11 @@ import pytest
 from PIL import Image
 
 from al_pipeline.config import Config
+from al_pipeline.errors import PipelineError
 from al_pipeline.ingest.folders import add_folder
 from al_pipeline.ingest.images import load_rgb, near_duplicate_hashes
+from al_pipeline.ingest.split import redraw_test_split
+from al_pipeline.store.labels import PulledLabel
 from al_pipeline.store.state import State
 from tests.conftest import CHANDRIKADEB7, copy_sample, face_like, shared_or_skip
 
@@ -63,6 +66,36 @@ def test_split_never_changes_and_new_copies_join_their_group(
     assert {k: v for k, v in second.items() if k in first} == first
     for seed in range(30):
         assert second[f"copy_{seed}.png"] == first[f"orig_{seed}.png"]
+
+
+def test_a_simulation_copy_redraws_its_split_with_copies_together(
+    workspace: Config, state: State, tmp_path: Path
+) -> None:
+    folder = tmp_path / "pool"
+    for cls, offset in (("with_mask", 0), ("without_mask", 100)):
+        (folder / cls).mkdir(parents=True)
+        for seed in range(offset, offset + 15):
+            original = face_like(seed, 128)
+            original.save(folder / cls / f"orig_{seed}.png")
+            augmented(original, 17, True).save(folder / cls / f"copy_{seed}.png")
+    add_folder(workspace, state, folder, labelled=True, oracle=True, test_fraction=0.3)
+    first = splits(state)
+    summary = redraw_test_split(workspace, state, seed=7)
+    second = splits(state)
+    assert second != first and summary.test_total == sum(s == "test" for s in second.values())
+    assert abs(summary.test_total - sum(s == "test" for s in first.values())) <= 2
+    for name, split in second.items():
+        if name.startswith("orig_"):
+            assert second[name.replace("orig_", "copy_")] == split, name
+    test_ids = {c.item_id for c in state.split_candidates() if c.split == "test"}
+    assert {i.item_id for i in state.labelled_items("test")} == test_ids  # revealed
+    assert not state.labelled_items("train")  # the old test side is hidden again
+    assert set(state.hidden_items()).isdisjoint(test_ids)
+    item = next(iter(state.hidden_items()))
+    state.record_pulled(None, [PulledLabel(item, "with_mask", "human", "ann")])
+    with pytest.raises(PipelineError, match="besides the oracle's test split"):
+        redraw_test_split(workspace, state, seed=8)
+    assert splits(state) == second
 
 
 def test_unlabelled_items_are_not_split(workspace: Config, state: State, tmp_path: Path) -> None:

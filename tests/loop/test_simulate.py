@@ -21,24 +21,35 @@ from tests.conftest import copy_workspace, face_like
 
 @pytest.mark.integration
 def test_simulation_on_real_photos(oracle_template: Path, tmp_path: Path, keras_home: Path) -> None:
+    """Two strategies on two photo-grouped test splits: the second split is drawn anew in a
+    copy, the workspace is left as it was, and the table and curves say what each run did."""
     config = copy_workspace(oracle_template, tmp_path / "ws", keras_home)
     with State(config.database) as state:
-        plan = SimulationPlan(["margin", "random"], 4, 10, 2, 1, TrainingSettings(epochs=10))
+        before = [c.split for c in state.split_candidates()]
+        plan = SimulationPlan(
+            ["margin", "random"], 4, 10, 2, 1, TrainingSettings(epochs=10), splits=2
+        )
         result = simulate_and_report(config, state, tmp_path / "out", plan)
         assert state.open_round() is None and state.history() == []
+        assert [c.split for c in state.split_candidates()] == before
+    with State(tmp_path / "out" / "split1" / "base.sqlite3") as copy:
+        assert [c.split for c in copy.split_candidates()] != before
     runs = pd.read_csv(result.csv)
-    assert sorted(runs.groupby("strategy")["labelled"].apply(list).tolist()) == [
-        [4, 14, 24],
-        [4, 14, 24],
-    ]
-    assert runs["accuracy"].between(0.4, 1).all()
-    assert result.full_labels == 200 and 0.9 <= result.full_accuracy <= 1
-    assert list(result.table["strategy"]) == ["margin", "random"]
-    assert result.table.loc[1, "ratio_within_1pt"] in (1.0, None) or pd.isna(
-        result.table.loc[1, "ratio_within_1pt"]
+    assert (
+        sorted(runs.groupby(["strategy", "split"])["labelled"].apply(list).tolist())
+        == [[4, 14, 24]] * 4
     )
-    with Image.open(result.plot) as image:
-        assert image.format == "PNG" and image.size == (800, 500)
+    assert runs["accuracy"].between(0.4, 1).all()
+    queried = runs.filter(like="queried_").sum(axis=1)
+    assert (queried[runs["round"] > 0] == 10).all()  # each round's batch, by class
+    assert result.full_labels == 200 and 0.9 <= result.full_accuracy <= 1
+    assert result.splits == 2 and result.rare_class in config.classes
+    table = result.table.set_index("strategy")
+    assert list(table.index) == ["margin", "random"] and (table["runs"] == 2).all()
+    assert table["final_macro_f1_ci"].notna().all() and table["rare_share_mean"].between(0, 1).all()
+    for plot, size in ((result.plot, (800, 500)), (result.panels, (1500, 450))):
+        with Image.open(plot) as image:
+            assert image.format == "PNG" and image.size == size
 
 
 def margin_and_random(margin: list[float], random: list[float]) -> pd.DataFrame:
