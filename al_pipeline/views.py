@@ -259,7 +259,7 @@ def trained(report: TrainReport) -> None:
         f"Backbone features computed: {report.features_computed} for training and the test "
         "split (the rest were cached)"
     )
-    out.print(f"Computed on {report.device} in {report.precision}")
+    out.print(f"Computed on {report.device} in {report.precision}; classes: {report.imbalance}")
     if report.epoch_seconds:
         epochs = ", ".join(f"{s:.1f}" for s in report.epoch_seconds)
         out.print(f"Fine-tuning epochs (s): {epochs}")

@@ -5,7 +5,12 @@ photo; incorrect-mask recall per round is in the CSV). Writes the runs, the tabl
 learning curves under benchmarks/results/label_efficiency/<dataset>/.
 
     python benchmarks/bench_label_efficiency.py [--dataset both|chandrikadeb7|voc]
-        [--rounds 20] [--seeds 3] [--strategies margin,targeted,random]
+        [--rounds 20] [--seeds 3] [--splits 1] [--strategies margin,targeted,random]
+        [--image-size 224] [--imbalance weights] [--tau 1.0] [--tag NAME]
+
+The summary JSON holds the efficiency table and, per strategy, the mean and 95 % interval
+over seeds x splits of accuracy, macro-F1, the rare class's recall and its share of the
+queries at a few label counts.
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--weights", type=Path, default=MOBILENET)
     parser.add_argument("--strategies", help="comma-separated; default: per dataset")
+    parser.add_argument("--splits", type=int, default=1)
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--imbalance", default="weights")
+    parser.add_argument("--tau", type=float, default=1.0)
+    parser.add_argument("--tag", default="", help="suffix of the results' names")
     args = parser.parse_args()
     home = keras_home_with_weights(args.weights)
 
@@ -64,7 +74,17 @@ def main() -> None:
             strategies=["margin", "entropy", "diverse", "random"], initial=10, size=10
         ),
         "voc": dict(
-            strategies=["margin", "margin+balance", "targeted", "random"], initial=9, size=20
+            strategies=[
+                "random",
+                "margin",
+                "margin+balance",
+                "targeted",
+                "balanced-margin",
+                "badge",
+                "bald",
+            ],
+            initial=9,
+            size=20,
         ),
     }
     for name, plan in runs.items():
@@ -72,21 +92,24 @@ def main() -> None:
             continue
         if args.strategies:
             plan = {**plan, "strategies": args.strategies.split(",")}
-        out = RESULTS / "label_efficiency" / name
+        out = RESULTS / "label_efficiency" / (name + (f"-{args.tag}" if args.tag else ""))
         started = time.perf_counter()
         if name == "chandrikadeb7":
             config = dataset_workspace(CHANDRIKADEB7, out, "with_mask,without_mask", 0.2)
         else:
-            config = voc_workspace(out / "workspace")
+            config = voc_workspace(RESULTS / "label_efficiency" / "voc" / "workspace")
         config = replace(config, keras_home=home)
         with State(config.database) as state:
-            settings = TrainingSettings(epochs=args.epochs)
-            result = simulate_and_report(
-                config,
-                state,
-                out,
-                SimulationPlan(**plan, rounds=args.rounds, seeds=args.seeds, settings=settings),
+            settings = TrainingSettings(epochs=args.epochs, imbalance=args.imbalance, tau=args.tau)
+            simulation = SimulationPlan(
+                **plan,
+                rounds=args.rounds,
+                seeds=args.seeds,
+                settings=settings,
+                splits=args.splits,
+                image_size=args.image_size,
             )
+            result = simulate_and_report(config, state, out, simulation)
         print(
             f"\n{name}: all {result.full_labels} labels give accuracy "
             f"{result.full_accuracy:.4f} ({time.perf_counter() - started:.0f} s)"
@@ -94,14 +117,41 @@ def main() -> None:
         print(result.table.to_string(index=False))
         summary = {
             "environment": environment(),
+            "seconds": round(time.perf_counter() - started),
             "full_accuracy": result.full_accuracy,
             "full_labels": result.full_labels,
+            "rare_class": result.rare_class,
+            "full_rare_recall": result.full_rare_recall,
             "rounds": args.rounds,
             "seeds": args.seeds,
+            "splits": args.splits,
+            "image_size": args.image_size or config.image_size,
+            "imbalance": args.imbalance,
+            "tau": args.tau,
             "table": result.table.to_dict("records"),
+            "curves": curves(result.runs, result.rare_class),
             **plan,
         }
-        print(f"saved {save(f'bench_label_efficiency_{name}', summary)}")
+        tag = f"_{args.tag}" if args.tag else ""
+        print(f"saved {save(f'bench_label_efficiency_{name}{tag}', summary)}")
+
+
+def curves(runs, rare):  # type: ignore[no-untyped-def]
+    """Per strategy and label count: mean and 95 % half-width over runs."""
+    from al_pipeline.reporting.simulation import interval
+
+    frame = runs.sort_values("labelled").copy()
+    by_run = frame.groupby(["strategy", "seed", "split"])
+    queried = by_run[f"queried_{rare}"].cumsum()
+    frame["rare_share"] = queried / by_run["batch_size"].cumsum()
+    metrics = ("accuracy", "macro_f1", f"recall_{rare}", "rare_share")
+    out = []
+    for (strategy, labelled), part in frame.groupby(["strategy", "labelled"]):
+        row = {"strategy": strategy, "labelled": int(labelled), "runs": len(part)}
+        for metric in metrics:
+            row[metric], row[f"{metric}_ci"] = interval(part[metric])
+        out.append(row)
+    return out
 
 
 if __name__ == "__main__":

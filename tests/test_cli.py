@@ -144,6 +144,12 @@ def test_train_without_labels_is_a_clear_error(cli: CliRunner, workspace: Config
     assert "No labelled training items yet" in result.output
     unknown = cli.invoke(app, ["-w", str(workspace.root), "train", "--backbone", "alexnet"])
     assert unknown.exit_code == 1 and "Choose one of: mobilenet_v2" in unknown.output
+    for flags, says in (
+        (["--imbalance", "focal"], "--imbalance 'focal' is not an option"),
+        (["--tau", "7"], "--tau 7.0 is out of range"),
+    ):
+        bad = cli.invoke(app, ["-w", str(workspace.root), "train", *flags])
+        assert bad.exit_code == 1 and says in " ".join(bad.output.split()), bad.output
 
 
 @pytest.mark.integration
@@ -172,7 +178,7 @@ def test_every_command_prints_strict_json(
         ["pool", "add", str(tmp_path / "more"), "--labelled"],
         ["pool", "import-voc", str(voc)],
         ["pool", "stats"],
-        ["train", "--epochs", "3"],
+        ["train", "--epochs", "3", "--imbalance", "logit-adjust", "--tau", "0.5"],
         ["evaluate"],
         ["checkpoints"],
         ["predict", str(photo)],
@@ -207,6 +213,7 @@ def test_every_command_prints_strict_json(
             assert result.exit_code == 0, (command, result.output)
             strict_json(result.stdout)
             shown[" ".join(command[:2])] = json.loads(result.stdout)
+    assert shown["train --epochs"]["imbalance"] == "logit-adjust (tau 0.5)"
     finished = shown["round finish"]["history"]
     assert finished in shown["history"]  # the same row, shown the same way
 

@@ -47,7 +47,7 @@ def assign_test_split(
     hashes = _hashes(config, state, candidates, progress)
     members = [c for c in candidates if c.item_id in hashes]
     groups = group_items(members, hashes, config.near_duplicate_bits, progress)
-    assignment = _assign(members, groups, fraction, config.seed)
+    assignment = draw_split(members, groups, fraction, config.seed)
     state.assign_split(assignment)
     final = {c.item_id: c.split for c in members} | assignment
     return SplitSummary(
@@ -71,7 +71,7 @@ def redraw_test_split(config: Config, state: State, seed: int) -> SplitSummary:
     fraction = sum(c.split == "test" for c in hashed) / max(len(hashed), 1)
     members = [replace(c, split=None) for c in hashed]
     groups = group_items(members, hashes, config.near_duplicate_bits)
-    assignment = _assign(members, groups, fraction, seed)
+    assignment = draw_split(members, groups, fraction, seed)
     state.redraw_split(assignment)
     test = sum(side == "test" for side in assignment.values())
     return SplitSummary(
@@ -160,9 +160,11 @@ def group_items(
     return list(grouped.values())
 
 
-def _assign(
+def draw_split(
     members: Sequence[SplitCandidate], groups: list[list[int]], fraction: float, seed: int
 ) -> dict[int, str]:
+    """Sides for the members without one: whole groups, about ``fraction`` of each class
+    (by a group's commonest label) on the test side, ordered by a hash of ``seed``."""
     by_id = {m.item_id: m for m in members}
     assignment: dict[int, str] = {}
     fresh_groups: list[list[int]] = []

@@ -54,6 +54,7 @@ class TrainReport:
     device: str = "CPU"
     precision: str = "float32"
     epoch_seconds: list[float] = field(default_factory=list)  # fine-tuning, per epoch
+    imbalance: str = "weights"  # how unequal classes were handled ("logit-adjust (tau 1)")
 
 
 def check_labels(config: Config, items: list[LabelledItem]) -> dict[str, int]:
@@ -156,8 +157,15 @@ def train(
         device=compute_device(),
         precision=backbone.precision,
         epoch_seconds=epoch_seconds,
+        imbalance=_imbalance(settings),
     )
     return report
+
+
+def _imbalance(settings: TrainingSettings) -> str:
+    if settings.imbalance == "logit-adjust":
+        return f"logit-adjust (tau {settings.tau:g})"
+    return {"weights": "class weights", "none": "no reweighting"}[settings.imbalance]
 
 
 def checkpoint_tag(config: Config, state: State, tag: str | None, force: bool) -> str:

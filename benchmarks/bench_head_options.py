@@ -1,0 +1,186 @@
+"""Head options for a rare class, chosen on validation splits carved from the training side.
+
+The VOC face crops (3 classes; mask_weared_incorrect is about 3 %). For each of ``--splits``
+photo-grouped test splits (split 0 is the workspace's own, the others drawn again), a
+quarter of the training side, grouped by photo, becomes a validation split. Each head
+option is trained on the rest (all of it, and a random subset of ``--budget`` labels, the
+active-learning regime) with ``--seeds`` seeds at each input size, and scored on the
+validation split: the choice is made there, never on the test split. The test split's
+figures are saved too, for the chosen option only to be read.
+
+    python benchmarks/bench_head_options.py [--splits 3] [--seeds 2] [--sizes 96,160,224]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import MOBILENET, RESULTS, environment, keras_home_with_weights, save
+
+OPTIONS = [
+    ("weights", 0.0),
+    ("none", 0.0),
+    ("logit-adjust", 0.5),
+    ("logit-adjust", 1.0),
+    ("logit-adjust", 1.5),
+    ("logit-adjust", 2.0),
+]
+RARE = "mask_weared_incorrect"
+
+
+def split_members(config: Any, state: Any, split: int) -> tuple[dict[int, str], dict[int, str]]:
+    """Labels by item id, and sides (train, validation, test) for one test split."""
+    from al_pipeline.ingest.split import draw_split, group_items, redraw_test_split
+    from al_pipeline.store.state import open_state
+
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "state.sqlite3"
+        state.backup(copy)
+        with open_state(copy) as split_state:
+            if split:
+                redraw_test_split(config, split_state, seed=config.seed + split)
+            candidates = split_state.split_candidates()
+            hashes = split_state.near_dup_hashes(c.item_id for c in candidates)
+    labels = {c.item_id: c.label for c in candidates}
+    sides = {c.item_id: str(c.split) for c in candidates}
+    train = [replace(c, split=None) for c in candidates if c.split != "test"]
+    groups = group_items(train, hashes, config.near_duplicate_bits)
+    carved = draw_split(train, groups, 0.25, seed=1000 + split)
+    sides |= {i: ("validation" if side == "test" else "train") for i, side in carved.items()}
+    return labels, sides
+
+
+def scores(classes: list[str], truth: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+    predicted = probs.argmax(axis=1)
+    recalls = recall_score(truth, predicted, labels=range(len(classes)), average=None)
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "macro_f1": float(f1_score(truth, predicted, average="macro")),
+        "rare_recall": float(recalls[classes.index(RARE)]),
+    }
+
+
+def fit(
+    features: np.ndarray, labels: np.ndarray, option: tuple[str, float], seed: int, classes: int
+) -> Any:
+    from al_pipeline.model.network import TrainingSettings, adjust_logits, build_head, fit_head
+
+    imbalance, tau = option
+    settings = TrainingSettings(epochs=30, seed=seed, imbalance=imbalance, tau=tau or 1.0)
+    head = build_head(features.shape[1], classes, seed=seed)
+    fit_head(head, features, labels, settings, classes)
+    adjust_logits(head, labels, settings, classes)
+    return head
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--splits", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--sizes", default="96,160,224")
+    parser.add_argument("--budget", type=int, default=400)
+    parser.add_argument("--weights", type=Path, default=MOBILENET)
+    args = parser.parse_args()
+    home = keras_home_with_weights(args.weights)
+
+    from al_pipeline.model.backbones import workspace_backbone
+    from al_pipeline.model.embeddings import embed_items
+    from al_pipeline.model.network import predict_proba
+    from al_pipeline.store.state import State
+    from benchmarks.bench_label_efficiency import voc_workspace
+
+    config = replace(
+        voc_workspace(RESULTS / "label_efficiency" / "voc" / "workspace"), keras_home=home
+    )
+    classes = list(config.classes)
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with State(config.database) as state:
+        items = {i.item_id: i for pool in state.pools() for i in state.items_in_pool(pool.name)}
+        for size in (int(s) for s in args.sizes.split(",")):
+            sized = replace(config, image_size=size)
+            ordered = sorted(items)
+            embedded = embed_items(
+                sized, state, workspace_backbone(sized), [items[i] for i in ordered]
+            )
+            features = dict(
+                zip((ordered[p] for p in embedded.positions), embedded.features(), strict=True)
+            )
+            for split in range(args.splits):
+                labels, sides = split_members(config, state, split)
+                part = {
+                    side: [i for i in sides if sides[i] == side and i in features]
+                    for side in ("train", "validation", "test")
+                }
+                for seed in range(args.seeds):
+                    rng = np.random.default_rng([seed, split])
+                    budget = rng.choice(
+                        part["train"], size=min(args.budget, len(part["train"])), replace=False
+                    )
+                    for regime, train_ids in (
+                        ("all", part["train"]),
+                        (f"{args.budget}", list(budget)),
+                    ):
+                        x = np.stack([features[i] for i in train_ids])
+                        y = np.array([classes.index(labels[i]) for i in train_ids])
+                        for option in OPTIONS:
+                            head = fit(x, y, option, seed, len(classes))
+                            row = {"size": size, "split": split, "seed": seed, "labels": regime}
+                            row |= {"imbalance": option[0], "tau": option[1]}
+                            for side in ("validation", "test"):
+                                ids = part[side]
+                                probs = predict_proba(head, np.stack([features[i] for i in ids]))
+                                truth = np.array([classes.index(labels[i]) for i in ids])
+                                row |= {
+                                    f"{side}_{k}": v
+                                    for k, v in scores(classes, truth, probs).items()
+                                }
+                            rows.append(row)
+                            print(row, flush=True)
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    keys = ["labels", "size", "imbalance", "tau"]
+    summary = (
+        frame.groupby(keys)
+        .agg(
+            runs=("seed", "size"),
+            validation_macro_f1=("validation_macro_f1", "mean"),
+            validation_rare_recall=("validation_rare_recall", "mean"),
+            test_macro_f1=("test_macro_f1", "mean"),
+            test_rare_recall=("test_rare_recall", "mean"),
+            test_accuracy=("test_accuracy", "mean"),
+        )
+        .reset_index()
+    )
+    chosen = {
+        regime: part.sort_values("validation_macro_f1").iloc[-1][keys].to_dict()
+        for regime, part in summary.groupby("labels")
+    }
+    print(summary.to_string(index=False))
+    print("chosen on validation macro-F1:", chosen)
+    result = {
+        "environment": environment(),
+        "splits": args.splits,
+        "seeds": args.seeds,
+        "seconds": round(time.perf_counter() - started),
+        "summary": summary.to_dict("records"),
+        "chosen_on_validation": chosen,
+        "runs": rows,
+    }
+    print(f"saved {save('bench_head_options_voc', result)}")
+
+
+if __name__ == "__main__":
+    main()
