@@ -292,16 +292,42 @@ def _file_digest(path: Path) -> str:
     return f"sha256:{digest.hexdigest()[:16]}"
 
 
-def workspace_backbone(config: Config) -> Backbone:
-    """The backbone the workspace config asks for, with its weights."""
+_SHARED: dict[tuple[object, ...], Backbone] = {}
+_KEEP_SHARED = 2
+
+
+def workspace_backbone(config: Config, shared: bool = True) -> Backbone:
+    """The backbone the workspace config asks for, with its weights.
+
+    A pretrained backbone that nobody trains is built once per process and shared (the
+    last two asked for stay): building MobileNetV2 and reading its weights takes longer
+    than a round's head training. Pass ``shared=False`` for one that will be fine-tuned.
+    """
     weights = config.weights
     if weights not in ("imagenet", "none") and not Path(weights).is_absolute():
         weights = str(config.root / weights)
-    return build_backbone(
+    precision = resolve_precision(config.precision)
+    key = (
+        config.backbone,
+        config.image_size,
+        weights,
+        config.keras_home,
+        config.offline,
+        precision,
+    )
+    if shared and key in _SHARED:
+        keras.config.set_dtype_policy(precision)
+        return _SHARED[key]
+    backbone = build_backbone(
         config.backbone,
         config.image_size,
         parse_weights(weights),
         config.keras_home,
         config.offline,
-        resolve_precision(config.precision),
+        precision,
     )
+    if shared and backbone.pretrained:
+        _SHARED[key] = backbone
+        while len(_SHARED) > _KEEP_SHARED:
+            _SHARED.pop(next(iter(_SHARED)))
+    return backbone

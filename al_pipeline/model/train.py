@@ -96,7 +96,7 @@ def train(
     tag = checkpoint_tag(config, state, tag, force)
     items = state.labelled_items("train")
     per_class = check_labels(config, items)
-    backbone = workspace_backbone(config)
+    backbone = workspace_backbone(config, shared=settings.fine_tune_layers == 0)
     embedded = embed_items(config, state, backbone, items, progress)
     kept = [items[p] for p in embedded.positions]
     labels = np.array([config.class_index(i.label) for i in kept], dtype=np.int64)
