@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=MOBILENET)
     parser.add_argument("--strategies", help="comma-separated; default: per dataset")
     parser.add_argument("--splits", type=int, default=1)
+    parser.add_argument("--size", type=int, help="batch size (default: per dataset)")
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--imbalance", default="weights")
     parser.add_argument("--tau", type=float, default=1.0)
@@ -92,6 +93,8 @@ def main() -> None:
             continue
         if args.strategies:
             plan = {**plan, "strategies": args.strategies.split(",")}
+        if args.size:
+            plan = {**plan, "size": args.size}
         out = RESULTS / "label_efficiency" / (name + (f"-{args.tag}" if args.tag else ""))
         started = time.perf_counter()
         if name == "chandrikadeb7":

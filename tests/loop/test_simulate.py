@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from al_pipeline.errors import PipelineError
 from al_pipeline.loop.simulate import SimulationPlan, simulate
 from al_pipeline.model.network import TrainingSettings
-from al_pipeline.reporting.simulation import efficiency_table, simulate_and_report
+from al_pipeline.reporting.simulation import efficiency_table, interval, simulate_and_report
 from al_pipeline.store.state import State
 from cli import app
 from tests.conftest import copy_workspace, face_like
@@ -142,3 +142,35 @@ def test_ratio_is_a_lower_bound_when_random_never_gets_there() -> None:
     table = efficiency_table(runs, full_accuracy=0.99).set_index("strategy")
     assert pd.isna(table.loc["margin", "ratio_within_1pt"])
     assert table.loc["margin", "ratio_within_1pt_at_least"] == pytest.approx(1.5)
+
+
+def test_the_table_gives_means_with_intervals_and_rare_class_figures_per_split() -> None:
+    """Two splits with their own all-labels references; the rare class 'c' is queried 2 of
+    10 times in split 0 and 4 of 10 in split 1."""
+    rows = []
+    for split, (queried, recall) in enumerate(((2, 0.4), (4, 0.8))):
+        for labelled, accuracy in ((5, 0.80), (15, 0.90)):
+            rows.append(
+                {
+                    "strategy": "margin",
+                    "seed": 0,
+                    "split": split,
+                    "labelled": labelled,
+                    "batch_size": 0 if labelled == 5 else 10,
+                    "accuracy": accuracy + split * 0.05,
+                    "macro_f1": accuracy - 0.1,
+                    "recall_c": 0.0 if labelled == 5 else recall,
+                    "queried_c": None if labelled == 5 else queried,
+                }
+            )
+    table = efficiency_table(
+        pd.DataFrame(rows), {0: 0.90, 1: 0.96}, rare="c", full_rare_recall={0: 0.4, 1: 0.9}
+    ).iloc[0]
+    assert table["runs"] == 2 and table["labels_to_within_1pt"] == 15
+    assert table["reached_full"] == "1/2" and pd.isna(table["labels_to_full"])  # 0.95 < 0.96
+    assert table["rare_share_mean"] == pytest.approx(0.3)
+    assert table["rare_recall_mean"] == pytest.approx(0.6)
+    # t(0.975, 1) = 12.706; sd of (0.4, 0.8) = 0.2828; half-width = 12.706 * 0.2828 / sqrt 2
+    assert table["rare_recall_ci"] == pytest.approx(2.541, rel=1e-3)
+    assert table["reached_rare_recall"] == "1/2" and pd.isna(table["labels_to_rare_recall"])
+    assert interval([0.5]) == (0.5, pytest.approx(float("nan"), nan_ok=True))
