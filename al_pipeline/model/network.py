@@ -74,8 +74,9 @@ class TrainingSettings:
     @classmethod
     def for_workspace(cls, config: Config, **given: Any) -> TrainingSettings:
         """The workspace's seed and imbalance handling, with ``given`` fields on top."""
-        workspace: dict[str, Any] = {"seed": config.seed, "imbalance": config.imbalance}
-        return cls(**(workspace | {"tau": config.tau} | given))
+        fields: dict[str, Any] = {"seed": config.seed, "imbalance": config.imbalance}
+        fields["tau"] = config.tau
+        return cls(**(fields | given))
 
     def class_weights(self, labels: NDArray[np.int64], classes: int) -> dict[int, float] | None:
         """The loss weights per class for these labels (None: every class weighs 1)."""
