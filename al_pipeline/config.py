@@ -73,8 +73,8 @@ class Config:
     keras_home: Path = field(default_factory=lambda: Path.home() / ".keras")
     offline: bool = False
     precision: str = "auto"
-    imbalance: str = "weights"
-    tau: float = 1.0
+    imbalance: str = "logit-adjust"  # chosen on validation splits: docs/benchmarks.md
+    tau: float = 0.5
     studio_dir: Path = field(default=Path("studio"))
     studio_url: str | None = None
     studio_api_key: str | None = None

@@ -79,6 +79,22 @@ def test_precision_must_be_a_known_policy(workspace: Config) -> None:
         load_config(workspace.root)
 
 
+def test_imbalance_and_tau_come_from_al_toml_and_are_checked(workspace: Config) -> None:
+    path = workspace.root / "al.toml"
+    text = path.read_text(encoding="utf-8")
+    assert 'imbalance = "logit-adjust"' in text and "tau = 0.5" in text
+    path.write_text(text.replace("tau = 0.5", "tau = 1.5"), encoding="utf-8")
+    assert load_config(workspace.root).tau == 1.5
+    for old, new, says in (
+        ('imbalance = "logit-adjust"', 'imbalance = "focal"', "imbalance must be one of weights"),
+        ("tau = 0.5", 'tau = "high"', "tau must be a number from 0 to 5"),
+        ("tau = 0.5", "tau = 9", "tau must be a number from 0 to 5"),
+    ):
+        path.write_text(text.replace(old, new), encoding="utf-8")
+        with pytest.raises(ConfigError, match=says):
+            load_config(workspace.root)
+
+
 def test_al_toml_that_is_not_utf8_or_has_a_scalar_table_is_one_line(
     cli: CliRunner, workspace: Config
 ) -> None:

@@ -120,7 +120,8 @@ def test_training_settings_name_the_bad_option() -> None:
         TrainingSettings(tau=9)
     _, labels = imbalanced()
     assert TrainingSettings(imbalance="none").class_weights(labels, 2) is None
-    weights = TrainingSettings().class_weights(labels, 2)
+    weights = TrainingSettings(imbalance="weights").class_weights(labels, 2)
+    assert TrainingSettings().class_weights(labels, 2) is None  # logit-adjust
     assert weights is not None and weights[1] > 5 * weights[0]
 
 
