@@ -127,6 +127,8 @@ def _check(config: Config, state: State, out: Path, plan: SimulationPlan) -> Non
         at_least(value, 1, flag)
     if plan.image_size is not None:
         at_least(plan.image_size, 32, "--image-size")
+    if plan.splits > 1:
+        state.check_redrawable()
     if plan.initial < len(config.classes):
         raise PipelineError(
             f"--initial {plan.initial} is too few: every class needs a seed label, so use at "

@@ -233,21 +233,26 @@ class Items(Labels):
         the new test side's revealed. Refuses when any label came from elsewhere, since a
         split that has been trained on must never change."""
         with self.atomic():
-            other = self._db.execute(
-                "SELECT COUNT(*) FROM labels WHERE annotator IS NOT 'test split'"
-                " OR item_id NOT IN (SELECT item_id FROM oracle_labels)"
-            ).fetchone()[0]
-            if other:
-                raise PipelineError(
-                    f"The workspace holds {other} label(s) besides the oracle's test split; "
-                    "only a simulation's own copy, with every label hidden, can redraw it."
-                )
+            self.check_redrawable()
             self._db.execute("DELETE FROM labels WHERE annotator = 'test split'")
             self._db.executemany(
                 "UPDATE items SET split = ? WHERE id = ?",
                 [(split, item_id) for item_id, split in assignment.items()],
             )
             self._reveal_test_labels()
+
+    def check_redrawable(self) -> None:
+        """Raise unless every label is an oracle label revealed for the test split."""
+        other = self._db.execute(
+            "SELECT COUNT(*) FROM labels WHERE annotator IS NOT 'test split'"
+            " OR item_id NOT IN (SELECT item_id FROM oracle_labels)"
+        ).fetchone()[0]
+        if other:
+            raise PipelineError(
+                f"The workspace holds {other} label(s) besides the oracle's test split, so "
+                "its split cannot be drawn again (--splits > 1). Simulate on a workspace "
+                "whose labels are all hidden (--oracle), or pass --dataset DIR."
+            )
 
     def _reveal_test_labels(self) -> None:
         self._db.execute(

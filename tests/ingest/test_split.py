@@ -93,7 +93,7 @@ def test_a_simulation_copy_redraws_its_split_with_copies_together(
     assert set(state.hidden_items()).isdisjoint(test_ids)
     item = next(iter(state.hidden_items()))
     state.record_pulled(None, [PulledLabel(item, "with_mask", "human", "ann")])
-    with pytest.raises(PipelineError, match="besides the oracle's test split"):
+    with pytest.raises(PipelineError, match="besides the oracle's test split, so its split"):
         redraw_test_split(workspace, state, seed=8)
     assert splits(state) == second
 

@@ -14,6 +14,7 @@ from al_pipeline.errors import PipelineError
 from al_pipeline.loop.simulate import SimulationPlan, simulate
 from al_pipeline.model.network import TrainingSettings
 from al_pipeline.reporting.simulation import efficiency_table, interval, simulate_and_report
+from al_pipeline.store.labels import PulledLabel
 from al_pipeline.store.state import State
 from cli import app
 from tests.conftest import copy_workspace, face_like
@@ -174,3 +175,17 @@ def test_the_table_gives_means_with_intervals_and_rare_class_figures_per_split()
     assert table["rare_recall_ci"] == pytest.approx(2.541, rel=1e-3)
     assert table["reached_rare_recall"] == "1/2" and pd.isna(table["labels_to_rare_recall"])
     assert interval([0.5]) == (0.5, pytest.approx(float("nan"), nan_ok=True))
+
+
+@pytest.mark.integration
+def test_more_splits_are_refused_at_once_where_a_person_labelled(
+    oracle_template: Path, tmp_path: Path, keras_home: Path
+) -> None:
+    config = copy_workspace(oracle_template, tmp_path / "ws", keras_home)
+    with State(config.database) as state:
+        item = next(iter(state.hidden_items()))
+        state.record_pulled(None, [PulledLabel(item, "with_mask", "human", "ann")])
+        plan = SimulationPlan(["margin"], 4, 4, 1, 1, TrainingSettings(epochs=1), splits=2)
+        with pytest.raises(PipelineError, match="cannot be drawn again"):
+            simulate(config, state, tmp_path / "out", plan)
+    assert not (tmp_path / "out").exists()
