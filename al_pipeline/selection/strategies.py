@@ -200,6 +200,28 @@ def targeted(pool: Pool, n: int) -> Picked:
     return _top(uncertainty * (_likeness(pool, examples) + 1.0) / 2.0, n)
 
 
+def rare_first(pool: Pool, n: int) -> Picked:
+    """Half the batch: the items likeliest to be of the rarest class; the rest by margin.
+
+    The rarest class is the one the model expects least of in the pool (its mean
+    probability). Its likeliest members are the "most likely positives" of rare-concept
+    search (SEALS, Coleman et al. 2022): on a rare class the model is seldom unsure about,
+    they find its members where margin finds few, and each one labelled makes the next
+    ranking better. The other half goes to the most uncertain items, so the boundaries
+    between the common classes still get labels. Utilities are the rare-class probability
+    for the first half and ``1 - margin`` for the rest. At cold start, :func:`coverage`.
+    """
+    if pool.probabilities is None:
+        return coverage(pool, n)
+    rarest = int(np.argmin(pool.probabilities.mean(axis=0)))
+    likely, utilities = _top(pool.probabilities[:, rarest].astype(np.float64), -(-n // 2))
+    if len(likely) == n:
+        return likely, utilities
+    rest = np.setdiff1d(np.arange(pool.size, dtype=np.int64), likely)
+    local, margins = STRATEGIES["margin"](pool.subset(rest), n - len(likely))
+    return np.concatenate([likely, rest[local]]), np.concatenate([utilities, margins])
+
+
 def _likeness(pool: Pool, examples: NDArray[np.float32]) -> NDArray[np.float32]:
     """Each pool item's cosine similarity to the nearest of ``examples`` (unit rows)."""
     chunks = max(1, -(-pool.size // SIMILARITY_CHUNK))
@@ -336,6 +358,7 @@ STRATEGIES: dict[str, Strategy] = {
     "least_confidence": _query(uncertainty_sampling),
     "diverse": diverse,
     "targeted": targeted,
+    "rare-first": rare_first,
     "balanced-margin": balanced_margin,
     "badge": badge,
     "bald": bald,

@@ -220,3 +220,19 @@ def test_bald_prefers_disagreeing_passes_to_ambiguous_items() -> None:
     assert set(bald_of_subset.tolist()) <= set(range(10, 20))  # local positions 10-19
     without_sampler = Pool(mean, lambda p: features[p], size)
     assert np.array_equal(pick("bald", without_sampler, 20), pick("entropy", without_sampler, 20))
+
+
+def test_rare_first_takes_half_the_batch_from_the_likeliest_rare_items() -> None:
+    """20 items the model gives 0.6 for the rare class (sure, so margin passes them by),
+    100 torn between the common classes, the rest sure commons."""
+    probs = np.tile(np.array([0.9, 0.08, 0.02], np.float32), (500, 1))
+    probs[:100] = [0.48, 0.47, 0.05]
+    likely = np.zeros(500, dtype=bool)
+    likely[200:220] = True
+    probs[likely] = [0.1, 0.3, 0.6]
+    features = np.zeros((500, 4), np.float32)
+    pool = Pool(probs, lambda p: features[p], 500)
+    picked, utilities = select(get_strategy("rare-first"), pool, 11)
+    assert likely[picked[:6]].all() and (picked[6:] < 100).all()
+    np.testing.assert_allclose(utilities[:6], 0.6, rtol=1e-6)
+    assert likely[pick("margin", pool, 11)].sum() == 0
