@@ -112,6 +112,8 @@ def test_simulate_command_on_a_dataset_folder(tmp_path: Path, keras_home: Path) 
             "1",
             "--epochs",
             "5",
+            "--imbalance",
+            "none",
             "--out",
             str(tmp_path / "out"),
             "--json",
@@ -122,6 +124,10 @@ def test_simulate_command_on_a_dataset_folder(tmp_path: Path, keras_home: Path) 
     summary = json.loads(result.stdout)
     assert [row["strategy"] for row in summary["table"]] == ["margin+balance", "random"]
     assert Path(summary["plot"]).is_file() and Path(summary["csv"]).is_file()
+    meta = json.loads(
+        next((tmp_path / "out").glob("random-seed0/checkpoints/*/meta.json")).read_text()
+    )
+    assert meta["imbalance"] == "none"
     bad = CliRunner().invoke(
         app,
         [
