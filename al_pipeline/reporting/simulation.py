@@ -46,13 +46,14 @@ def simulate_and_report(
     rare = rarest_class(simulation)
     full = {f.split: f.metrics.accuracy for f in simulation.full}
     full_rare = {f.split: f.metrics.per_class[rare].recall for f in simulation.full}
+    rare_recall = float(np.mean(list(full_rare.values())))
     table = efficiency_table(runs, full, rare, full_rare)
     csv, table_csv = out / "simulation.csv", out / "efficiency.csv"
     plot, panels = out / "learning_curves.png", out / "rare_class_curves.png"
     runs.to_csv(csv, index=False)
     table.to_csv(table_csv, index=False)
     plot_runs(runs, simulation.full_accuracy, plot)
-    plot_panels(runs, rare, float(np.mean(list(full_rare.values()))), panels)
+    plot_panels(runs, rare, rare_recall, panels)
     return SimulationResult(
         runs,
         table,
@@ -64,13 +65,13 @@ def simulate_and_report(
         panels,
         plan.splits,
         rare,
-        float(np.mean(list(full_rare.values()))),
+        rare_recall,
     )
 
 
 def runs_frame(simulation: Simulation) -> pd.DataFrame:
     """Every run's history rows, with the run's strategy, seed and split, and per round
-    the share of each class among the items that round queried (``queried_<class>``)."""
+    how many items of each class that round queried (``queried_<class>``)."""
     frames = []
     for run in simulation.runs:
         frame = history_frame(run.rows)
