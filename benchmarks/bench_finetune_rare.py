@@ -1,12 +1,15 @@
-"""Fine-tuning on the VOC face crops for the rare class: macro-F1 and incorrect-mask recall.
+"""Fine-tuning on the VOC face crops for the rare class, settings chosen on validation.
 
-Every training label of a split is revealed (as the simulation's all-labels reference
-does), the head is fitted on cached features, then the top ``--layers`` MobileNetV2 layers
-are fine-tuned on augmented crops at ``--size`` px, and the model is evaluated on the
-split's photo-grouped test side. Splits after the first are drawn again in a copy.
+For each of ``--splits`` photo-grouped test splits (split 0 the workspace's own, the others
+drawn again in a copy), a quarter of the training side, grouped by photo, is held out as
+the validation split; the rest is labelled, the head is fitted on cached features, and the
+top ``--layers`` MobileNetV2 layers are fine-tuned on augmented crops at ``--size`` px.
+The model is scored on the validation split (where settings are compared) and on the test
+split (read only for the chosen setting). Each setting is one ``--configs`` entry
+``SIZE:LAYERS:EPOCHS:IMBALANCE:TAU``.
 
-    python benchmarks/bench_finetune_rare.py [--size 96] [--layers 30] [--epochs 5]
-        [--splits 1] [--imbalance weights] [--tau 1.0] [--tag NAME]
+    python benchmarks/bench_finetune_rare.py [--splits 3]
+        [--configs 96:30:5:weights:1,96:30:5:logit-adjust:0.5] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import MOBILENET, RESULTS, environment, keras_home_with_weights, save
@@ -24,73 +30,97 @@ from benchmarks.common import MOBILENET, RESULTS, environment, keras_home_with_w
 RARE = "mask_weared_incorrect"
 
 
+def scored(
+    config: Any, state: Any, checkpoint: Any, items: list[Any], labels: dict[int, str]
+) -> dict[str, float]:
+    """Accuracy, macro-F1 and rare recall of a checkpoint on ``items``."""
+    from al_pipeline.model.embeddings import item_files
+    from al_pipeline.model.evaluate import compute_metrics
+    from al_pipeline.model.score import score
+
+    result = score(config, state, checkpoint, item_files(config, items))
+    truth = np.array([config.class_index(labels[items[p].item_id]) for p in result.positions])
+    metrics = compute_metrics(truth, result.probabilities, config.classes)
+    return {
+        "accuracy": metrics.accuracy,
+        "macro_f1": metrics.macro_f1,
+        "rare_recall": metrics.per_class[RARE].recall,
+    }
+
+
+def one_run(base: Any, home: Path, split: int, setting: str) -> dict[str, Any]:
+    from al_pipeline.ingest.split import draw_split, group_items, redraw_test_split
+    from al_pipeline.model.checkpoints import load_checkpoint
+    from al_pipeline.model.network import TrainingSettings
+    from al_pipeline.model.train import train
+    from al_pipeline.store.labels import PulledLabel
+    from al_pipeline.store.state import State, open_state
+
+    size, layers, epochs, imbalance, tau = setting.split(":")
+    folder = Path(tempfile.mkdtemp())
+    config = replace(
+        base,
+        keras_home=home,
+        image_size=int(size),
+        database=folder / "state.sqlite3",
+        checkpoints_dir=folder / "checkpoints",
+    )
+    with State(base.database) as state:
+        state.backup(config.database)
+    with open_state(config.database) as state:
+        if split:
+            redraw_test_split(config, state, seed=config.seed + split)
+        candidates = state.split_candidates()
+        hashes = state.near_dup_hashes(c.item_id for c in candidates)
+        side = [replace(c, split=None) for c in candidates if c.split != "test"]
+        carved = draw_split(
+            side, group_items(side, hashes, config.near_duplicate_bits), 0.25, 1000 + split
+        )
+        hidden = state.hidden_items()
+        items = {i.item_id: i for p in state.pools() for i in state.items_in_pool(p.name)}
+        shown = [i for i in hidden if carved.get(i) == "train"]
+        state.record_pulled(None, [PulledLabel(i, hidden[i], "oracle", "oracle") for i in shown])
+        settings = TrainingSettings(
+            epochs=30,
+            fine_tune_layers=int(layers),
+            fine_tune_epochs=int(epochs),
+            imbalance=imbalance,
+            tau=float(tau),
+        )
+        started = time.perf_counter()
+        report = train(config, state, settings, tag="finetuned")
+        checkpoint = load_checkpoint(report.path)
+        validation = [items[i] for i in hidden if carved.get(i) == "test"]
+        test = state.labelled_items("test")
+        labels = hidden | {t.item_id: t.label for t in test}
+        row: dict[str, Any] = {"setting": setting, "split": split, "labels": len(shown)}
+        row["seconds"] = round(time.perf_counter() - started, 1)
+        row["epoch_seconds"] = report.epoch_seconds
+        for name, part in (("validation", validation), ("test", test)):
+            row |= {
+                f"{name}_{k}": v for k, v in scored(config, state, checkpoint, part, labels).items()
+            }
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--layers", type=int, default=30)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--splits", type=int, default=1)
-    parser.add_argument("--imbalance", default="weights")
-    parser.add_argument("--tau", type=float, default=1.0)
+    parser.add_argument("--splits", type=int, default=3)
+    parser.add_argument("--configs", default="96:30:5:weights:1,96:30:5:logit-adjust:0.5")
     parser.add_argument("--tag", default="")
     parser.add_argument("--weights", type=Path, default=MOBILENET)
     args = parser.parse_args()
     home = keras_home_with_weights(args.weights)
 
-    from al_pipeline.ingest.split import redraw_test_split
-    from al_pipeline.loop.rounds import train_and_evaluate
-    from al_pipeline.model.network import TrainingSettings
-    from al_pipeline.store.labels import PulledLabel
-    from al_pipeline.store.state import State, open_state
     from benchmarks.bench_label_efficiency import voc_workspace
 
     base = voc_workspace(RESULTS / "label_efficiency" / "voc" / "workspace")
     rows = []
-    for split in range(args.splits):
-        folder = Path(tempfile.mkdtemp())
-        config = replace(
-            base,
-            keras_home=home,
-            image_size=args.size,
-            database=folder / "state.sqlite3",
-            checkpoints_dir=folder / "checkpoints",
-        )
-        with State(base.database) as state:
-            state.backup(config.database)
-        with open_state(config.database) as state:
-            if split:
-                redraw_test_split(config, state, seed=config.seed + split)
-            hidden = state.hidden_items()
-            state.record_pulled(
-                None, [PulledLabel(i, label, "oracle", "oracle") for i, label in hidden.items()]
-            )
-            settings = TrainingSettings(
-                epochs=30,
-                batch_size=args.batch,
-                fine_tune_layers=args.layers,
-                fine_tune_epochs=args.epochs,
-                imbalance=args.imbalance,
-                tau=args.tau,
-            )
-            started = time.perf_counter()
-            report = train_and_evaluate(config, state, settings, tag="finetuned")
-        metrics = report.metrics
-        assert metrics is not None
-        row = {
-            "split": split,
-            "labels": len(hidden),
-            "seconds": round(time.perf_counter() - started, 1),
-            "epoch_seconds": report.epoch_seconds,
-            "accuracy": metrics.accuracy,
-            "macro_f1": metrics.macro_f1,
-            "rare_recall": metrics.per_class[RARE].recall,
-            "rare_support": metrics.per_class[RARE].support,
-        }
-        rows.append(row)
-        print(row, flush=True)
-    result = {"environment": environment(), **vars(args), "runs": rows}
-    result["weights"] = str(args.weights)
+    for setting in args.configs.split(","):
+        for split in range(args.splits):
+            rows.append(one_run(base, home, split, setting))
+            print(rows[-1], flush=True)
+    result = {"environment": environment(), "splits": args.splits, "runs": rows}
     tag = f"_{args.tag}" if args.tag else ""
     print(f"saved {save(f'bench_finetune_rare{tag}', result)}")
 
