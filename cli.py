@@ -88,8 +88,8 @@ CheckpointTag = Annotated[str | None, typer.Option(help="Checkpoint tag (default
 Imbalance = Annotated[
     str | None,
     typer.Option(
-        help="Unequal classes: weights (inverse frequency), logit-adjust (by --tau) or none "
-        "(default: al.toml)."
+        help="Unequal classes: auto (logit-adjust for a head, weights when fine-tuning), "
+        "weights (inverse frequency), logit-adjust (by --tau) or none (default: al.toml)."
     ),
 ]
 Tau = Annotated[

@@ -46,8 +46,8 @@ class Config:
         offline: Never try to download weights (``$AL_OFFLINE=1``).
         precision: ``auto`` (mixed_float16 when Keras sees a GPU, else float32), or a
             Keras dtype policy: ``float32``, ``mixed_float16``, ``mixed_bfloat16``.
-        imbalance: How training copes with unequal classes: ``weights``, ``logit-adjust``
-            or ``none`` (see ``TrainingSettings``).
+        imbalance: How training copes with unequal classes: ``auto``, ``weights``,
+            ``logit-adjust`` or ``none`` (see ``TrainingSettings``).
         tau: The logit adjustment's strength, with ``logit-adjust``.
         studio_dir: The embedded Label Studio's data, credentials, pid and log files.
         studio_url: A Label Studio server to use instead of the stored connection
@@ -73,7 +73,7 @@ class Config:
     keras_home: Path = field(default_factory=lambda: Path.home() / ".keras")
     offline: bool = False
     precision: str = "auto"
-    imbalance: str = "logit-adjust"  # chosen on validation splits: docs/benchmarks.md
+    imbalance: str = "auto"  # chosen on validation splits: docs/benchmarks.md
     tau: float = 0.5
     studio_dir: Path = field(default=Path("studio"))
     studio_url: str | None = None
@@ -218,7 +218,7 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
 
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-IMBALANCES = ("weights", "logit-adjust", "none")
+IMBALANCES = ("auto", "weights", "logit-adjust", "none")
 
 
 def _choice(value: object, choices: tuple[str, ...], name: str) -> str:
@@ -348,7 +348,8 @@ def render_toml(config: Config) -> str:
         f"weights = {text(config.weights)}\n"
         "# auto: mixed_float16 on a GPU, float32 on a CPU\n"
         f"precision = {text(config.precision)}\n"
-        "# unequal classes: weights (inverse frequency), logit-adjust (by tau), or none\n"
+        "# unequal classes: auto (logit-adjust for a head, weights when fine-tuning),\n"
+        "# weights (inverse frequency), logit-adjust (by tau), or none\n"
         f"imbalance = {text(config.imbalance)}\n"
         f"tau = {config.tau}\n\n"
         "[ingest]\n"

@@ -82,11 +82,11 @@ def test_precision_must_be_a_known_policy(workspace: Config) -> None:
 def test_imbalance_and_tau_come_from_al_toml_and_are_checked(workspace: Config) -> None:
     path = workspace.root / "al.toml"
     text = path.read_text(encoding="utf-8")
-    assert 'imbalance = "logit-adjust"' in text and "tau = 0.5" in text
+    assert 'imbalance = "auto"' in text and "tau = 0.5" in text
     path.write_text(text.replace("tau = 0.5", "tau = 1.5"), encoding="utf-8")
     assert load_config(workspace.root).tau == 1.5
     for old, new, says in (
-        ('imbalance = "logit-adjust"', 'imbalance = "focal"', "imbalance must be one of weights"),
+        ('imbalance = "auto"', 'imbalance = "focal"', "imbalance must be one of auto, weights"),
         ("tau = 0.5", 'tau = "high"', "tau must be a number from 0 to 5"),
         ("tau = 0.5", "tau = 9", "tau must be a number from 0 to 5"),
     ):

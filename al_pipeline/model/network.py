@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +39,15 @@ CACHE_BATCH = 256
 class TrainingSettings:
     """How to fit: epochs for the head, and optionally a fine-tuning stage.
 
-    ``imbalance`` is how training copes with unequal classes:
-    ``weights`` weighs each class's loss by its inverse frequency; ``logit-adjust`` trains
-    on the plain loss and then subtracts ``tau * log(prior)`` from the logits (Menon et al.
-    2021), where the prior is the training labels' class frequencies, so a class the
-    labels rarely show is predicted more readily (the default, with ``tau = 0.5``: chosen on
-    validation splits of the VOC face crops, see docs/benchmarks.md; with equal classes it
-    changes nothing); ``none`` does neither. With a free bias in
-    the last layer, training on the balanced-softmax loss (Ren et al. 2020: logits plus
+    ``imbalance`` is how training copes with unequal classes: ``weights`` weighs each
+    class's loss by its inverse frequency; ``logit-adjust`` trains on the plain loss and
+    then subtracts ``tau * log(prior)`` from the logits (Menon et al. 2021), where the prior
+    is the training labels' class frequencies, so a class the labels rarely show is
+    predicted more readily; ``none`` does neither. ``auto`` (the default) is
+    ``logit-adjust`` for a head on frozen features and ``weights`` when fine-tuning: the
+    settings each had the best macro-F1 on validation splits of the VOC face crops
+    (docs/benchmarks.md). With equal classes they change nothing. With a free bias in the
+    last layer, training on the balanced-softmax loss (Ren et al. 2020: logits plus
     ``log(prior)``) reaches the same model as ``logit-adjust`` with ``tau = 1``: the shift
     is absorbed by the bias. So the one option covers both.
     """
@@ -56,7 +57,7 @@ class TrainingSettings:
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 5
     seed: int = 0
-    imbalance: str = "logit-adjust"
+    imbalance: str = "auto"
     tau: float = 0.5
 
     def __post_init__(self) -> None:
@@ -80,9 +81,18 @@ class TrainingSettings:
         fields["tau"] = config.tau
         return cls(**(fields | given))
 
+    def resolved(self, fine_tuned: bool) -> TrainingSettings:
+        """These settings with ``auto`` made concrete for a training that does or does not
+        fine-tune the backbone."""
+        if self.imbalance != "auto":
+            return self
+        return replace(self, imbalance="weights" if fine_tuned else "logit-adjust")
+
     def class_weights(self, labels: NDArray[np.int64], classes: int) -> dict[int, float] | None:
-        """The loss weights per class for these labels (None: every class weighs 1)."""
-        return class_weights(labels, classes) if self.imbalance == "weights" else None
+        """The loss weights per class for these labels (None: every class weighs 1).
+        Unresolved, ``auto`` counts as a head on frozen features."""
+        weighted = self.resolved(fine_tuned=False).imbalance == "weights"
+        return class_weights(labels, classes) if weighted else None
 
 
 def build_head(
@@ -203,6 +213,7 @@ def adjust_logits(
     one half, so its log stays finite). The change lives in the weights, so the saved
     checkpoint and every export predict with it.
     """
+    settings = settings.resolved(fine_tuned=False)  # train() resolves it for fine-tuning
     if settings.imbalance != "logit-adjust" or settings.tau == 0:
         return
     dense = _output_dense(head)
@@ -339,6 +350,7 @@ def fine_tune(
     Each image is decoded once, at the training size, into a uint8 array when that fits in
     :data:`PIXEL_CACHE_BYTES`; larger sets are decoded again each epoch.
     """
+    settings = settings.resolved(fine_tuned=True)
     model = fine_tune_model(backbone, head, settings, train_all)
     keras.utils.set_random_seed(settings.seed)
     timer = EpochTimer(progress, settings.fine_tune_epochs)

@@ -101,9 +101,10 @@ def train(
     kept = [items[p] for p in embedded.positions]
     labels = np.array([config.class_index(i.label) for i in kept], dtype=np.int64)
     head = build_head(backbone.dim, len(config.classes), seed=settings.seed)
+    fine_tuned = settings.fine_tune_layers > 0 or not backbone.pretrained
+    settings = settings.resolved(fine_tuned)
     progress("Training", 0, None)
     fit_head(head, embedded.features(), labels, settings, len(config.classes))
-    fine_tuned = settings.fine_tune_layers > 0 or not backbone.pretrained
     epoch_seconds: list[float] = []
     if fine_tuned:
         epoch_seconds = fine_tune(
@@ -165,7 +166,9 @@ def train(
 def _imbalance(settings: TrainingSettings) -> str:
     if settings.imbalance == "logit-adjust":
         return f"logit-adjust (tau {settings.tau:g})"
-    return {"weights": "class weights", "none": "no reweighting"}[settings.imbalance]
+    return {"weights": "class weights", "none": "no reweighting"}.get(
+        settings.imbalance, settings.imbalance
+    )
 
 
 def checkpoint_tag(config: Config, state: State, tag: str | None, force: bool) -> str:

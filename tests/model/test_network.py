@@ -121,7 +121,11 @@ def test_training_settings_name_the_bad_option() -> None:
     _, labels = imbalanced()
     assert TrainingSettings(imbalance="none").class_weights(labels, 2) is None
     weights = TrainingSettings(imbalance="weights").class_weights(labels, 2)
-    assert TrainingSettings().class_weights(labels, 2) is None  # logit-adjust
+    assert TrainingSettings().class_weights(labels, 2) is None  # auto: logit-adjust on a head
+    auto = TrainingSettings(fine_tune_layers=2)
+    assert auto.resolved(fine_tuned=True).imbalance == "weights"
+    assert auto.resolved(fine_tuned=False).imbalance == "logit-adjust"
+    assert TrainingSettings(imbalance="none").resolved(fine_tuned=True).imbalance == "none"
     assert weights is not None and weights[1] > 5 * weights[0]
 
 
