@@ -104,14 +104,23 @@ def simulate(
     out.mkdir(parents=True, exist_ok=True)
     runs: list[SimulationRun] = []
     full: list[FullData] = []
-    for split in range(plan.splits):
-        folder = out if split == 0 else out / f"split{split}"
-        with _split_state(config, state, folder, split) as split_state:
-            full.append(
-                _full_data(config, split_state, folder / "full-data", plan, split, progress)
-            )
-            runs += _split_runs(config, split_state, folder, plan, split, progress)
+    for index in range(plan.splits):
+        folder = out if index == 0 else out / f"split{index}"
+        with _split_state(config, state, folder, index) as split_state:
+            split = _Split(index, split_state, folder, split_state.hidden_items())
+            full.append(_full_data(config, split, plan, progress))
+            runs += _split_runs(config, split, plan, progress)
     return Simulation(runs, full)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """One test split's base state (the runs copy it), its folder and its hidden labels."""
+
+    index: int
+    state: State
+    folder: Path
+    hidden: dict[int, str]
 
 
 def _check(config: Config, state: State, out: Path, plan: SimulationPlan) -> None:
@@ -134,9 +143,10 @@ def _check(config: Config, state: State, out: Path, plan: SimulationPlan) -> Non
             f"--initial {plan.initial} is too few: every class needs a seed label, so use at "
             f"least {len(config.classes)}."
         )
-    if len(state.hidden_items()) < plan.initial + plan.size:
+    hidden = len(state.hidden_items())
+    if hidden < plan.initial + plan.size:
         raise PipelineError(
-            f"The workspace has {len(state.hidden_items())} items with hidden labels; a "
+            f"The workspace has {hidden} items with hidden labels; a "
             "simulation needs more than --initial + --size. Add labelled data with 'al pool "
             "add DIR --labelled --oracle --test-fraction 0.2' (or pass --dataset DIR)."
         )
@@ -163,20 +173,15 @@ def _split_state(config: Config, state: State, folder: Path, split: int) -> Iter
 
 
 def _split_runs(
-    config: Config,
-    state: State,
-    folder: Path,
-    plan: SimulationPlan,
-    split: int,
-    progress: Progress,
+    config: Config, split: _Split, plan: SimulationPlan, progress: Progress
 ) -> list[SimulationRun]:
     runs = []
     for seed in range(plan.seeds):
         for name in plan.strategies:
-            what = f"Simulating {name}, seed {seed}" + (f", split {split}" if split else "")
+            where = f", split {split.index}" if split.index else ""
+            what = f"Simulating {name}, seed {seed}{where}"
             progress(what, 0, plan.rounds)
-            run_folder = folder / f"{name.replace('+', '-')}-seed{seed}"
-            runs.append(_one_run(config, state, run_folder, name, seed, split, plan))
+            runs.append(_one_run(config, split, name, seed, plan))
             progress(what, plan.rounds, plan.rounds)
     return runs
 
@@ -191,23 +196,16 @@ def _run_config(config: Config, state: State, folder: Path, seed: int) -> tuple[
     return run_config, open_state(run_config.database)
 
 
-def _full_data(
-    config: Config,
-    state: State,
-    folder: Path,
-    plan: SimulationPlan,
-    split: int,
-    progress: Progress,
-) -> FullData:
-    hidden = state.hidden_items()
-    run_config, run_state = _run_config(config, state, folder, config.seed)
+def _full_data(config: Config, split: _Split, plan: SimulationPlan, progress: Progress) -> FullData:
+    folder = split.folder / "full-data"
+    run_config, run_state = _run_config(config, split.state, folder, config.seed)
     with run_state:
-        _reveal(run_state, hidden, list(hidden))
+        _reveal(run_state, split.hidden, list(split.hidden))
         report = train_and_evaluate(
             run_config, run_state, plan.settings, tag="full-data", progress=progress
         )
     assert report.metrics is not None
-    return FullData(split, len(hidden), report.metrics)
+    return FullData(split.index, len(split.hidden), report.metrics)
 
 
 def _reveal(state: State, hidden: dict[int, str], item_ids: Sequence[int]) -> None:
@@ -228,25 +226,19 @@ def _seed_items(hidden: dict[int, str], initial: int, rng: np.random.Generator) 
 
 
 def _one_run(
-    config: Config,
-    state: State,
-    folder: Path,
-    strategy: str,
-    seed: int,
-    split: int,
-    plan: SimulationPlan,
+    config: Config, split: _Split, strategy: str, seed: int, plan: SimulationPlan
 ) -> SimulationRun:
-    hidden = state.hidden_items()
-    run_config, run_state = _run_config(config, state, folder, seed)
+    folder = split.folder / f"{strategy.replace('+', '-')}-seed{seed}"
+    run_config, run_state = _run_config(config, split.state, folder, seed)
     seeded = replace(plan.settings, seed=seed)
     base, balance = parse_strategy(strategy)
-    rng = np.random.default_rng(seed if split == 0 else [seed, split])
+    rng = np.random.default_rng(seed if split.index == 0 else [seed, split.index])
     with run_state:
-        _reveal(run_state, hidden, _seed_items(hidden, plan.initial, rng))
+        _reveal(run_state, split.hidden, _seed_items(split.hidden, plan.initial, rng))
         train_and_evaluate(run_config, run_state, seeded, tag=f"seed-labels-{seed}")
         run_plan = RunPlan(plan.rounds, base, plan.size, balance)
         run(run_config, run_state, OracleLabeller(run_state), seeded, run_plan)
-        return SimulationRun(strategy, seed, run_state.history(), split)
+        return SimulationRun(strategy, seed, run_state.history(), split.index)
 
 
 def dataset_workspace(
