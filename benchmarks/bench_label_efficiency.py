@@ -141,12 +141,9 @@ def main() -> None:
 
 def curves(runs, rare):  # type: ignore[no-untyped-def]
     """Per strategy and label count: mean and 95 % half-width over runs."""
-    from al_pipeline.reporting.simulation import interval
+    from al_pipeline.reporting.simulation import interval, with_rare_share
 
-    frame = runs.sort_values("labelled").copy()
-    by_run = frame.groupby(["strategy", "seed", "split"])
-    queried = by_run[f"queried_{rare}"].cumsum()
-    frame["rare_share"] = queried / by_run["batch_size"].cumsum()
+    frame = with_rare_share(runs, rare)
     metrics = ("accuracy", "macro_f1", f"recall_{rare}", "rare_share")
     out = []
     for (strategy, labelled), part in frame.groupby(["strategy", "labelled"]):

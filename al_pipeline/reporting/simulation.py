@@ -126,11 +126,7 @@ def efficiency_table(
         row["runs"] = len(groups)
         for key, drop in (("within_1pt", 0.01), ("full", 0.0)):
             needed = [_labels_to_reach(g, targets[g["split"].iloc[0]] - drop) for g in groups]
-            reached = [n for n in needed if n is not None]
-            row[f"labels_to_{key}"] = (
-                float(np.median(reached)) if len(reached) == len(needed) else None
-            )
-            row[f"reached_{key}"] = f"{len(reached)}/{len(needed)}"
+            row[f"labels_to_{key}"], row[f"reached_{key}"] = _median_if_all(needed)
         last = pd.concat([g.sort_values("labelled").tail(1) for g in groups])
         row["final_labels"] = int(last["labelled"].median())
         row["final_accuracy"] = float(last["accuracy"].median())
@@ -157,12 +153,24 @@ def _rare_columns(
             _labels_to_reach(g, full_rare_recall[g["split"].iloc[0]], f"recall_{rare}")
             for g in groups
         ]
-        reached = [n for n in needed if n is not None]
-        row["labels_to_rare_recall"] = (
-            float(np.median(reached)) if len(reached) == len(needed) else None
-        )
-        row["reached_rare_recall"] = f"{len(reached)}/{len(needed)}"
+        row["labels_to_rare_recall"], row["reached_rare_recall"] = _median_if_all(needed)
     return row
+
+
+def _median_if_all(needed: list[int | None]) -> tuple[float | None, str]:
+    """The median labels the runs needed (None unless every run got there), and "k/n"."""
+    reached = [n for n in needed if n is not None]
+    median = float(np.median(reached)) if len(reached) == len(needed) else None
+    return median, f"{len(reached)}/{len(needed)}"
+
+
+def with_rare_share(runs: pd.DataFrame, rare: str) -> pd.DataFrame:
+    """``runs`` by labels, with ``rare_share``: the rare class's share of all the items each
+    run has queried so far (seed labels excluded)."""
+    frame = runs.sort_values("labelled").copy()
+    by_run = frame.groupby(["strategy", "seed", "split"])
+    frame["rare_share"] = by_run[f"queried_{rare}"].cumsum() / by_run["batch_size"].cumsum()
+    return frame
 
 
 def _per_split(value: float | Mapping[int, float], runs: pd.DataFrame) -> dict[int, float]:
@@ -242,9 +250,7 @@ def plot_panels(runs: pd.DataFrame, rare: str, full_rare_recall: float, path: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    frame = runs.sort_values("labelled").copy()
-    by_run = frame.groupby(["strategy", "seed", "split"])
-    frame["rare_share"] = by_run[f"queried_{rare}"].cumsum() / by_run["batch_size"].cumsum()
+    frame = with_rare_share(runs, rare)
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5), dpi=100)
     for axis, metric, title in (
         (axes[0], "macro_f1", "held-out macro-F1"),
