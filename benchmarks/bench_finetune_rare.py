@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import MOBILENET, RESULTS, environment, keras_home_with_weights, save
+from benchmarks.common import (
+    MOBILENET,
+    RESULTS,
+    environment,
+    keras_home_with_weights,
+    save,
+    validation_sides,
+)
 
 RARE = "mask_weared_incorrect"
 
@@ -49,7 +56,7 @@ def scored(
 
 
 def one_run(base: Any, home: Path, split: int, setting: str) -> dict[str, Any]:
-    from al_pipeline.ingest.split import draw_split, group_items, redraw_test_split
+    from al_pipeline.ingest.split import redraw_test_split
     from al_pipeline.model.checkpoints import load_checkpoint
     from al_pipeline.model.network import TrainingSettings
     from al_pipeline.model.train import train
@@ -70,15 +77,10 @@ def one_run(base: Any, home: Path, split: int, setting: str) -> dict[str, Any]:
     with open_state(config.database) as state:
         if split:
             redraw_test_split(config, state, seed=config.seed + split)
-        candidates = state.split_candidates()
-        hashes = state.near_dup_hashes(c.item_id for c in candidates)
-        side = [replace(c, split=None) for c in candidates if c.split != "test"]
-        carved = draw_split(
-            side, group_items(side, hashes, config.near_duplicate_bits), 0.25, 1000 + split
-        )
+        sides = validation_sides(config, state, split)
         hidden = state.hidden_items()
         items = {i.item_id: i for p in state.pools() for i in state.items_in_pool(p.name)}
-        shown = [i for i in hidden if carved.get(i) == "train"]
+        shown = [i for i in hidden if sides.get(i) == "train"]
         state.record_pulled(None, [PulledLabel(i, hidden[i], "oracle", "oracle") for i in shown])
         settings = TrainingSettings(
             epochs=30,
@@ -90,7 +92,7 @@ def one_run(base: Any, home: Path, split: int, setting: str) -> dict[str, Any]:
         started = time.perf_counter()
         report = train(config, state, settings, tag="finetuned")
         checkpoint = load_checkpoint(report.path)
-        validation = [items[i] for i in hidden if carved.get(i) == "test"]
+        validation = [items[i] for i in hidden if sides.get(i) == "validation"]
         test = state.labelled_items("test")
         labels = hidden | {t.item_id: t.label for t in test}
         row: dict[str, Any] = {"setting": setting, "split": split, "labels": len(shown)}

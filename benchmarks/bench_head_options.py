@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import MOBILENET, RESULTS, environment, keras_home_with_weights, save
+from benchmarks.common import (
+    MOBILENET,
+    RESULTS,
+    environment,
+    keras_home_with_weights,
+    save,
+    validation_sides,
+)
 
 OPTIONS = [
     ("weights", 0.0),
@@ -39,7 +46,7 @@ RARE = "mask_weared_incorrect"
 
 def split_members(config: Any, state: Any, split: int) -> tuple[dict[int, str], dict[int, str]]:
     """Labels by item id, and sides (train, validation, test) for one test split."""
-    from al_pipeline.ingest.split import draw_split, group_items, redraw_test_split
+    from al_pipeline.ingest.split import redraw_test_split
     from al_pipeline.store.state import open_state
 
     with tempfile.TemporaryDirectory() as folder:
@@ -48,15 +55,8 @@ def split_members(config: Any, state: Any, split: int) -> tuple[dict[int, str], 
         with open_state(copy) as split_state:
             if split:
                 redraw_test_split(config, split_state, seed=config.seed + split)
-            candidates = split_state.split_candidates()
-            hashes = split_state.near_dup_hashes(c.item_id for c in candidates)
-    labels = {c.item_id: c.label for c in candidates}
-    sides = {c.item_id: str(c.split) for c in candidates}
-    train = [replace(c, split=None) for c in candidates if c.split != "test"]
-    groups = group_items(train, hashes, config.near_duplicate_bits)
-    carved = draw_split(train, groups, 0.25, seed=1000 + split)
-    sides |= {i: ("validation" if side == "test" else "train") for i, side in carved.items()}
-    return labels, sides
+            labels = {c.item_id: c.label for c in split_state.split_candidates()}
+            return labels, validation_sides(config, split_state, split)
 
 
 def scores(classes: list[str], truth: np.ndarray, probs: np.ndarray) -> dict[str, float]:

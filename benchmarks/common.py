@@ -48,6 +48,23 @@ def image_files(data: Path, listing: Path | None = None) -> list[Path]:
     return sorted(p for p in data.rglob("*") if p.is_file() and is_image_name(p))
 
 
+def validation_sides(config: Any, state: Any, split: int) -> dict[int, str]:
+    """Each labelled item's side once its test split is set: ``test``, or on the training
+    side a quarter of it, grouped by photo, as ``validation``, the rest ``train``.
+    Settings are chosen on the validation side, never the test side."""
+    from dataclasses import replace
+
+    from al_pipeline.ingest.split import draw_split, group_items
+
+    candidates = state.split_candidates()
+    hashes = state.near_dup_hashes(c.item_id for c in candidates)
+    train = [replace(c, split=None) for c in candidates if c.split != "test"]
+    groups = group_items(train, hashes, config.near_duplicate_bits)
+    carved = draw_split(train, groups, 0.25, seed=1000 + split)
+    sides = {c.item_id: "test" for c in candidates if c.split == "test"}
+    return sides | {i: ("validation" if side == "test" else "train") for i, side in carved.items()}
+
+
 def environment() -> dict[str, Any]:
     import keras
 
