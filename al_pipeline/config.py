@@ -219,6 +219,7 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 IMBALANCES = ("auto", "weights", "logit-adjust", "none")
+TAU_MAX = 5  # the strongest logit adjustment allowed (tau from 0 to this)
 
 
 def _choice(value: object, choices: tuple[str, ...], name: str) -> str:
@@ -228,8 +229,8 @@ def _choice(value: object, choices: tuple[str, ...], name: str) -> str:
 
 
 def _tau(value: object) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 5:
-        raise ValueError(f"tau must be a number from 0 to 5, got {value!r}")
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= TAU_MAX:
+        raise ValueError(f"tau must be a number from 0 to {TAU_MAX}, got {value!r}")
     return float(value)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.utils.class_weight import compute_class_weight
 
-from al_pipeline.config import IMBALANCES, Config
+from al_pipeline.config import IMBALANCES, TAU_MAX, Config
 from al_pipeline.errors import ConfigError, PipelineError
 from al_pipeline.model.backbones import Backbone
 from al_pipeline.model.inference import predict_padded
@@ -71,8 +71,8 @@ class TrainingSettings:
                 f"--imbalance '{self.imbalance}' is not an option. Choose one of: "
                 f"{', '.join(IMBALANCES)}."
             )
-        if not 0.0 <= self.tau <= 5.0:
-            raise ConfigError(f"--tau {self.tau} is out of range. Use a value from 0 to 5.")
+        if not 0.0 <= self.tau <= TAU_MAX:
+            raise ConfigError(f"--tau {self.tau} is out of range. Use a value from 0 to {TAU_MAX}.")
 
     @classmethod
     def for_workspace(cls, config: Config, **given: Any) -> TrainingSettings:
