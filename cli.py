@@ -77,7 +77,12 @@ LabellerName = Annotated[
     ),
 ]
 StrategyName = Annotated[
-    str, typer.Option(help="margin, entropy, least_confidence, diverse, targeted or random.")
+    str,
+    typer.Option(
+        help="auto (margin, plus a search for a class short of labels), margin, entropy,"
+        " least_confidence, diverse, targeted, rare-first, balanced-margin, badge, bald"
+        " or random."
+    ),
 ]
 HeadEpochs = Annotated[int, typer.Option(help="Epochs for the head.")]
 BatchSize = Annotated[int, typer.Option("--size", help="Items to select per round.")]
@@ -440,7 +445,7 @@ def training_settings(config: Config, epochs: int) -> TrainingSettings:
 @round_app.command("start")
 @handles_errors
 def round_start(
-    strategy: StrategyName = "margin",
+    strategy: StrategyName = "auto",
     size: BatchSize = 20,
     balance: Balance = False,
     labeller: LabellerName = "auto",
@@ -504,7 +509,7 @@ def round_finish(
 @handles_errors
 def run_rounds(
     rounds: Annotated[int, typer.Option(help="Rounds to run at most.")] = 5,
-    strategy: StrategyName = "margin",
+    strategy: StrategyName = "auto",
     size: BatchSize = 20,
     balance: Balance = False,
     until_accuracy: Annotated[
@@ -657,7 +662,7 @@ def simulate(
             help="Comma-separated strategies to compare; add '+balance' to a name for "
             "class-balanced batches (margin+balance)."
         ),
-    ] = "margin,entropy,diverse,random",
+    ] = "auto,margin,entropy,random",
     initial: Annotated[int, typer.Option(help="Seed labels to start from.")] = 10,
     size: BatchSize = 10,
     rounds: Annotated[int, typer.Option(help="Rounds per run.")] = 10,
@@ -792,7 +797,7 @@ def studio_reset_project() -> None:
 @handles_errors
 def serve(
     port: Annotated[int, typer.Option(help="Port for the webhook receiver on 127.0.0.1.")] = 9090,
-    strategy: StrategyName = "margin",
+    strategy: StrategyName = "auto",
     size: BatchSize = 20,
     balance: Balance = False,
     min_labelled: Annotated[

@@ -31,6 +31,15 @@ def test_version_and_help(cli: CliRunner) -> None:
         assert command in pool_help
 
 
+def test_strategy_help_names_every_strategy(cli: CliRunner) -> None:
+    from al_pipeline.selection.strategies import STRATEGIES
+
+    for command in (["round", "start"], ["run"], ["serve"]):
+        shown = " ".join(cli.invoke(app, [*command, "--help"]).output.split())
+        assert all(name in shown for name in STRATEGIES), command
+        assert "[default: auto]" in shown
+
+
 def test_init_creates_a_workspace_and_refuses_a_second(cli: CliRunner, tmp_path: Path) -> None:
     target = tmp_path / "ws"
     result = cli.invoke(app, ["init", str(target), "--classes", "with_mask,without_mask"])

@@ -125,6 +125,7 @@ def start(
         rng,
         classes,
         _sampler(checkpoint, embedded, rng),
+        _label_counts(config, state),
     )
     if pool.size == 0:
         raise RoundError(
@@ -207,6 +208,12 @@ def _sampler(
         return None
     head = checkpoint.head
     return lambda p, passes: sample_proba(head, embedded.cache.read(embedded.rows[p]), passes, rng)
+
+
+def _label_counts(config: Config, state: State) -> NDArray[np.int64]:
+    """Training labels per class, in the model's class order."""
+    counts = state.label_counts()
+    return np.array([counts.get(name, 0) for name in config.classes], dtype=np.int64)
 
 
 def _labelled_features(
@@ -500,7 +507,7 @@ class RunPlan:
     """What ``al run`` repeats, and when it stops (besides after ``rounds`` rounds)."""
 
     rounds: int
-    strategy: str = "margin"
+    strategy: str = "auto"
     size: int = 20
     balance: bool = False
     stop: tuple[StoppingRule, ...] = ()  # besides: nothing left to select

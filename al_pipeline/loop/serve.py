@@ -40,7 +40,7 @@ class ServePlan:
         max_rounds: Stop after finishing this many rounds (None: until interrupted).
     """
 
-    strategy: str = "margin"
+    strategy: str = "auto"
     size: int = 20
     balance: bool = False
     min_labelled: int | None = None

@@ -82,7 +82,7 @@ def test_three_round_run_records_complete_history(oracle_ws: Config, tmp_path: P
     rows = report["rows"]
     assert [r["labelled"] for r in rows] == [20, 40, 60]
     for row in rows:
-        assert row["strategy"] == "margin" and row["batch_size"] == 20
+        assert row["strategy"] == "auto" and row["batch_size"] == 20
         assert 0.5 <= row["accuracy"] <= 1 and 0 <= row["macro_f1"] <= 1
         assert row["roc_auc"] is not None and set(row["recall"]) == set(oracle_ws.classes)
         assert sum(row["labelled_per_class"].values()) == row["labelled"]
@@ -105,7 +105,7 @@ def test_three_round_run_records_complete_history(oracle_ws: Config, tmp_path: P
 
     assert pd.read_parquet(parquet)["labelled"].tolist() == [20, 40, 60]
     table = cli.invoke(app, [*ws, "history"], env=env)
-    assert table.exit_code == 0 and "margin" in table.stdout
+    assert table.exit_code == 0 and "auto" in table.stdout
 
     page = cli.invoke(app, [*ws, "report", "--out", str(tmp_path / "rep")], env=env)
     assert page.exit_code == 0, page.output

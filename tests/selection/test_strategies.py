@@ -59,7 +59,7 @@ def test_margin_picks_the_smallest_margins() -> None:
 
 
 def test_unknown_strategy_lists_the_choices() -> None:
-    with pytest.raises(ConfigError, match=r"Unknown strategy 'foo'\. Choose one of: margin, "):
+    with pytest.raises(ConfigError, match=r"Unknown strategy 'foo'\. Choose one of: auto, "):
         strategy_for("foo")
 
 
@@ -236,3 +236,51 @@ def test_rare_first_takes_half_the_batch_from_the_likeliest_rare_items() -> None
     assert likely[picked[:6]].all() and (picked[6:] < 100).all()
     np.testing.assert_allclose(utilities[:6], 0.6, rtol=1e-6)
     assert likely[pick("margin", pool, 11)].sum() == 0
+
+
+def rare_pool(counts: list[int] | None) -> tuple[Pool, NDArray[np.bool_]]:
+    """The rare-first pool: 20 likely rare items (200-219), 100 torn between the commons."""
+    probs = np.tile(np.array([0.9, 0.08, 0.02], np.float32), (500, 1))
+    probs[:100] = [0.48, 0.47, 0.05]
+    likely = np.zeros(500, dtype=bool)
+    likely[200:220] = True
+    probs[likely] = [0.1, 0.3, 0.6]
+    features = np.zeros((500, 4), np.float32)
+    label_counts = None if counts is None else np.array(counts, np.int64)
+    return Pool(probs, lambda p: features[p], 500, label_counts=label_counts), likely
+
+
+@pytest.mark.parametrize(
+    ("counts", "searched"),
+    [
+        ([50, 50, 0], 10),  # no label of the rare class: the whole batch searches for it
+        ([45, 45, 10], 4),  # 10 % of the labels: 1 - 2*3*0.1 = 40 % of the batch
+        ([40, 40, 20], 0),  # 20 % >= 1/6: plain margin
+        ([34, 33, 33], 0),
+    ],
+)
+def test_auto_searches_for_a_class_in_proportion_to_its_shortfall(
+    counts: list[int], searched: int
+) -> None:
+    pool, likely = rare_pool(counts)
+    picked, utilities = select(get_strategy("auto"), pool, 10)
+    assert likely[picked[:searched]].all() and (picked[searched:] < 100).all()
+    np.testing.assert_allclose(utilities[:searched], 0.6, rtol=1e-6)
+    if not searched:
+        assert np.array_equal(picked, pick("margin", pool, 10))
+
+
+def test_auto_searches_for_the_class_short_of_labels_not_the_least_expected() -> None:
+    """Class 1 is short of labels, though the model expects less of class 2."""
+    pool, _ = rare_pool([60, 2, 38])
+    assert pool.probabilities is not None
+    picked, _ = select(get_strategy("auto"), pool, 10)
+    searched = np.argsort(-pool.probabilities[:, 1], kind="stable")[:9]
+    assert set(picked[:9].tolist()) == set(searched.tolist())
+
+
+def test_auto_without_label_counts_is_margin() -> None:
+    pool, _ = rare_pool(None)
+    assert np.array_equal(pick("auto", pool, 10), pick("margin", pool, 10))
+    empty, _ = rare_pool([0, 0, 0])
+    assert np.array_equal(pick("auto", empty, 10), pick("margin", empty, 10))
