@@ -164,11 +164,10 @@ def train(
 
 
 def _imbalance(settings: TrainingSettings) -> str:
+    """How the (resolved: never ``auto``) settings coped with unequal classes, in words."""
     if settings.imbalance == "logit-adjust":
         return f"logit-adjust (tau {settings.tau:g})"
-    return {"weights": "class weights", "none": "no reweighting"}.get(
-        settings.imbalance, settings.imbalance
-    )
+    return {"weights": "class weights", "none": "no reweighting"}[settings.imbalance]
 
 
 def checkpoint_tag(config: Config, state: State, tag: str | None, force: bool) -> str:
