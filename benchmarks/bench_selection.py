@@ -52,7 +52,7 @@ def main() -> None:
     for start in range(0, args.rows, step):
         rows = min(step, args.rows - start)
         features = rng.normal(size=(rows, dim)).astype(np.float16)
-        cache.append([f"{i:064x}" for i in range(start, start + rows)], features)
+        cache.append(np.arange(start, start + rows, dtype=np.int64), features)
     started = time.perf_counter()
     cache = EmbeddingCache(state, directory, backbone)
     opening = time.perf_counter() - started

@@ -248,9 +248,9 @@ def test_reporting_commands_never_load_the_model_stack(
     make_images(tmp_path / "photos", 3)
     with open_state(workspace.database) as state:
         add_folder(workspace, state, tmp_path / "photos")
-        first = state.selectable_items()[0]
+        first = int(state.selectable().ids[0])
         state.start_round(
-            "random", "oracle", RoundParams(), [QueueEntry(first.item_id, 0, None, None, None)]
+            "random", "oracle", RoundParams(), [QueueEntry(first, 0, None, None, None)]
         )
     for command in REPORTING:
         done, loaded = modules_after(workspace.root, *command, watch=HEAVY)

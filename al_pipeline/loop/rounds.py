@@ -31,7 +31,7 @@ from al_pipeline.loop.status import (
 from al_pipeline.loop.stopping import PoolExhausted, StoppingRule
 from al_pipeline.model.backbones import Backbone, workspace_backbone
 from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint
-from al_pipeline.model.embeddings import Embedded, embed_items
+from al_pipeline.model.embeddings import Embedded, embed_items, embed_pool
 from al_pipeline.model.evaluate import evaluate
 from al_pipeline.model.network import TrainingSettings, dropout_rate, sample_proba
 from al_pipeline.model.score import head_probabilities
@@ -49,7 +49,6 @@ from al_pipeline.selection.strategies import (
     strategy_for,
 )
 from al_pipeline.store.db import now
-from al_pipeline.store.items import ItemRef
 from al_pipeline.store.rounds import QueuedItem, QueueEntry, RoundRow
 from al_pipeline.store.state import State
 
@@ -104,14 +103,14 @@ def start(
     existing = state.open_round()
     if existing is not None:
         return _resume(state, labeller, existing)
-    items = state.selectable_items()
-    if not items:
+    items = state.selectable()
+    if not len(items):
         raise RoundError(
             "The pool has no unlabelled items left to select from. Add more with 'al pool add DIR'."
         )
     checkpoint = _current_model(config, state)
     backbone = checkpoint.backbone() if checkpoint else workspace_backbone(config)
-    embedded = embed_items(config, state, backbone, items, progress)
+    embedded = embed_pool(config, state, backbone, items, progress)
     progress("Selecting", 0, None)
     began = time.perf_counter()
     pool_probs = _probabilities(checkpoint, embedded)
@@ -134,7 +133,7 @@ def start(
     picked = select(chosen, pool, size)
     seconds = time.perf_counter() - began
     progress("Selecting", 1, 1)
-    entries = _entries(config, [items[i] for i in embedded.positions], picked, pool_probs)
+    entries = _entries(config, items.ids[embedded.positions], picked, pool_probs)
     model_tag = checkpoint.meta.tag if checkpoint else None
     params = RoundParams(
         balance=balance,
@@ -232,10 +231,11 @@ def _labelled_features(
 
 
 def _entries(
-    config: Config, pool: list[ItemRef], picked: Picked, probs: NDArray[np.float32] | None
+    config: Config, pool: NDArray[np.int64], picked: Picked, probs: NDArray[np.float32] | None
 ) -> list[QueueEntry]:
-    """Queue rows in selection order, with the model's guess, its confidence (the score
-    Label Studio sorts by, least confident first) and the strategy's utility."""
+    """Queue rows in selection order (``pool``: the item id of each pool position), with
+    the model's guess, its confidence (the score Label Studio sorts by, least confident
+    first) and the strategy's utility."""
     entries = []
     positions, utilities = (part.tolist() for part in picked)
     for position, (index, utility) in enumerate(zip(positions, utilities, strict=True)):
@@ -244,7 +244,7 @@ def _entries(
             best = int(np.argmax(probs[index]))
             predicted, confidence = config.classes[best], float(probs[index][best])
         kept = None if math.isnan(utility) else utility
-        entries.append(QueueEntry(pool[index].item_id, position, predicted, confidence, kept))
+        entries.append(QueueEntry(int(pool[index]), position, predicted, confidence, kept))
     return entries
 
 
@@ -430,10 +430,10 @@ def _pool_change(
     its checkpoint folder; the share is computed over items both models predicted.
     """
     _, checkpoint = find_checkpoint(config, state, tag)
-    items = state.selectable_items()
-    embedded = embed_items(config, state, checkpoint.backbone(), items, progress)
+    items = state.selectable()
+    embedded = embed_pool(config, state, checkpoint.backbone(), items, progress)
     probs = _probabilities(checkpoint, embedded)
-    ids = np.array([items[p].item_id for p in embedded.positions], dtype=np.int64)
+    ids = items.ids[embedded.positions]
     classes = np.zeros(0, np.int8) if probs is None else probs.argmax(axis=1).astype(np.int8)
     np.savez(checkpoint.path / PREDICTIONS_FILE, ids=ids, classes=classes)
     before = state.checkpoint(previous) if previous else None
@@ -467,7 +467,7 @@ def start_unless_open(
     progress: Progress = silent,
 ) -> RoundStarted | None:
     """Start a round, unless one is open or nothing is left to select (None)."""
-    if state.open_round() is not None or not state.selectable_items():
+    if state.open_round() is not None or not state.has_selectable():
         return None
     return start(
         config, state, labeller, strategy=strategy, size=size, balance=balance, progress=progress

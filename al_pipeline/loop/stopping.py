@@ -78,7 +78,7 @@ class PoolExhausted(_Rule):
     """Stop when nothing is left to select (always in force)."""
 
     def reason(self, state: State, rows: Sequence[HistoryRow]) -> str | None:
-        return None if state.selectable_items() else "no unlabelled items left"
+        return None if state.has_selectable() else "no unlabelled items left"
 
 
 def stopping_rules(

@@ -160,6 +160,21 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (round_id, item_id)
     );
     """,
+    # 7: columns that scale to 10M items. Each item keeps the first 64 bits of its content
+    # hash as an integer, so a round reads the pool as two integer columns, and the
+    # embedding cache is indexed by blocks of rows (keys and checksums as arrays), not by a
+    # row per item; the old per-item index moves into blocks when its cache is next opened.
+    """
+    ALTER TABLE items ADD COLUMN sha_key INTEGER;
+    UPDATE items SET sha_key = sha_key(sha256);
+    CREATE TABLE embedding_blocks (
+        digest TEXT NOT NULL REFERENCES embedding_sets(digest),
+        first_row INTEGER NOT NULL,
+        keys BLOB NOT NULL,
+        crcs BLOB NOT NULL,
+        PRIMARY KEY (digest, first_row)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 APPLICATION_ID = 0x616C7070  # "alpp": written by migration 4
@@ -169,9 +184,25 @@ IN_CHUNK = 500
 BUSY_SECONDS = 60.0
 
 
+def sha_key(sha256: str) -> int:
+    """The first 64 bits of a hex content hash, as a signed 64-bit integer.
+
+    Items are matched to cached features by this key, as plain integers. Two different
+    images share it with a chance of about 1 in 370,000 among 10M items (a birthday bound
+    of n^2 / 2^65).
+    """
+    return int(sha256[:16], 16) - (1 << 63)
+
+
+def _add_functions(db: sqlite3.Connection) -> None:
+    """The SQL functions the migrations use."""
+    db.create_function("sha_key", 1, sha_key, deterministic=True)
+
+
 def _tables_by_version() -> list[frozenset[str]]:
     """The tables a database of each schema version has (index = version)."""
     memory = sqlite3.connect(":memory:")
+    _add_functions(memory)
     found = [frozenset[str]()]
     for script in MIGRATIONS:
         memory.executescript(script)
@@ -179,9 +210,6 @@ def _tables_by_version() -> list[frozenset[str]]:
         found.append(frozenset(str(r[0]) for r in rows))
     memory.close()
     return found
-
-
-_TABLES = _tables_by_version()
 
 
 _TABLES = _tables_by_version()
@@ -213,6 +241,7 @@ class Database:
     def _open(self) -> None:
         """Check that the file is ours and not newer, and only then change anything."""
         self._db.row_factory = sqlite3.Row
+        _add_functions(self._db)
         try:
             self._check_ours()
             self._db.execute("PRAGMA foreign_keys = ON")

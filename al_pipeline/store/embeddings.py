@@ -1,19 +1,33 @@
-"""The embedding cache's index: which feature file row holds an item's features."""
+"""The embedding cache's index: which feature file row holds which content, by blocks.
+
+Each append to a feature file is indexed as one block: its first row, and the content key
+(:func:`~al_pipeline.store.db.sha_key`) and CRC-32 of each of its rows as arrays. Opening
+the index of 10M rows reads a few thousand blobs, not 10M rows.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from al_pipeline.store.db import Database, now
+import numpy as np
+from numpy.typing import NDArray
+
+from al_pipeline.store.db import Database, now, sha_key
+
+# A row's checksum when the row holds nothing (never indexed, or failed its check), and
+# when it was indexed before checksums existed (schema 3) and has not been checked yet.
+NO_ROW = -1
+UNCHECKED = -2
 
 
 @dataclass(frozen=True)
-class CachedRow:
-    """Where an item's features are in a feature file, and their checksum (CRC-32)."""
+class Block:
+    """Consecutive rows of a feature file: their content keys and checksums."""
 
-    row: int
-    crc: int | None
+    first_row: int
+    keys: NDArray[np.int64]
+    crcs: NDArray[np.int64]
 
 
 class Embeddings(Database):
@@ -28,13 +42,40 @@ class Embeddings(Database):
                 " weights_digest, dim, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (digest, backbone, image_size, weights_digest, dim, now()),
             )
+            self._move_rows_into_blocks(digest)
 
-    def embedding_index(self, digest: str) -> dict[str, CachedRow]:
-        """Every cached row of a feature file: content hash -> row and checksum."""
+    def _move_rows_into_blocks(self, digest: str) -> None:
+        """Index a cache indexed a row per item (schema < 7) by blocks instead."""
         rows = self._db.execute(
-            "SELECT sha256, row, crc FROM embedding_rows WHERE digest = ?", (digest,)
+            "SELECT sha256, row, crc FROM embedding_rows WHERE digest = ? ORDER BY row",
+            (digest,),
+        ).fetchall()
+        if not rows:
+            return
+        count = int(rows[-1][1]) + 1
+        keys = np.zeros(count, np.int64)
+        crcs = np.full(count, NO_ROW, np.int64)
+        for sha, row, crc in rows:
+            keys[row] = sha_key(sha)
+            crcs[row] = UNCHECKED if crc is None else crc
+        self._db.execute("DELETE FROM embedding_rows WHERE digest = ?", (digest,))
+        self._insert_block(digest, Block(0, keys, crcs))
+
+    def embedding_blocks(self, digest: str) -> list[Block]:
+        """Every block of a feature file's index, in row order."""
+        rows = self._db.execute(
+            "SELECT first_row, keys, crcs FROM embedding_blocks WHERE digest = ?"
+            " ORDER BY first_row",
+            (digest,),
         )
-        return {r[0]: CachedRow(int(r[1]), None if r[2] is None else int(r[2])) for r in rows}
+        return [
+            Block(
+                int(r[0]),
+                np.frombuffer(r[1], np.int64).copy(),
+                np.frombuffer(r[2], np.int64).copy(),
+            )
+            for r in rows
+        ]
 
     def embedding_file_state(self, digest: str) -> tuple[int, int] | None:
         """(size, mtime_ns) of the feature file after this workspace last wrote it."""
@@ -43,26 +84,27 @@ class Embeddings(Database):
         ).fetchone()
         return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
 
-    def add_embedding_rows(
-        self,
-        digest: str,
-        rows: Sequence[tuple[str, int, int]],
-        file_state: tuple[int, int] | None,
-        drop: Sequence[str] = (),
+    def add_embedding_blocks(
+        self, digest: str, blocks: Sequence[Block], file_state: tuple[int, int] | None
     ) -> None:
-        """Index ``(sha256, row, crc)`` rows (and forget the ``drop`` ones), and record the
-        file's state after the write: one transaction."""
+        """Index (or re-index: same first row) blocks of rows, and record the file's state
+        after the write: one transaction."""
         with self.atomic():
-            self._db.executemany(
-                "DELETE FROM embedding_rows WHERE digest = ? AND sha256 = ?",
-                [(digest, sha) for sha in drop],
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO embedding_rows (digest, sha256, row, crc)"
-                " VALUES (?, ?, ?, ?)",
-                [(digest, sha, row, crc) for sha, row, crc in rows],
-            )
+            for block in blocks:
+                self._insert_block(digest, block)
             self._db.execute(
                 "UPDATE embedding_sets SET file_size = ?, file_mtime_ns = ? WHERE digest = ?",
                 (*(file_state or (None, None)), digest),
             )
+
+    def _insert_block(self, digest: str, block: Block) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO embedding_blocks (digest, first_row, keys, crcs)"
+            " VALUES (?, ?, ?, ?)",
+            (
+                digest,
+                block.first_row,
+                np.ascontiguousarray(block.keys, np.int64).tobytes(),
+                np.ascontiguousarray(block.crcs, np.int64).tobytes(),
+            ),
+        )

@@ -44,7 +44,7 @@ def check_queue(state: State, queued: Sequence[QueuedItem], size: int) -> None:
     test_ids = {i.item_id for i in state.labelled_items("test")}
     visible = {i.item_id for i in state.labelled_items("train")}
     assert not set(ids) & (test_ids | visible)
-    assert not {i.item_id for i in state.selectable_items()} & set(ids)
+    assert not set(state.selectable().ids.tolist()) & set(ids)
 
 
 def test_cold_start_round_then_every_strategy_with_a_model(oracle_ws: Config) -> None:
@@ -155,7 +155,7 @@ def test_unfinished_round_needs_min_labelled_and_returns_the_rest(oracle_ws: Con
             finish(config, state, half, SETTINGS)
         done = finish(config, state, half, SETTINGS, min_labelled=10)
         assert done.returned == 10 and done.history.labelled == 10
-        back = {i.item_id for i in state.selectable_items()}
+        back = set(state.selectable().ids.tolist())
         returned = {q.item_id for q in state.queue(started.round_id) if q.state == "returned"}
         assert len(returned) == 10 and returned <= back
 

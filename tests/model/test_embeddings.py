@@ -8,10 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from al_pipeline.config import Config
 from al_pipeline.model.backbones import Weights, build_backbone
-from al_pipeline.model.embeddings import embed
+from al_pipeline.model.embeddings import Embedded, EmbeddingCache, embed, widen
+from al_pipeline.store.db import sha_key
 from al_pipeline.store.state import State
 
 
@@ -19,7 +21,7 @@ def test_a_damaged_feature_file_is_found_and_its_rows_computed_again(
     workspace: Config, state: State, tmp_path: Path, make_images: Callable[..., list[Path]]
 ) -> None:
     backbone = build_backbone("basic_cnn", 32, Weights("none"), workspace.keras_home)
-    items = [(f"{i:064x}", p) for i, p in enumerate(make_images(tmp_path / "p", 6))]
+    items = [(f"{i:016x}" * 4, p) for i, p in enumerate(make_images(tmp_path / "p", 6))]
     first = embed(state, workspace.cache_dir, backbone, items)
     clean = first.features()
     file = first.cache.file
@@ -39,19 +41,82 @@ def test_a_damaged_feature_file_is_found_and_its_rows_computed_again(
     np.testing.assert_array_equal(rebuilt.features(), clean)
 
 
-def test_rows_cached_before_checksums_are_trusted_once_and_checked_after(
-    workspace: Config, state: State, tmp_path: Path, make_images: Callable[..., list[Path]]
+def _index_a_row_per_item(database: Path, shas: list[str], checksums: bool) -> None:
+    """Index the cache as schema 6 did (a row per item), or as schema 3 did (no checksums,
+    no file state)."""
+    by_key = {sha_key(sha): sha for sha in shas}
+    with sqlite3.connect(database) as db:
+        for digest, first, keys, crcs in db.execute("SELECT * FROM embedding_blocks").fetchall():
+            for offset, (key, crc) in enumerate(
+                zip(np.frombuffer(keys, np.int64), np.frombuffer(crcs, np.int64), strict=True)
+            ):
+                db.execute(
+                    "INSERT INTO embedding_rows (digest, sha256, row, crc) VALUES (?, ?, ?, ?)",
+                    (digest, by_key[int(key)], first + offset, int(crc) if checksums else None),
+                )
+        db.execute("DELETE FROM embedding_blocks")
+        if not checksums:
+            db.execute("UPDATE embedding_sets SET file_size = NULL, file_mtime_ns = NULL")
+    db.close()
+
+
+@pytest.mark.parametrize("checksums", [True, False], ids=["schema-6", "schema-3"])
+def test_a_cache_indexed_a_row_per_item_moves_into_blocks_and_is_reused(
+    workspace: Config,
+    state: State,
+    tmp_path: Path,
+    make_images: Callable[..., list[Path]],
+    checksums: bool,
 ) -> None:
     backbone = build_backbone("basic_cnn", 32, Weights("none"), workspace.keras_home)
-    items = [(f"{i:064x}", p) for i, p in enumerate(make_images(tmp_path / "p", 4))]
-    embed(state, workspace.cache_dir, backbone, items)
-    with sqlite3.connect(workspace.database) as db:  # as a schema-3 workspace left them
-        db.execute("UPDATE embedding_rows SET crc = NULL")
-        db.execute("UPDATE embedding_sets SET file_size = NULL, file_mtime_ns = NULL")
-    db.close()
-    assert embed(state, workspace.cache_dir, backbone, items).computed == 0
+    items = [(f"{i:016x}" * 4, p) for i, p in enumerate(make_images(tmp_path / "p", 4))]
+    clean = embed(state, workspace.cache_dir, backbone, items).features()
+    _index_a_row_per_item(workspace.database, [sha for sha, _ in items], checksums)
+
+    again = embed(state, workspace.cache_dir, backbone, items)
+    assert (again.computed, again.cache.damaged) == (0, 0)
+    np.testing.assert_array_equal(again.features(), clean)
     with sqlite3.connect(workspace.database) as db:
-        assert (
-            db.execute("SELECT COUNT(*) FROM embedding_rows WHERE crc IS NULL").fetchone()[0] == 0
-        )
+        assert db.execute("SELECT COUNT(*) FROM embedding_rows").fetchone()[0] == 0
+        crcs = [
+            np.frombuffer(r[0], np.int64) for r in db.execute("SELECT crcs FROM embedding_blocks")
+        ]
     db.close()
+    assert (np.concatenate(crcs) >= 0).all()  # unchecked rows got their checksum
+
+
+def test_lookup_finds_each_key_at_its_latest_row_and_misses_the_rest(
+    workspace: Config, state: State
+) -> None:
+    backbone = build_backbone("basic_cnn", 32, Weights("none"), workspace.keras_home)
+    cache = EmbeddingCache(state, workspace.cache_dir, backbone)
+    features = np.arange(4 * backbone.dim, dtype=np.float32).reshape(4, -1)
+    cache.append(np.array([30, 10, 20], np.int64), features[:3])
+    cache.append(np.array([10], np.int64), features[3:])  # computed again: the later row wins
+    rows = cache.lookup(np.array([10, 20, 30, 40, -(2**63)], np.int64))
+    np.testing.assert_array_equal(rows, [3, 2, 0, -1, -1])
+    reopened = EmbeddingCache(state, workspace.cache_dir, backbone)
+    np.testing.assert_array_equal(reopened.lookup(np.array([10, 40], np.int64)), [3, -1])
+    np.testing.assert_array_equal(reopened.read(np.array([3, 1])), features[[3, 1]])
+
+
+def test_map_streams_rows_in_file_order_and_answers_in_request_order(
+    workspace: Config, state: State
+) -> None:
+    backbone = build_backbone("basic_cnn", 32, Weights("none"), workspace.keras_home)
+    cache = EmbeddingCache(state, workspace.cache_dir, backbone)
+    rng = np.random.default_rng(0)
+    cache.append(np.arange(100, dtype=np.int64), rng.random((100, backbone.dim)))
+    rows = np.concatenate([rng.permutation(40), [99, 70, 41]]).astype(np.int64)  # near and far
+    embedded = Embedded(cache, rows, np.arange(len(rows)), computed=0)
+    mapped = embedded.map(lambda x: x[:, :3] * 2, size=7)
+    assert mapped is not None
+    np.testing.assert_array_equal(mapped, cache.read(rows)[:, :3] * 2)
+
+
+def test_widen_is_numpy_cast_for_every_half_precision_value() -> None:
+    every = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    finite = every[np.isfinite(every)].reshape(-1, 8)
+    np.testing.assert_array_equal(widen(finite), finite.astype(np.float32))  # subnormals too
+    special = np.array([[np.inf, -np.inf, np.nan, 1.5]], np.float16)
+    np.testing.assert_array_equal(widen(special), special.astype(np.float32))

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from al_pipeline.config import Config
 from al_pipeline.errors import StateError
 from al_pipeline.records import RoundParams
-from al_pipeline.store.db import SCHEMA_VERSION
+from al_pipeline.store.db import MIGRATIONS, SCHEMA_VERSION, sha_key
 from al_pipeline.store.items import ImageFile, NewItem
 from al_pipeline.store.labels import PulledLabel
 from al_pipeline.store.rounds import QueueEntry
@@ -222,3 +222,61 @@ def test_lookups_by_many_ids_cross_the_parameter_limit(tmp_path: Path) -> None:
         assert len(state.oracle_labels(ids)) == count
         state.record_pulled(None, [PulledLabel(i, "b", "human") for i in ids])
         assert len(state.current_labels(ids)) == count
+
+
+# The definitions the column-wise queries must agree with: one join per item.
+SELECTABLE = (
+    "SELECT i.id FROM items i WHERE i.status = 'pool' AND i.flag IS NULL"
+    " AND (i.split IS NULL OR i.split = 'train')"
+    " AND NOT EXISTS (SELECT 1 FROM current_labels l WHERE l.item_id = i.id) ORDER BY i.id"
+)
+STATS = (
+    "SELECT p.name, l.class_name, COUNT(*),"
+    " SUM(l.item_id IS NOT NULL AND (i.split IS NULL OR i.split = 'train')),"
+    " SUM(i.split = 'test'), SUM(i.status = 'queued')"
+    " FROM items i JOIN pools p ON p.id = i.pool_id"
+    " LEFT JOIN current_labels l ON l.item_id = i.id"
+    " GROUP BY p.name, l.class_name ORDER BY p.id, l.class_name"
+)
+
+
+def test_selectable_items_and_pool_stats_agree_with_a_join_per_item(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    with State(path) as state:
+        a, b = state.add_pool("a", tmp_path), state.add_pool("b", tmp_path)
+        state.insert_items(a.id, [_item(n, "x" if n % 3 == 0 else None) for n in range(1, 13)])
+        state.insert_items(b.id, [_item(n, "y" if n % 2 else None) for n in range(20, 26)])
+        state.assign_split({3: "test", 6: "train", 14: "test"})
+        queued = [QueueEntry(n, n, None, None, None) for n in (1, 2, 4, 5, 15)]
+        round_id = state.start_round("margin", "oracle", RoundParams(), queued)
+        state.record_pulled(round_id, [PulledLabel(1, "y", "human")], skipped=[2])
+        state.close_round(round_id)
+        state.start_round("margin", "oracle", RoundParams(), [QueueEntry(7, 0, None, None, None)])
+        selectable, stats = state.selectable(), state.pool_stats()
+    with sqlite3.connect(path) as db:
+        expected_ids = [r[0] for r in db.execute(SELECTABLE)]
+        expected_stats = [
+            (p, c, n, tr or 0, te or 0, q or 0) for p, c, n, tr, te, q in db.execute(STATS)
+        ]
+    db.close()
+    assert selectable.ids.tolist() == expected_ids and len(expected_ids) > 0
+    assert [(s.pool, s.class_name, s.items, s.train, s.test, s.queued) for s in stats] == (
+        expected_stats
+    )
+
+
+def test_migration_7_keys_the_items_a_workspace_already_has(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    with sqlite3.connect(path) as db:
+        for number, script in enumerate(MIGRATIONS[:6], start=1):
+            db.executescript(f"{script}\nPRAGMA user_version = {number};")
+        db.execute("INSERT INTO pools (name, root, created_at) VALUES ('p', '.', 'now')")
+        db.execute(
+            "INSERT INTO items (pool_id, relpath, sha256, size, mtime_ns, format, width, height,"
+            " added_at) VALUES (1, 'a.png', ?, 1, 1, 'PNG', 1, 1, 'now')",
+            ("f" * 16 + "0" * 48,),
+        )
+    db.close()
+    with State(path) as state:
+        assert state.version == SCHEMA_VERSION
+        assert state.selectable().keys.tolist() == [sha_key("f" * 64)] == [2**63 - 1]

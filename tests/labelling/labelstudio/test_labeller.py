@@ -149,7 +149,7 @@ def test_a_full_round_through_label_studio(
         assert done.history.labelled == 15 and done.history.accuracy > 0.5
         assert done.history.labeller == "labelstudio"
         skipped_item = skipped_task.data["al_item"]
-        assert skipped_item not in {i.item_id for i in state.selectable_items()}
+        assert skipped_item not in set(state.selectable().ids.tolist())
         labels = state.current_labels(list(by_item))
         assert {i: c for i, (c, _) in labels.items()} == {
             i: truth[i] for i in by_item if i != skipped_item
@@ -279,7 +279,7 @@ def test_an_item_picked_again_after_a_partial_round_keeps_its_one_task(
         finish(config, state, labeller, SETTINGS, partial=True)
         returned = {t.data["al_item"]: t.id for t in tasks[1:]}
 
-        everything = len(state.selectable_items())
+        everything = len(state.selectable())
         second = start(config, state, labeller, strategy="margin", size=everything)
         assert set(returned) <= {q.item_id for q in second.queued}
         items = [t.data["al_item"] for t in client.tasks.list(project=project, fields="all")]
