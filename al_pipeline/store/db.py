@@ -10,11 +10,13 @@ continues.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Self
+
+import numpy as np
 
 from al_pipeline.errors import StateError, explain
 
@@ -160,13 +162,16 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (round_id, item_id)
     );
     """,
-    # 7: columns that scale to 10M items. Each item keeps the first 64 bits of its content
-    # hash as an integer, so a round reads the pool as two integer columns, and the
-    # embedding cache is indexed by blocks of rows (keys and checksums as arrays), not by a
-    # row per item; the old per-item index moves into blocks when its cache is next opened.
+    # 7: what a round reads at 10M items, as arrays by blocks rather than a row per item:
+    # the content key (see sha_key) of every item, filled in by _key_items, and the
+    # embedding cache's index (the old one moves into blocks when its cache is next
+    # opened). The partial index finds the few items a round may not pick.
     """
-    ALTER TABLE items ADD COLUMN sha_key INTEGER;
-    UPDATE items SET sha_key = sha_key(sha256);
+    CREATE TABLE item_keys (
+        first_id INTEGER PRIMARY KEY,
+        ids BLOB NOT NULL,
+        keys BLOB NOT NULL
+    );
     CREATE TABLE embedding_blocks (
         digest TEXT NOT NULL REFERENCES embedding_sets(digest),
         first_row INTEGER NOT NULL,
@@ -174,6 +179,8 @@ MIGRATIONS: tuple[str, ...] = (
         crcs BLOB NOT NULL,
         PRIMARY KEY (digest, first_row)
     );
+    CREATE INDEX items_held ON items(id)
+        WHERE status <> 'pool' OR flag IS NOT NULL OR split IS 'test';
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -194,15 +201,36 @@ def sha_key(sha256: str) -> int:
     return int(sha256[:16], 16) - (1 << 63)
 
 
-def _add_functions(db: sqlite3.Connection) -> None:
-    """The SQL functions the migrations use."""
-    db.create_function("sha_key", 1, sha_key, deterministic=True)
+def insert_key_block(db: sqlite3.Connection, ids: Sequence[int], shas: Sequence[str]) -> None:
+    """Record the content keys of items just inserted, as one block."""
+    if ids:
+        db.execute(
+            "INSERT INTO item_keys (first_id, ids, keys) VALUES (?, ?, ?)",
+            (
+                ids[0],
+                np.array(ids, np.int64).tobytes(),
+                np.array([sha_key(sha) for sha in shas], np.int64).tobytes(),
+            ),
+        )
+
+
+def _key_items(db: sqlite3.Connection) -> None:
+    """Migration 7's second step: the content keys of the items already there."""
+    last = 0
+    while rows := db.execute(
+        "SELECT id, sha256 FROM items WHERE id > ? ORDER BY id LIMIT 100000", (last,)
+    ).fetchall():
+        insert_key_block(db, [r[0] for r in rows], [r[1] for r in rows])
+        last = rows[-1][0]
+
+
+# Steps in Python that follow a migration's script, in the same transaction.
+MIGRATION_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {7: _key_items}
 
 
 def _tables_by_version() -> list[frozenset[str]]:
     """The tables a database of each schema version has (index = version)."""
     memory = sqlite3.connect(":memory:")
-    _add_functions(memory)
     found = [frozenset[str]()]
     for script in MIGRATIONS:
         memory.executescript(script)
@@ -241,7 +269,6 @@ class Database:
     def _open(self) -> None:
         """Check that the file is ours and not newer, and only then change anything."""
         self._db.row_factory = sqlite3.Row
-        _add_functions(self._db)
         try:
             self._check_ours()
             self._db.execute("PRAGMA foreign_keys = ON")
@@ -343,9 +370,17 @@ class Database:
             )
         for number in range(current + 1, SCHEMA_VERSION + 1):
             script = MIGRATIONS[number - 1]
-            self._db.executescript(
-                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
-            )
+            try:
+                self._db.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};"
+                )
+                if number in MIGRATION_STEPS:
+                    MIGRATION_STEPS[number](self._db)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def get_meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
