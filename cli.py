@@ -380,6 +380,32 @@ def train(
 
 @app.command()
 @handles_errors
+def embed(
+    engine: Annotated[
+        str, typer.Option(help="local (this process) or ray (a pool of Ray workers).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Join this Ray cluster (auto, or HOST:PORT); default: a local Ray."),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Ray workers, each holding a backbone.")] = 2,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per Ray worker.")] = 0.0,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per backbone call (default: by device).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compute the backbone features of every item not cached yet (rounds reuse them)."""
+    from al_pipeline.model.engines import EmbedPlan, embed_workspace
+
+    plan = EmbedPlan(engine, ray_address, workers, gpus_per_worker, batch_size)
+    with workspace("al embed") as (config, state, progress):
+        report = embed_workspace(config, state, plan, progress)
+    emit(report, as_json, views.embedded)
+
+
+@app.command()
+@handles_errors
 def evaluate(
     checkpoint: CheckpointTag = None,
     as_json: JsonFlag = False,

@@ -22,11 +22,14 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from al_pipeline.ingest.folders import IngestReport
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from al_pipeline.loop.rounds import RoundFinished, RoundStarted, RunReport
     from al_pipeline.loop.status import RoundStatus
     from al_pipeline.model.devices import Info
+    from al_pipeline.model.engines import EmbedReport
     from al_pipeline.model.evaluate import EvaluationReport
     from al_pipeline.model.export import ModelExported
     from al_pipeline.model.predict import Prediction
@@ -107,14 +111,23 @@ def stamped(line: str) -> None:
     out.print(f"[dim]{datetime.now():%H:%M:%S}[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
+class RateColumn(ProgressColumn):
+    """Items per second, once there is a rate to show."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if not speed else f"{speed:,.0f}/s")
+
+
 class BarProgress:
-    """Draws one rich progress bar per phase on stderr."""
+    """Draws one rich progress bar per phase on stderr: done / total, rate, time."""
 
     def __init__(self) -> None:
         self._bars = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            RateColumn(),
             TimeElapsedColumn(),
             console=err,
             transient=False,
@@ -242,6 +255,17 @@ def metrics(values: Metrics, title: str) -> None:
     for name, cells in zip(values.classes, values.confusion_matrix, strict=True):
         matrix.add_row(name, *(str(v) for v in cells))
     out.print(matrix)
+
+
+def embedded(report: EmbedReport) -> None:
+    out.print(
+        f"{report.items} items, {report.cached} already cached; features computed for "
+        f"{report.computed} with {report.backbone} at {report.image_size} px"
+        f" ({report.engine} engine, {report.workers} worker(s)) in {report.seconds:.1f} s"
+        + (f", {report.per_second:,.1f} images/s" if report.computed else "")
+    )
+    for item_id, why in report.failures:
+        err.print(f"[yellow]Unreadable[/] item {item_id}: {why}")
 
 
 def _skipped(skipped: Sequence[tuple[str, str]]) -> None:

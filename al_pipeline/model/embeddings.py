@@ -289,7 +289,18 @@ def sha_keys(shas: Sequence[str]) -> NDArray[np.int64]:
     return np.fromiter((sha_key(sha) for sha in shas), np.int64, len(shas))
 
 
+# The ``(sha256, path)`` of the items at some positions of a request.
 Files = Callable[[NDArray[np.int64]], Sequence[tuple[str, Path]]]
+Failures = list[tuple[int, str]]
+
+
+class Compute(Protocol):
+    """Computes and appends the features of the items at ``missing`` positions; returns
+    ``(position, reason)`` for those that could not be decoded."""
+
+    def __call__(
+        self, cache: EmbeddingCache, missing: NDArray[np.int64], files: Files, progress: Progress
+    ) -> Failures: ...
 
 
 def embed(
@@ -300,7 +311,7 @@ def embed(
     progress: Progress = silent,
 ) -> Embedded:
     """Return cached features for ``(sha256, path)`` items, computing only the missing ones."""
-    return _embed(
+    return embed_keys(
         EmbeddingCache(state, directory, backbone),
         sha_keys([sha for sha, _ in items]),
         lambda positions: [items[p] for p in positions.tolist()],
@@ -313,29 +324,33 @@ def embed_pool(
 ) -> Embedded:
     """:func:`embed` for items given as columns; only the items whose features must be
     computed are read from the database."""
-    return _embed(
+    return embed_keys(
         EmbeddingCache(state, config.cache_dir, backbone),
         pool.keys,
-        lambda positions: item_files(config, state.item_refs(pool.ids[positions].tolist())),
+        pool_files(config, state, pool),
         progress,
     )
 
 
-def _embed(
-    cache: EmbeddingCache, keys: NDArray[np.int64], files: Files, progress: Progress
+def pool_files(config: Config, state: State, pool: ItemKeys) -> Files:
+    """The files of the items at some positions of ``pool``, from the database."""
+    return lambda positions: item_files(config, state.item_refs(pool.ids[positions].tolist()))
+
+
+def embed_keys(
+    cache: EmbeddingCache,
+    keys: NDArray[np.int64],
+    files: Files,
+    progress: Progress = silent,
+    compute: Compute | None = None,
 ) -> Embedded:
-    """Features for items with these content keys; ``files`` gives the ``(sha256, path)``
-    of the items at some positions, for the ones not cached yet."""
+    """Features for items with these content keys; the ones not cached yet are computed by
+    ``compute`` (default: :func:`compute_here`)."""
     rows = cache.lookup(keys)
     missing = np.flatnonzero(rows < 0)
     _, last = np.unique(keys[missing][::-1], return_index=True)
     missing = np.sort(missing[::-1][last])  # one position per content
-    failures: list[tuple[int, str]] = []
-    progress("Computing features", 0, len(missing))
-    for start in range(0, len(missing), EMBED_CHUNK):
-        positions = missing[start : start + EMBED_CHUNK]
-        failures += _compute(cache, positions, files(positions))
-        progress("Computing features", start + len(positions), len(missing))
+    failures = (compute or compute_here)(cache, missing, files, progress)
     if len(missing):
         rows = cache.lookup(keys)
     kept = np.flatnonzero(rows >= 0)
@@ -348,17 +363,29 @@ def _embed(
     )
 
 
-def _compute(
-    cache: EmbeddingCache, positions: NDArray[np.int64], files: Sequence[tuple[str, Path]]
-) -> list[tuple[int, str]]:
-    """Run the backbone over these files and append their rows; returns the failures."""
-    size = scoring_batch()
-    failures = []
-    for batch in image_batches([path for _, path in files], cache.backbone.image_size, size):
-        if batch.indices:
-            features = predict_padded(cache.backbone.model, batch.pixels, size)
-            cache.append(sha_keys([files[j][0] for j in batch.indices]), features)
-        failures += [(int(positions[j]), reason) for j, reason in batch.failures]
+def compute_here(
+    cache: EmbeddingCache,
+    missing: NDArray[np.int64],
+    files: Files,
+    progress: Progress,
+    batch_size: int | None = None,
+) -> Failures:
+    """Decode and run the backbone in this process, a chunk of items at a time (so that
+    the paths of millions of items are never all in memory)."""
+    size = batch_size or scoring_batch()
+    failures: Failures = []
+    progress("Computing features", 0, len(missing))
+    for start in range(0, len(missing), EMBED_CHUNK):
+        positions = missing[start : start + EMBED_CHUNK]
+        chunk = files(positions)
+        done = start
+        for batch in image_batches([path for _, path in chunk], cache.backbone.image_size, size):
+            if batch.indices:
+                features = predict_padded(cache.backbone.model, batch.pixels, size)
+                cache.append(sha_keys([chunk[j][0] for j in batch.indices]), features)
+            failures += [(int(positions[j]), reason) for j, reason in batch.failures]
+            done += len(batch.indices) + len(batch.failures)
+            progress("Computing features", done, len(missing))
     return failures
 
 

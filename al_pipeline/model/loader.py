@@ -84,7 +84,9 @@ def _decode_rows(paths: Sequence[Path], offset: int, size: int, out: NDArray[np.
     return failures
 
 
-def _decode_chunk(paths: Sequence[Path], offset: int, size: int) -> Batch:
+def decode_chunk(paths: Sequence[Path], offset: int, size: int) -> Batch:
+    """Decode ``paths`` (positions from ``offset``) in this thread: the decoder every
+    engine uses."""
     out = np.empty((len(paths), size, size, 3), np.uint8)
     failures = _decode_rows(paths, 0, size, out)
     failed = {row for row, _ in failures}
@@ -131,7 +133,7 @@ def _thread_batches(
         pending: deque[Future[Batch]] = deque()
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            pending.append(pool.submit(_decode_chunk, chunk, start, size))
+            pending.append(pool.submit(decode_chunk, chunk, start, size))
             if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:

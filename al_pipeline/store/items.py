@@ -295,6 +295,15 @@ class Items(Labels):
             for r in rows
         ]
 
+    def item_keys(self) -> ItemKeys:
+        """Every item of the workspace, as columns (from the key blocks: no row per item)."""
+        blocks = self._db.execute("SELECT ids, keys FROM item_keys ORDER BY first_id").fetchall()
+        empty = np.zeros(0, np.int64)
+        return ItemKeys(
+            np.concatenate([empty, *(np.frombuffer(b[0], np.int64) for b in blocks)]),
+            np.concatenate([empty, *(np.frombuffer(b[1], np.int64) for b in blocks)]),
+        )
+
     def selectable(self) -> ItemKeys:
         """Unlabelled, non-test items not queued in a round and not flagged (skipped by a
         labeller): what a strategy picks from.
@@ -303,13 +312,8 @@ class Items(Labels):
         (labelled, queued, flagged, test) are taken out: 10M items take a second and 160 MB,
         where reading them row by row took minutes and gigabytes.
         """
-        blocks = self._db.execute("SELECT ids, keys FROM item_keys ORDER BY first_id").fetchall()
-        ids = np.concatenate(
-            [np.zeros(0, np.int64)] + [np.frombuffer(b[0], np.int64) for b in blocks]
-        )
-        keys = np.concatenate(
-            [np.zeros(0, np.int64)] + [np.frombuffer(b[1], np.int64) for b in blocks]
-        )
+        every = self.item_keys()
+        ids, keys = every.ids, every.keys
         held = self._db.execute(
             "SELECT id FROM items WHERE status <> 'pool' OR flag IS NOT NULL OR split IS 'test'"
             " UNION SELECT item_id FROM labels WHERE retired_at IS NULL"

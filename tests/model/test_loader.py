@@ -27,7 +27,7 @@ def _inline(files: list[Path], size: int) -> tuple[dict[int, np.ndarray], dict[i
     pixels: dict[int, np.ndarray] = {}
     failures: dict[int, str] = {}
     for position, path in enumerate(files):
-        batch = loader._decode_chunk([path], position, size)
+        batch = loader.decode_chunk([path], position, size)
         if batch.indices:
             pixels[position] = decode(path, size)
         failures.update(batch.failures)
