@@ -32,8 +32,11 @@ if TYPE_CHECKING:
     from al_pipeline.store.state import State
 
 # TensorFlow's start-up chatter (CPU features, oneDNN) and its retracing notices (each
-# round builds a new head on purpose) mean nothing to a user.
+# round builds a new head on purpose) mean nothing to a user; nor does Ray's (below).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Ray's core logs, in this process, that an actor's constructor arguments wait in its
+# object store (Ray Data's own arguments, harmless here); failures still raise.
+os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 app = typer.Typer(

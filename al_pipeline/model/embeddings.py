@@ -22,6 +22,7 @@ from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits
 
 from al_pipeline.config import Config
 from al_pipeline.ingest.images import file_state
@@ -272,7 +273,9 @@ class Embedded:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             stream = _Stream(self.cache, fd, size)
             starts = range(0, len(order), size)
-            with ThreadPoolExecutor(2) as pool:
+            # One BLAS thread per chunk: two threads each running a multithreaded BLAS
+            # oversubscribe the cores (a third slower on two).
+            with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(2) as pool:
                 parts = list(
                     pool.map(lambda s: fn(stream.features(ascending[s : s + size])), starts)
                 )
