@@ -1,17 +1,19 @@
 """[embed] Pooled backbone features per item, computed once and cached on disk.
 
-Features live in one float16 file per *digest* (backbone + input size + weights); the
-state database indexes its rows by blocks (each row's content key and checksum). A
+Features live in float16 files per *digest* (backbone + input size + weights): the cache's
+own file, which this process appends to, and a shard file per Ray worker that wrote some.
+The state database indexes their rows by blocks (each row's content key and checksum). A
 different backbone or weights means a different digest, so nothing stale is ever reused,
-and new items only append rows. Rows are written to the file before they are indexed, so
-a crash leaves at worst unindexed rows at the end (overwritten by the next append), never
-an index pointing at nothing.
+and new items only append rows. Rows are written to a file before they are indexed, so a
+crash leaves at worst unindexed rows in a file (never read), never an index pointing at
+nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import threading
 import zlib
 from collections.abc import Callable, Sequence
@@ -38,6 +40,10 @@ from al_pipeline.store.state import State
 DTYPE = np.float16
 # Items whose paths are resolved and decoded at a time when features are computed.
 EMBED_CHUNK = 50_000
+# A row number is ``shard << SHARD_BITS | row in that shard's file``. Shard 0 is the file
+# this process appends to; Ray workers each write a shard of their own (ShardWriter).
+SHARD_BITS = 32
+_IN_SHARD = (1 << SHARD_BITS) - 1
 # Rows widened from float16 at a time (a block stays in the processor's cache).
 WIDEN_BLOCK = 256
 # Half-precision bits: sign, and the rest (exponent and mantissa); exponent 31 is inf/NaN.
@@ -70,55 +76,76 @@ class EmbeddingCache:
             self.digest, backbone.name, backbone.image_size, backbone.weights_digest, self.dim
         )
         self._blocks = state.embedding_blocks(self.digest)
-        self._table: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None
-        self._end: int | None = None
-        recorded = state.embedding_file_state(self.digest)
+        self._sorted: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None
         self.damaged = 0
-        if self._blocks and recorded != file_state(self.file):
-            self._verify(trust_unchecked=recorded is None)
+        recorded = state.embedding_file_state(self.digest)
+        changed = {0} if recorded != file_state(self.file) else set()
+        shards = state.shard_file_states(self.digest)
+        changed |= {s for s in self._shards() - {0} if shards.get(s) != file_state(self.path(s))}
+        if self._blocks and changed:
+            self._verify(changed, trust_unchecked=recorded is None)
 
     @property
     def _row_bytes(self) -> int:
         return self.dim * np.dtype(DTYPE).itemsize
 
-    @property
-    def rows(self) -> int:
-        """Rows indexed so far (the next append goes there)."""
-        if self._end is None:
-            self._end = max((b.first_row + len(b.keys) for b in self._blocks), default=0)
-        return self._end
-
     def _rows_on_disk(self) -> int:
-        size = self.file.stat().st_size if self.file.exists() else 0
-        return size // self._row_bytes
+        """Whole rows in the cache's own file (shard 0)."""
+        state = file_state(self.file)
+        return 0 if state is None else state[0] // self._row_bytes
 
-    def _verify(self, trust_unchecked: bool) -> None:
-        """Check every indexed row against its checksum; forget the rows that fail.
+    def path(self, shard: int) -> Path:
+        """The feature file of a shard (0: the cache's own file)."""
+        return shard_path(self.file, shard)
+
+    def _shards(self) -> set[int]:
+        return {b.first_row >> SHARD_BITS for b in self._blocks}
+
+    def _table(self, shard: int) -> NDArray[np.float16] | None:
+        """A shard's rows through a memory map (None while the file is empty or missing)."""
+        size = file_state(self.path(shard))
+        if size is None or size[0] < self._row_bytes:
+            return None
+        return np.memmap(self.path(shard), dtype=DTYPE, mode="r").reshape(-1, self.dim)
+
+    def _verify(self, shards: set[int], trust_unchecked: bool) -> None:
+        """Check every indexed row of these shards against its checksum; forget the rows
+        that fail, and record the files' states.
 
         Rows indexed before checksums existed (``trust_unchecked``: the file state was never
         recorded) get their checksum now.
         """
-        on_disk = self._rows_on_disk()
-        table = (
-            np.memmap(self.file, dtype=DTYPE, mode="r").reshape(-1, self.dim) if on_disk else None
-        )
+        tables = {shard: self._table(shard) for shard in shards}
         checked = []
         for block in self._blocks:
-            crcs = block.crcs.copy()
-            for offset in np.flatnonzero(crcs != NO_ROW).tolist():
-                row = block.first_row + offset
-                crc = -1 if table is None or row >= on_disk else zlib.crc32(table[row])
-                trusted = crcs[offset] == UNCHECKED and trust_unchecked
-                crcs[offset] = crc if crc == crcs[offset] or (trusted and crc >= 0) else NO_ROW
-                self.damaged += int(crcs[offset] == NO_ROW)
-            checked.append(Block(block.first_row, block.keys, crcs))
+            shard = block.first_row >> SHARD_BITS
+            if shard not in shards:
+                checked.append(block)
+                continue
+            checked.append(self._check(block, tables[shard], trust_unchecked))
         changed = [
             b
             for b, old in zip(checked, self._blocks, strict=True)
             if not np.array_equal(b.crcs, old.crcs)
         ]
         self.state.add_embedding_blocks(self.digest, changed, file_state(self.file))
+        self.state.record_shard_states(
+            self.digest, {s: file_state(self.path(s)) for s in shards - {0}}
+        )
         self._blocks = checked
+
+    def _check(
+        self, block: Block, table: NDArray[np.float16] | None, trust_unchecked: bool
+    ) -> Block:
+        crcs = block.crcs.copy()
+        on_disk = 0 if table is None else len(table)
+        for offset in np.flatnonzero(crcs != NO_ROW).tolist():
+            row = (block.first_row & _IN_SHARD) + offset
+            crc = -1 if table is None or row >= on_disk else zlib.crc32(table[row])
+            trusted = crcs[offset] == UNCHECKED and trust_unchecked
+            crcs[offset] = crc if crc == crcs[offset] or (trusted and crc >= 0) else NO_ROW
+            self.damaged += int(crcs[offset] == NO_ROW)
+        return Block(block.first_row, block.keys, crcs)
 
     def lookup(self, keys: NDArray[np.int64]) -> NDArray[np.int64]:
         """The row holding each content key's features, or -1.
@@ -140,19 +167,21 @@ class EmbeddingCache:
     def _lookup_table(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Indexed keys sorted, and their rows; for a key indexed twice, the later row is
         last, which :meth:`lookup` picks."""
-        if self._table is None:
+        if self._sorted is None:
             keys = [b.keys[b.crcs != NO_ROW] for b in self._blocks]
             rows = [b.first_row + np.flatnonzero(b.crcs != NO_ROW) for b in self._blocks]
             all_keys = np.concatenate([np.zeros(0, np.int64), *keys])
             all_rows = np.concatenate([np.zeros(0, np.int64), *rows])
             order = np.argsort(all_keys, kind="stable")
-            self._table = (all_keys[order], all_rows[order])
-        return self._table
+            self._sorted = (all_keys[order], all_rows[order])
+        return self._sorted
 
     def append(self, keys: NDArray[np.int64], features: NDArray[np.floating]) -> None:
-        """Write rows after the indexed ones (over any a crash left unindexed), then index
-        them as one block."""
-        first = self.rows
+        """Write rows at the end of the cache's own file, then index them as one block.
+
+        At the end of the file, not of this index: a simulation's copies of the database
+        share the file, and rows one of them indexed must never be overwritten."""
+        first = self._rows_on_disk()
         data = np.ascontiguousarray(features, dtype=DTYPE)
         with self.file.open("ab") as handle:
             handle.truncate(first * self._row_bytes)
@@ -163,28 +192,110 @@ class EmbeddingCache:
         block = Block(first, np.asarray(keys, np.int64), crcs)
         self.state.add_embedding_blocks(self.digest, [block], file_state(self.file))
         self._blocks.append(block)
-        self._table, self._end = None, first + len(data)
+        self._sorted = None
+
+    def index_written(
+        self, rows: NDArray[np.int64], keys: NDArray[np.int64], crcs: NDArray[np.int64]
+    ) -> None:
+        """Index rows a worker wrote to its shard (a block per run of consecutive rows)."""
+        runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(rows) != 1) + 1)
+        blocks = [Block(int(rows[r[0]]), keys[r], crcs[r]) for r in runs if len(r)]
+        self.state.add_embedding_blocks(self.digest, blocks, file_state(self.file))
+        self._blocks += blocks
+        self._sorted = None
+
+    def record_shards(self) -> None:
+        """Record the worker shards' file states, once their writers are done."""
+        shards = self._shards() - {0}
+        self.state.record_shard_states(self.digest, {s: file_state(self.path(s)) for s in shards})
 
     def read(self, rows: NDArray[np.int64]) -> NDArray[np.float32]:
-        """Features for ``rows`` as float32 (reads only those rows through a memory map)."""
+        """Features for ``rows`` as float32 (reads only those rows through memory maps)."""
+        shards = rows >> SHARD_BITS
+        if len(rows) == 0 or (shards == shards[0]).all():
+            return self._read_shard(int(shards[0]) if len(rows) else 0, rows & _IN_SHARD)
+        out = np.empty((len(rows), self.dim), np.float32)
+        for shard in np.unique(shards).tolist():
+            at = shards == shard
+            out[at] = self._read_shard(shard, rows[at] & _IN_SHARD)
+        return out
+
+    def _read_shard(self, shard: int, rows: NDArray[np.int64]) -> NDArray[np.float32]:
         if len(rows) == 0:
             return np.zeros((0, self.dim), np.float32)
-        table = np.memmap(self.file, dtype=DTYPE, mode="r").reshape(-1, self.dim)
+        table = self._table(shard)
+        if table is None:
+            raise FileNotFoundError(f"{self.path(shard)} is missing or empty")
         return widen(table[rows])
 
 
-class _Stream:
-    """Reads ascending rows of a feature file as float32, for a pass over many of them.
+def shard_path(file: Path, shard: int) -> Path:
+    """Shard ``shard`` of the cache whose own file (shard 0) is ``file``."""
+    return file if shard == 0 else file.with_suffix(f".shard-{shard}.f16")
 
-    Rows that lie close together are read as one span with ``preadv`` (no memory map, so a
-    pass over a file larger than memory leaves no pages mapped in the process); scattered
-    rows go through :meth:`EmbeddingCache.read`. Each thread reuses its own buffers: at
-    10M rows, fresh ones for every chunk cost more than the work.
+
+class ShardWriter:
+    """A feature file of one writer's own (a Ray worker's), beside the cache's file.
+
+    It is created under a random shard number no other file has (``O_EXCL``, so writers on
+    several machines sharing the folder never collide), and each batch is appended and
+    synced before its row numbers and checksums go back to the process that indexes them.
     """
 
-    def __init__(self, cache: EmbeddingCache, fd: int, size: int) -> None:
-        self.cache, self.fd, self.size = cache, fd, size
+    def __init__(self, cache_file: Path) -> None:
+        while True:
+            shard = secrets.randbelow(2**31 - 2) + 1
+            path = shard_path(cache_file, shard)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            except FileExistsError:
+                continue
+            self.shard, self.path, self.fd, self.rows = shard, path, fd, 0
+            return
+
+    def write(self, features: NDArray[np.floating]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Append rows; their row numbers and CRC-32s."""
+        data = np.ascontiguousarray(features, dtype=DTYPE)
+        with os.fdopen(os.dup(self.fd), "ab") as handle:
+            handle.write(data.tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        first = (self.shard << SHARD_BITS) | self.rows
+        self.rows += len(data)
+        crcs = np.array([zlib.crc32(row) for row in data], dtype=np.int64)
+        return first + np.arange(len(data), dtype=np.int64), crcs
+
+
+class _Stream:
+    """Reads ascending rows of the feature files as float32, for a pass over many of them.
+
+    Rows that lie close together in one shard are read as one span with ``preadv`` (no
+    memory map, so a pass over a file larger than memory leaves no pages mapped in the
+    process); scattered rows go through :meth:`EmbeddingCache.read`. Each thread reuses its
+    own buffers: at 10M rows, fresh ones for every chunk cost more than the work.
+    """
+
+    def __init__(self, cache: EmbeddingCache, size: int) -> None:
+        self.cache, self.size = cache, size
         self.local = threading.local()
+        self.fds: dict[int, int] = {}
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> _Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+
+    def _fd(self, shard: int) -> int:
+        with self.lock:
+            if shard not in self.fds:
+                fd = os.open(self.cache.path(shard), os.O_RDONLY)
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                self.fds[shard] = fd
+            return self.fds[shard]
 
     def _buffers(self) -> tuple[NDArray[np.float16], NDArray[np.float32]]:
         if not hasattr(self.local, "span"):
@@ -196,10 +307,12 @@ class _Stream:
         """The rows' features, in a buffer this thread's next call overwrites."""
         span_rows = int(rows[-1] - rows[0]) + 1 if len(rows) else 0
         if not len(rows) or span_rows > 2 * self.size or not hasattr(os, "preadv"):
-            return self.cache.read(rows)
+            return self.cache.read(rows)  # scattered, or across shards
         span, out = self._buffers()
         table = span[:span_rows]
-        os.preadv(self.fd, [table.data.cast("B")], int(rows[0]) * self.cache._row_bytes)
+        fd = self._fd(int(rows[0]) >> SHARD_BITS)
+        offset = (int(rows[0]) & _IN_SHARD) * self.cache._row_bytes
+        os.preadv(fd, [table.data.cast("B")], offset)
         half = table if span_rows == len(rows) else table[rows - rows[0]]
         return widen(half, out[: len(rows)])
 
@@ -270,20 +383,15 @@ class Embedded:
             return None
         order = np.argsort(self.rows, kind="stable")
         ascending = self.rows[order]
-        fd = os.open(self.cache.file, os.O_RDONLY)
-        try:
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            stream = _Stream(self.cache, fd, size)
-            starts = range(0, len(order), size)
-            # One BLAS thread per chunk: two threads each running a multithreaded BLAS
-            # oversubscribe the cores (a third slower on two).
-            with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(2) as pool:
-                parts = list(
-                    pool.map(lambda s: fn(stream.features(ascending[s : s + size])), starts)
-                )
-        finally:
-            os.close(fd)
+        starts = range(0, len(order), size)
+        # One BLAS thread per chunk: two threads each running a multithreaded BLAS
+        # oversubscribe the cores (a third slower on two).
+        with (
+            _Stream(self.cache, size) as stream,
+            threadpool_limits(1, user_api="blas"),
+            ThreadPoolExecutor(2) as pool,
+        ):
+            parts = list(pool.map(lambda s: fn(stream.features(ascending[s : s + size])), starts))
         results = np.concatenate(parts)
         unsorted = np.empty_like(results)
         unsorted[order] = results

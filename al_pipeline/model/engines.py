@@ -3,11 +3,11 @@
 The backbone pass over the pool is the expensive step at scale: it runs once per backbone
 and weights, and again after a fine-tune. ``local`` runs it in this process, as a round
 does. ``ray`` runs the same decoder and backbone in a pool of Ray actors (Ray Data's
-``map_batches``), each of which builds the backbone once, on a local Ray started for the
-run or on the cluster at ``--ray-address``. Either way the features come back to this
-process, which appends them to the cache a batch at a time and indexes each batch in one
-transaction: a run killed at any point keeps every batch it indexed, and running it again
-computes only the items still missing.
+``map_batches``), each of which builds the backbone once and writes its features to a
+shard file of its own in the cache's folder, on a local Ray started for the run or on the
+cluster at ``--ray-address``. Row numbers and checksums come back to this process, which
+indexes each batch in one transaction: a run killed at any point keeps every batch it
+indexed, and running it again computes only the items still missing.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from al_pipeline.errors import PipelineError
 from al_pipeline.model.backbones import Backbone, workspace_backbone
 from al_pipeline.model.checkpoints import find_checkpoint, load_checkpoint
 from al_pipeline.model.embeddings import (
-    DTYPE,
     EmbeddingCache,
     Failures,
     Files,
+    ShardWriter,
     compute_here,
     embed_keys,
     pool_files,
@@ -181,7 +181,7 @@ def compute_on_ray(
         dataset = ray.data.from_arrow(list(_blocks(missing, files, rows)))
         results = dataset.map_batches(
             EmbedWorker,
-            fn_constructor_args=(source, batch_size),
+            fn_constructor_args=(source, batch_size, cache.file),
             batch_size=batch_size,
             compute=ray.data.ActorPoolStrategy(size=plan.workers),
             num_cpus=1,
@@ -192,13 +192,14 @@ def compute_on_ray(
         for part in results.iter_batches(batch_size=None, batch_format="numpy"):
             ok = part["reason"] == ""
             if ok.any():
-                cache.append(part["key"][ok], part["features"][ok])
+                cache.index_written(part["row"][ok], part["key"][ok], part["crc"][ok])
             failures += [
                 (int(p), str(r))
                 for p, r in zip(part["position"][~ok], part["reason"][~ok], strict=True)
             ]
             done += len(ok)
             progress("Computing features on Ray", done, len(missing))
+    cache.record_shards()
     return failures
 
 
@@ -223,27 +224,38 @@ def _blocks(missing: NDArray[np.int64], files: Files, rows: int) -> Iterator[Any
 
 class EmbedWorker:
     """A Ray actor: builds the backbone once, then decodes and embeds batches of files
-    with the same decoder and the same fixed batch shape as the local engine."""
+    with the same decoder and the same fixed batch shape as the local engine, and writes
+    the features to a shard file of its own in the cache's folder. Only row numbers and
+    checksums go back to the process that indexes them."""
 
-    def __init__(self, source: BackboneSource, batch_size: int) -> None:
+    def __init__(self, source: BackboneSource, batch_size: int, cache_file: Path) -> None:
         self.backbone = source.build()
         self.batch_size = batch_size
+        self.cache_file = cache_file
+        self.writer: ShardWriter | None = None  # created with the first rows
 
     def __call__(self, batch: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         paths = [Path(str(p)) for p in batch["path"]]
         decoded = decode_chunk(paths, 0, self.backbone.image_size)
-        features = np.zeros((len(paths), self.backbone.dim), DTYPE)
+        features = np.zeros((len(decoded.indices), self.backbone.dim), np.float32)
         for start in range(0, len(decoded.indices), self.batch_size):
-            rows = decoded.indices[start : start + self.batch_size]
             pixels = decoded.pixels[start : start + self.batch_size]
-            features[rows] = predict_padded(self.backbone.model, pixels, self.batch_size)
+            features[start : start + len(pixels)] = predict_padded(
+                self.backbone.model, pixels, self.batch_size
+            )
+        rows = np.full(len(paths), -1, np.int64)
+        crcs = np.full(len(paths), -1, np.int64)
+        if decoded.indices:
+            self.writer = self.writer or ShardWriter(self.cache_file)
+            rows[decoded.indices], crcs[decoded.indices] = self.writer.write(features)
         reasons = np.array([""] * len(paths), dtype=object)
         for row, reason in decoded.failures:
             reasons[row] = reason
         return {
             "position": batch["position"],
             "key": batch["key"],
-            "features": features,
+            "row": rows,
+            "crc": crcs,
             "reason": reasons.astype(str),
         }
 

@@ -165,7 +165,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 7: what a round reads at 10M items, as arrays by blocks rather than a row per item:
     # the content key (see sha_key) of every item, filled in by _key_items, and the
     # embedding cache's index (the old one moves into blocks when its cache is next
-    # opened). The partial index finds the few items a round may not pick.
+    # opened), with the state of the shard files Ray workers write. The partial index
+    # finds the few items a round may not pick.
     """
     CREATE TABLE item_keys (
         first_id INTEGER PRIMARY KEY,
@@ -178,6 +179,13 @@ MIGRATIONS: tuple[str, ...] = (
         keys BLOB NOT NULL,
         crcs BLOB NOT NULL,
         PRIMARY KEY (digest, first_row)
+    );
+    CREATE TABLE embedding_shards (
+        digest TEXT NOT NULL REFERENCES embedding_sets(digest),
+        shard INTEGER NOT NULL,
+        file_size INTEGER NOT NULL,
+        file_mtime_ns INTEGER NOT NULL,
+        PRIMARY KEY (digest, shard)
     );
     CREATE INDEX items_held ON items(id)
         WHERE status <> 'pool' OR flag IS NOT NULL OR split IS 'test';

@@ -84,6 +84,28 @@ class Embeddings(Database):
         ).fetchone()
         return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
 
+    def shard_file_states(self, digest: str) -> dict[int, tuple[int, int]]:
+        """(size, mtime_ns) of each worker-written shard file, as recorded after its run."""
+        rows = self._db.execute(
+            "SELECT shard, file_size, file_mtime_ns FROM embedding_shards WHERE digest = ?",
+            (digest,),
+        )
+        return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
+    def record_shard_states(self, digest: str, states: dict[int, tuple[int, int] | None]) -> None:
+        """Record shard files' states (None: the file is gone; forget it)."""
+        with self.atomic():
+            for shard, state in states.items():
+                self._db.execute(
+                    "DELETE FROM embedding_shards WHERE digest = ? AND shard = ?", (digest, shard)
+                )
+                if state is not None:
+                    self._db.execute(
+                        "INSERT INTO embedding_shards (digest, shard, file_size, file_mtime_ns)"
+                        " VALUES (?, ?, ?, ?)",
+                        (digest, shard, *state),
+                    )
+
     def add_embedding_blocks(
         self, digest: str, blocks: Sequence[Block], file_state: tuple[int, int] | None
     ) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from al_pipeline.config import Config
 from al_pipeline.model.backbones import Weights, build_backbone
-from al_pipeline.model.embeddings import Embedded, EmbeddingCache, embed, widen
+from al_pipeline.model.embeddings import Embedded, EmbeddingCache, ShardWriter, embed, widen
 from al_pipeline.store.db import sha_key
 from al_pipeline.store.state import State
 
@@ -120,3 +120,32 @@ def test_widen_is_numpy_cast_for_every_half_precision_value() -> None:
     np.testing.assert_array_equal(widen(finite), finite.astype(np.float32))  # subnormals too
     special = np.array([[np.inf, -np.inf, np.nan, 1.5]], np.float16)
     np.testing.assert_array_equal(widen(special), special.astype(np.float32))
+
+
+def test_rows_a_worker_wrote_to_its_shard_are_read_mapped_and_checked_like_the_rest(
+    workspace: Config, state: State
+) -> None:
+    backbone = build_backbone("basic_cnn", 32, Weights("none"), workspace.keras_home)
+    cache = EmbeddingCache(state, workspace.cache_dir, backbone)
+    rng = np.random.default_rng(1)
+    own, theirs = rng.random((3, backbone.dim)), rng.random((4, backbone.dim))
+    cache.append(np.array([1, 2, 3], np.int64), own)
+    writer = ShardWriter(cache.file)  # as a Ray worker would, in the same folder
+    rows, crcs = writer.write(theirs)
+    cache.index_written(rows, np.array([10, 11, 12, 13], np.int64), crcs)
+    cache.record_shards()
+
+    reopened = EmbeddingCache(state, workspace.cache_dir, backbone)
+    found = reopened.lookup(np.array([13, 1, 11, 3], np.int64))
+    expected = np.concatenate([theirs[[3]], own[[0]], theirs[[1]], own[[2]]]).astype(np.float16)
+    np.testing.assert_array_equal(reopened.read(found), expected)
+    mapped = Embedded(reopened, found, np.arange(4), computed=0).map(lambda x: x * 1, size=2)
+    np.testing.assert_array_equal(mapped, expected)
+
+    data = bytearray(writer.path.read_bytes())
+    data[: backbone.dim * 2] = os.urandom(backbone.dim * 2)  # the shard's first row
+    writer.path.write_bytes(bytes(data))
+    checked = EmbeddingCache(state, workspace.cache_dir, backbone)
+    assert checked.damaged == 1
+    assert checked.lookup(np.array([10, 11, 1], np.int64)).tolist()[0] == -1
+    assert (checked.lookup(np.array([11, 1], np.int64)) >= 0).all()
