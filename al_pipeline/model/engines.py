@@ -37,6 +37,7 @@ from al_pipeline.model.embeddings import (
     compute_here,
     embed_keys,
     pool_files,
+    sha_keys,
 )
 from al_pipeline.model.inference import predict_padded, scoring_batch
 from al_pipeline.model.loader import decode_chunk
@@ -170,13 +171,14 @@ def compute_on_ray(
     source: BackboneSource,
     batch_size: int,
 ) -> Failures:
-    """The missing items' features from a pool of Ray actors, appended as they arrive."""
+    """The missing items' features from a pool of Ray actors, which write them to their
+    shards; each batch is indexed here as it arrives."""
     if not len(missing):
         return []
     ray = import_ray()
     failures: Failures = []
-    progress("Computing features on Ray", 0, len(missing))
     with ray_session(ray, plan):
+        progress("Computing features on Ray", 0, len(missing))
         rows = max(1, min(RAY_BLOCK_ROWS, -(-len(missing) // (4 * plan.workers))))
         dataset = ray.data.from_arrow(list(_blocks(missing, files, rows)))
         results = dataset.map_batches(
@@ -207,8 +209,6 @@ def _blocks(missing: NDArray[np.int64], files: Files, rows: int) -> Iterator[Any
     """The missing items as Arrow tables of position, content key and path, ``rows`` each
     (small enough that every worker gets several), built a block at a time."""
     import pyarrow as pa
-
-    from al_pipeline.model.embeddings import sha_keys
 
     for start in range(0, len(missing), rows):
         positions = missing[start : start + rows]
