@@ -263,6 +263,8 @@ class Database:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._depth = 0  # how many atomic() blocks are open
+        # Items inserted in the open transaction, keyed in one block when it commits.
+        self._new_items: list[tuple[int, str]] = []
         _check_header(path)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_SECONDS)
@@ -340,15 +342,22 @@ class Database:
         Blocks nest: the outermost one is the transaction (``BEGIN IMMEDIATE``, so a
         writer waits for the database lock up front, not halfway through), an inner one a
         savepoint. An inner block that fails rolls back its own writes only; the error
-        still propagates, and the outer block decides.
+        still propagates, and the outer block decides. The content keys of the items a
+        transaction inserted are written as one block just before it commits.
         """
         depth = self._depth
+        mark = len(self._new_items)
         self._db.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT s{depth}")
         self._depth = depth + 1
         try:
             yield
+            if depth == 0 and self._new_items:
+                ids, shas = zip(*self._new_items, strict=True)
+                insert_key_block(self._db, ids, shas)
+                self._new_items.clear()
             self._db.execute("COMMIT" if depth == 0 else f"RELEASE s{depth}")
         except BaseException:
+            del self._new_items[mark:]
             if depth:
                 self._db.execute(f"ROLLBACK TO s{depth}")
                 self._db.execute(f"RELEASE s{depth}")

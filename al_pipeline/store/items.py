@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from al_pipeline.errors import PipelineError
-from al_pipeline.store.db import insert_key_block, now
+from al_pipeline.store.db import now
 from al_pipeline.store.labels import Labels
 
 
@@ -195,7 +195,7 @@ class Items(Labels):
                 )
             elif item.label is not None:
                 self.insert_label(item_id, item.label, "import")
-        insert_key_block(self._db, ids, [item.file.sha256 for item in items])
+        self._new_items += zip(ids, [item.file.sha256 for item in items], strict=True)
 
     def items_in_pool(self, name: str) -> list[ItemRef]:
         rows = self._db.execute(

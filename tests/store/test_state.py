@@ -280,3 +280,29 @@ def test_migration_7_keys_the_items_a_workspace_already_has(tmp_path: Path) -> N
     with State(path) as state:
         assert state.version == SCHEMA_VERSION
         assert state.selectable().keys.tolist() == [sha_key("f" * 64)] == [2**63 - 1]
+
+
+def test_items_inserted_one_by_one_are_keyed_in_one_block_per_transaction(
+    tmp_path: Path,
+) -> None:
+    """Ingestion inserts a file at a time; the keys a round reads stay one block per
+    transaction, and a rolled-back savepoint takes its items' keys with it."""
+    path = tmp_path / "s.sqlite3"
+    with State(path) as state:
+        pool = state.add_pool("p", tmp_path)
+        with state.atomic():
+            for n in range(1, 6):
+                state.insert_items(pool.id, [_item(n)])
+            with pytest.raises(RuntimeError), state.atomic():
+                state.insert_items(pool.id, [_item(6)])
+                raise RuntimeError("this file failed")
+            state.insert_items(pool.id, [_item(7)])
+        with pytest.raises(RuntimeError), state.atomic():
+            state.insert_items(pool.id, [_item(8)])
+            raise RuntimeError("killed")
+        keys = state.item_keys()
+        assert keys.ids.tolist() == [i.item_id for i in state.items_in_pool("p")]
+        assert keys.keys.tolist() == [sha_key(f"{n:064d}") for n in (1, 2, 3, 4, 5, 7)]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM item_keys").fetchone()[0] == 1
+    db.close()
