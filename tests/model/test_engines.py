@@ -59,6 +59,9 @@ def test_the_local_engine_computes_each_item_once(
     add_folder(config, state, tmp_path / "photos")
     first = embed_workspace(config, state, EmbedPlan(batch_size=2))
     assert (first.items, first.cached, first.computed) == (5, 0, 5)
+    with sqlite3.connect(config.database) as db:  # three backbone batches, one block
+        assert db.execute("SELECT COUNT(*) FROM embedding_blocks").fetchone()[0] == 1
+    db.close()
     again = embed_workspace(config, state, EmbedPlan())
     assert (again.items, again.cached, again.computed) == (5, 5, 0)
 
