@@ -131,9 +131,7 @@ class EmbeddingCache:
             if not np.array_equal(b.crcs, old.crcs)
         ]
         self.state.add_embedding_blocks(self.digest, changed, file_state(self.file))
-        self.state.record_shard_states(
-            self.digest, {s: file_state(self.path(s)) for s in shards - {0}}
-        )
+        self.record_shards(shards)
         self._blocks = checked
 
     def _check(
@@ -184,13 +182,7 @@ class EmbeddingCache:
         At the end of the file, not of this index: a simulation's copies of the database
         share the file, and rows one of them indexed must never be overwritten."""
         first = self._rows_on_disk()
-        data = np.ascontiguousarray(features, dtype=DTYPE)
-        with self.file.open("ab") as handle:
-            handle.truncate(first * self._row_bytes)
-            handle.write(data.tobytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        crcs = np.array([zlib.crc32(row) for row in data], dtype=np.int64)
+        crcs = append_rows(self.file, first, features)
         block = Block(first, np.asarray(keys, np.int64), crcs)
         self.state.add_embedding_blocks(self.digest, [block], file_state(self.file))
         self._blocks.append(block)
@@ -206,9 +198,10 @@ class EmbeddingCache:
         self._blocks += blocks
         self._sorted = None
 
-    def record_shards(self) -> None:
-        """Record the worker shards' file states, once their writers are done."""
-        shards = self._shards() - {0}
+    def record_shards(self, shards: set[int] | None = None) -> None:
+        """Record the worker shards' file states (default: all), once their writers are
+        done."""
+        shards = (self._shards() if shards is None else shards) - {0}
         self.state.record_shard_states(self.digest, {s: file_state(self.path(s)) for s in shards})
 
     def read(self, rows: NDArray[np.int64]) -> NDArray[np.float32]:
@@ -236,6 +229,18 @@ def shard_path(file: Path, shard: int) -> Path:
     return file if shard == 0 else file.with_suffix(f".shard-{shard}.f16")
 
 
+def append_rows(file: Path, at_row: int, features: NDArray[np.floating]) -> NDArray[np.int64]:
+    """Write rows to ``file`` from row ``at_row`` on (a partial row a crash left there is
+    cut off) and sync them; their CRC-32s."""
+    data = np.ascontiguousarray(features, dtype=DTYPE)
+    with file.open("ab") as handle:
+        handle.truncate(at_row * data.shape[1] * data.itemsize)
+        handle.write(data.tobytes())
+        handle.flush()
+        os.fsync(handle.fileno())
+    return np.array([zlib.crc32(row) for row in data], dtype=np.int64)
+
+
 class ShardWriter:
     """A feature file of one writer's own (a Ray worker's), beside the cache's file.
 
@@ -249,23 +254,18 @@ class ShardWriter:
             shard = secrets.randbelow(2**31 - 2) + 1
             path = shard_path(cache_file, shard)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             except FileExistsError:
                 continue
-            self.shard, self.path, self.fd, self.rows = shard, path, fd, 0
+            self.shard, self.path, self.rows = shard, path, 0
             return
 
     def write(self, features: NDArray[np.floating]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Append rows; their row numbers and CRC-32s."""
-        data = np.ascontiguousarray(features, dtype=DTYPE)
-        with os.fdopen(os.dup(self.fd), "ab") as handle:
-            handle.write(data.tobytes())
-            handle.flush()
-            os.fsync(handle.fileno())
+        crcs = append_rows(self.path, self.rows, features)
         first = (self.shard << SHARD_BITS) | self.rows
-        self.rows += len(data)
-        crcs = np.array([zlib.crc32(row) for row in data], dtype=np.int64)
-        return first + np.arange(len(data), dtype=np.int64), crcs
+        self.rows += len(crcs)
+        return first + np.arange(len(crcs), dtype=np.int64), crcs
 
 
 class _Stream:

@@ -14,6 +14,11 @@ from al_pipeline.errors import PipelineError
 from al_pipeline.store.db import now
 from al_pipeline.store.labels import Labels
 
+# Items a round may not pick even unlabelled: queued, flagged by a labeller, or on the test
+# side. The text is the partial index ``items_held``'s condition (migration 7), so that
+# SQLite uses the index for it.
+HELD = "status <> 'pool' OR flag IS NOT NULL OR split IS 'test'"
+
 
 @dataclass(frozen=True)
 class PoolRow:
@@ -315,8 +320,8 @@ class Items(Labels):
         every = self.item_keys()
         ids, keys = every.ids, every.keys
         held = self._db.execute(
-            "SELECT id FROM items WHERE status <> 'pool' OR flag IS NOT NULL OR split IS 'test'"
-            " UNION SELECT item_id FROM labels WHERE retired_at IS NULL"
+            f"SELECT id FROM items WHERE {HELD} UNION SELECT item_id FROM labels"
+            " WHERE retired_at IS NULL"
         )
         held_ids = np.array([r[0] for r in held], dtype=np.int64)
         keep = np.ones(len(ids), bool)
@@ -329,9 +334,8 @@ class Items(Labels):
     def has_selectable(self) -> bool:
         """Whether :meth:`selectable` would return any item (without reading them all)."""
         row = self._db.execute(
-            "SELECT 1 FROM items i WHERE i.status = 'pool' AND i.flag IS NULL"
-            " AND (i.split IS NULL OR i.split = 'train') AND NOT EXISTS (SELECT 1 FROM labels"
-            " l WHERE l.item_id = i.id AND l.retired_at IS NULL) LIMIT 1"
+            f"SELECT 1 FROM items i WHERE NOT ({HELD}) AND NOT EXISTS (SELECT 1 FROM labels l"
+            " WHERE l.item_id = i.id AND l.retired_at IS NULL) LIMIT 1"
         ).fetchone()
         return row is not None
 

@@ -11,16 +11,25 @@ import numpy as np
 import pytest
 
 from al_pipeline.config import Config
-from al_pipeline.model.backbones import Weights, build_backbone
+from al_pipeline.model.backbones import Backbone, Weights, build_backbone
 from al_pipeline.model.embeddings import Embedded, EmbeddingCache, ShardWriter, embed, widen
 from al_pipeline.store.db import sha_key
 from al_pipeline.store.state import State
 
 
+@pytest.fixture
+def backbone(workspace: Config) -> Backbone:
+    """A small untrained CNN: the cache does not care what computed its rows."""
+    return build_backbone("basic_cnn", 32, Weights("none"), workspace.keras_home)
+
+
 def test_a_damaged_feature_file_is_found_and_its_rows_computed_again(
-    workspace: Config, state: State, tmp_path: Path, make_images: Callable[..., list[Path]]
+    workspace: Config,
+    state: State,
+    backbone: Backbone,
+    tmp_path: Path,
+    make_images: Callable[..., list[Path]],
 ) -> None:
-    backbone = build_backbone("basic_cnn", 32, Weights("none"), workspace.keras_home)
     items = [(f"{i:016x}" * 4, p) for i, p in enumerate(make_images(tmp_path / "p", 6))]
     first = embed(state, workspace.cache_dir, backbone, items)
     clean = first.features()
@@ -67,8 +76,8 @@ def test_a_cache_indexed_a_row_per_item_moves_into_blocks_and_is_reused(
     tmp_path: Path,
     make_images: Callable[..., list[Path]],
     checksums: bool,
+    backbone: Backbone,
 ) -> None:
-    backbone = build_backbone("basic_cnn", 32, Weights("none"), workspace.keras_home)
     items = [(f"{i:016x}" * 4, p) for i, p in enumerate(make_images(tmp_path / "p", 4))]
     clean = embed(state, workspace.cache_dir, backbone, items).features()
     _index_a_row_per_item(workspace.database, [sha for sha, _ in items], checksums)
@@ -86,9 +95,8 @@ def test_a_cache_indexed_a_row_per_item_moves_into_blocks_and_is_reused(
 
 
 def test_lookup_finds_each_key_at_its_latest_row_and_misses_the_rest(
-    workspace: Config, state: State
+    workspace: Config, state: State, backbone: Backbone
 ) -> None:
-    backbone = build_backbone("basic_cnn", 32, Weights("none"), workspace.keras_home)
     cache = EmbeddingCache(state, workspace.cache_dir, backbone)
     features = np.arange(4 * backbone.dim, dtype=np.float32).reshape(4, -1)
     cache.append(np.array([30, 10, 20], np.int64), features[:3])
@@ -101,9 +109,8 @@ def test_lookup_finds_each_key_at_its_latest_row_and_misses_the_rest(
 
 
 def test_map_streams_rows_in_file_order_and_answers_in_request_order(
-    workspace: Config, state: State
+    workspace: Config, state: State, backbone: Backbone
 ) -> None:
-    backbone = build_backbone("basic_cnn", 32, Weights("none"), workspace.keras_home)
     cache = EmbeddingCache(state, workspace.cache_dir, backbone)
     rng = np.random.default_rng(0)
     cache.append(np.arange(100, dtype=np.int64), rng.random((100, backbone.dim)))
@@ -123,9 +130,8 @@ def test_widen_is_numpy_cast_for_every_half_precision_value() -> None:
 
 
 def test_rows_a_worker_wrote_to_its_shard_are_read_mapped_and_checked_like_the_rest(
-    workspace: Config, state: State
+    workspace: Config, state: State, backbone: Backbone
 ) -> None:
-    backbone = build_backbone("basic_cnn", 32, Weights("none"), workspace.keras_home)
     cache = EmbeddingCache(state, workspace.cache_dir, backbone)
     rng = np.random.default_rng(1)
     own, theirs = rng.random((3, backbone.dim)), rng.random((4, backbone.dim))
