@@ -139,7 +139,6 @@ def embed_workspace(
     backbone = source.build()
     items = state.item_keys()
     cache = EmbeddingCache(state, config.cache_dir, backbone)
-    cached = int((cache.lookup(items.keys) >= 0).sum())
     batch = plan.batch_size or scoring_batch()
     compute = (
         partial(compute_here, batch_size=batch)
@@ -153,7 +152,7 @@ def embed_workspace(
         backbone=backbone.name,
         image_size=backbone.image_size,
         items=len(items),
-        cached=cached,
+        cached=len(embedded.rows) - embedded.computed,  # items are unique by content
         computed=embedded.computed,
         seconds=round(time.perf_counter() - started, 2),
         workers=plan.workers if plan.engine == "ray" else 1,
