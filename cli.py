@@ -100,6 +100,13 @@ Imbalance = Annotated[
         "weights (inverse frequency), logit-adjust (by --tau) or none (default: al.toml)."
     ),
 ]
+Features = Annotated[
+    str | None,
+    typer.Option(
+        help="last (the backbone's pooled output) or mid (middle layers' too, for small "
+        "objects) (default: al.toml)."
+    ),
+]
 Tau = Annotated[
     float | None, typer.Option(help="Logit adjustment strength, 0-5 (default: al.toml).")
 ]
@@ -348,6 +355,7 @@ def pool_stats(
 def train(
     backbone: Annotated[str | None, typer.Option(help="Backbone (default: from al.toml).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
+    features: Features = None,
     weights: Annotated[
         str | None, typer.Option(help="imagenet, none, or a path to a no-top .h5 file.")
     ] = None,
@@ -374,6 +382,7 @@ def train(
     from al_pipeline.model.network import TrainingSettings
 
     overrides = {"backbone": backbone, "image_size": image_size, "weights": weights, "seed": seed}
+    overrides["features"] = features
     tuning = {"fine_tune_layers": fine_tune_layers, "fine_tune_epochs": fine_tune_epochs}
     with workspace("al train", **overrides, imbalance=imbalance, tau=tau) as (config, state, bar):
         settings = TrainingSettings.for_workspace(config, epochs=epochs, **tuning)
@@ -701,6 +710,7 @@ def simulate(
         int, typer.Option(help="Test splits, each photo-grouped and drawn with its own seed.")
     ] = 1,
     image_size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
+    features: Features = None,
     imbalance: Imbalance = None,
     tau: Tau = None,
     classes: Annotated[
@@ -719,7 +729,7 @@ def simulate(
     from al_pipeline.store.workspace import opened
 
     names = [s.strip() for s in strategies.split(",")]
-    given = {"imbalance": imbalance, "tau": tau}
+    given = {"imbalance": imbalance, "tau": tau, "features": features}
     with BarProgress() as progress:
         config = simulation_config(dataset, out_dir, classes, test_fraction, progress, **given)
         settings = TrainingSettings.for_workspace(config, epochs=epochs)

@@ -33,6 +33,8 @@ class Config:
         classes: Class names, in label-index order.
         backbone: Name of the backbone in the backbone registry.
         image_size: Square input size in pixels fed to the backbone.
+        features: ``last`` (the backbone's pooled last layer) or ``mid`` (middle layers'
+            pooled outputs too, concatenated: they keep small details; see backbones).
         seed: Seed for every random choice (test split, selection, training).
         max_pixels: Images with more pixels are rejected as decompression bombs.
         near_duplicate_bits: Perceptual-hash Hamming distance at or below which two
@@ -62,6 +64,7 @@ class Config:
     classes: tuple[str, ...]
     backbone: str = "mobilenet_v2"
     image_size: int = 224
+    features: str = "last"
     seed: int = 0
     max_pixels: int = 64_000_000
     near_duplicate_bits: int = 6
@@ -204,6 +207,7 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
             imbalance=_choice(model.get("imbalance", Config.imbalance), IMBALANCES, "imbalance"),
             tau=_tau(model.get("tau", Config.tau)),
             image_size=_positive_int(model.get("image_size", Config.image_size), "image_size"),
+            features=_choice(model.get("features", Config.features), FEATURES, "features"),
             seed=_non_negative_int(workspace.get("seed", Config.seed), "seed"),
             max_pixels=_positive_int(ingest.get("max_pixels", Config.max_pixels), "max_pixels"),
             near_duplicate_bits=int(ingest.get("near_duplicate_bits", Config.near_duplicate_bits)),
@@ -219,6 +223,7 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 IMBALANCES = ("auto", "weights", "logit-adjust", "none")
+FEATURES = ("last", "mid")
 TAU_MAX = 5  # the strongest logit adjustment allowed (tau from 0 to this)
 
 
@@ -282,6 +287,8 @@ def resolve_config(
     unknown = set(given) - set(Config.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"Unknown config override(s): {', '.join(sorted(unknown))}.")
+    if given.get("features", Config.features) not in FEATURES:
+        raise ConfigError(f"--features {given['features']!r}: use one of {', '.join(FEATURES)}.")
     return replace(config, **given) if given else config
 
 
@@ -345,6 +352,8 @@ def render_toml(config: Config) -> str:
         "[model]\n"
         f"backbone = {text(config.backbone)}\n"
         f"image_size = {config.image_size}\n"
+        "# last: the backbone's pooled output; mid: middle layers' too (small faces)\n"
+        f"features = {text(config.features)}\n"
         "# imagenet, none, or the path of a no-top .h5 weights file\n"
         f"weights = {text(config.weights)}\n"
         "# auto: mixed_float16 on a GPU, float32 on a CPU\n"

@@ -102,6 +102,7 @@ class CheckpointMeta:
     tag: str = ""
     pretrained: bool = True
     precision: str = "float32"
+    feature_layers: list[str] = field(default_factory=list)  # empty: the last layer's pool
     classes: list[str] = field(default_factory=list)
     fine_tuned: bool = False
     fine_tune_layers: int = 0

@@ -33,8 +33,9 @@ from benchmarks.common import (
 )
 
 
-def voc_workspace(root: Path):  # type: ignore[no-untyped-def]
-    """The VOC face crops with hidden labels and a by-photo test split (reused if there)."""
+def voc_workspace(root: Path, margin: float = 0.15):  # type: ignore[no-untyped-def]
+    """The VOC face crops with hidden labels and a by-photo test split (reused if there);
+    each box grown by ``margin`` of its size."""
     from al_pipeline.config import CONFIG_FILE, load_config
     from al_pipeline.ingest.voc import import_voc
     from al_pipeline.store.state import State
@@ -44,8 +45,14 @@ def voc_workspace(root: Path):  # type: ignore[no-untyped-def]
     exists = (root / CONFIG_FILE).is_file()
     config = load_config(root) if exists else init_workspace(root, classes).config
     with State(config.database) as state:
-        import_voc(config, state, VOC, test_fraction=0.25, oracle=True)
+        import_voc(config, state, VOC, margin=margin, test_fraction=0.25, oracle=True)
     return config
+
+
+def voc_root(margin: float) -> Path:
+    """The VOC workspace for crops with ``margin`` (0.15, the default, has the plain name)."""
+    folder = "workspace" if margin == 0.15 else f"workspace-margin{margin:g}"
+    return RESULTS / "label_efficiency" / "voc" / folder
 
 
 def main() -> None:
@@ -61,6 +68,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--imbalance", default="weights")
     parser.add_argument("--tau", type=float, default=1.0)
+    parser.add_argument("--features", default="last", choices=("last", "mid"))
+    parser.add_argument("--margin", type=float, default=0.15, help="VOC crops' margin")
     parser.add_argument("--tag", default="", help="suffix of the results' names")
     args = parser.parse_args()
     home = keras_home_with_weights(args.weights)
@@ -100,8 +109,8 @@ def main() -> None:
         if name == "chandrikadeb7":
             config = dataset_workspace(CHANDRIKADEB7, out, "with_mask,without_mask", 0.2)
         else:
-            config = voc_workspace(RESULTS / "label_efficiency" / "voc" / "workspace")
-        config = replace(config, keras_home=home)
+            config = voc_workspace(voc_root(args.margin), args.margin)
+        config = replace(config, keras_home=home, features=args.features)
         with State(config.database) as state:
             settings = TrainingSettings(epochs=args.epochs, imbalance=args.imbalance, tau=args.tau)
             simulation = SimulationPlan(
@@ -131,6 +140,8 @@ def main() -> None:
             "image_size": args.image_size or config.image_size,
             "imbalance": args.imbalance,
             "tau": args.tau,
+            "features": args.features,
+            "margin": args.margin if name == "voc" else None,
             "table": result.table.to_dict("records"),
             "curves": curves(result.runs, result.rare_class),
             **plan,

@@ -95,6 +95,20 @@ def test_imbalance_and_tau_come_from_al_toml_and_are_checked(workspace: Config) 
             load_config(workspace.root)
 
 
+def test_features_come_from_al_toml_or_a_flag_and_are_checked(workspace: Config) -> None:
+    path = workspace.root / "al.toml"
+    text = path.read_text(encoding="utf-8")
+    assert 'features = "last"' in text and workspace.features == "last"
+    path.write_text(text.replace('features = "last"', 'features = "mid"'), encoding="utf-8")
+    assert load_config(workspace.root).features == "mid"
+    assert resolve_config(workspace.root, env={}, features="last").features == "last"
+    with pytest.raises(ConfigError, match="--features 'deep': use one of last, mid"):
+        resolve_config(workspace.root, env={}, features="deep")
+    path.write_text(text.replace('features = "last"', 'features = "deep"'), encoding="utf-8")
+    with pytest.raises(ConfigError, match="features must be one of last, mid"):
+        load_config(workspace.root)
+
+
 def test_al_toml_that_is_not_utf8_or_has_a_scalar_table_is_one_line(
     cli: CliRunner, workspace: Config
 ) -> None:

@@ -3,6 +3,12 @@
 Each backbone is built headless (``include_top=False``, global average pooling) behind a
 :class:`Preprocess` layer that applies the backbone's own ``preprocess_input``, so every
 model takes raw RGB pixels in [0, 255]. Only backend-agnostic Keras is used here.
+
+Features are the pooled output of the last layer (``features = "last"``), or with
+``features = "mid"`` the pooled outputs of a few middle layers as well, concatenated. The
+middle layers still see the small parts of a face that tell a badly worn mask from a worn
+one; by the last layer they are averaged into the whole face. ``benchmarks/bench_features.py``
+chose the layers on validation splits of the VOC face crops.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 
 import keras
 
-from al_pipeline.config import Config
+from al_pipeline.config import FEATURES, Config
 from al_pipeline.errors import ConfigError, PipelineError
 from al_pipeline.model.devices import resolve_precision
 
@@ -36,12 +42,16 @@ class BackboneSpec:
     min_size: int
     weights_file: Callable[[int], str] | None
     pretrained: bool = True
+    mid_layers: tuple[str, ...] = ()  # pooled and concatenated for features = "mid"
 
 
 def _mobilenet_v2_file(size: int) -> str:
     sizes = (96, 128, 160, 192, 224)
     nearest = size if size in sizes else 224
     return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{nearest}_no_top.h5"
+
+
+MOBILENET_V2_MID = ("block_13_expand_relu", "block_15_expand_relu", "out_relu")
 
 
 def _fixed(name: str) -> Callable[[int], str]:
@@ -58,6 +68,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             224,
             32,
             _mobilenet_v2_file,
+            mid_layers=MOBILENET_V2_MID,
         ),
         BackboneSpec(
             "efficientnet_b0",
@@ -102,6 +113,21 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec("basic_cnn", "", "", 128, 32, None, pretrained=False),
     )
 }
+
+
+def feature_layers(name: str, features: str) -> tuple[str, ...]:
+    """The layers whose pooled outputs make the features: none named means the network's
+    own pooled output."""
+    if features == "last":
+        return ()
+    spec = backbone_spec(name)
+    if features not in FEATURES or not spec.mid_layers:
+        having = ", ".join(n for n, s in BACKBONES.items() if s.mid_layers)
+        raise ConfigError(
+            f"features = {features!r} is not available for {name}: use 'last', or 'mid' "
+            f"with {having}."
+        )
+    return spec.mid_layers
 
 
 def backbone_spec(name: str) -> BackboneSpec:
@@ -163,6 +189,7 @@ class Backbone:
     weights_digest: str
     pretrained: bool
     precision: str = "float32"
+    layers: tuple[str, ...] = ()  # see feature_layers
 
     @property
     def dim(self) -> int:
@@ -176,13 +203,15 @@ def build_backbone(
     keras_home: Path,
     offline: bool = False,
     precision: str = "float32",
+    layers: tuple[str, ...] = (),
 ) -> Backbone:
     """Build the feature extractor ``pixels -> pooled features`` for a backbone.
 
     ImageNet weights come from Keras' cache (``$KERAS_HOME/models``). A missing file is
     downloaded through Keras as usual unless ``offline``; for MobileNetV2, a cached file of
     another input size is used too, since no-top convolution weights do not depend on it.
-    ``precision`` is the Keras dtype policy the layers are built with.
+    ``precision`` is the Keras dtype policy the layers are built with; ``layers`` (see
+    :func:`feature_layers`) the layers whose pooled outputs are concatenated.
     """
     spec = backbone_spec(name)
     if image_size < spec.min_size:
@@ -193,13 +222,26 @@ def build_backbone(
         weights = Weights("none")
     keras.config.set_dtype_policy(precision)
     network, digest = _network(spec, image_size, weights, keras_home, offline)
+    if layers:
+        network = _pooled(network, layers)
     pixels = keras.Input((image_size, image_size, 3), name="pixels")
     preprocessed = Preprocess(name, name="preprocess")(pixels)
     # Pretrained backbones always run in inference mode (BatchNorm statistics stay put,
     # also while fine-tuning); the from-scratch CNN trains its dropout normally.
     features = network(preprocessed, training=False) if spec.pretrained else network(preprocessed)
     model = keras.Model(pixels, features, name="features")
-    return Backbone(name, image_size, model, digest, spec.pretrained, precision)
+    return Backbone(name, image_size, model, digest, spec.pretrained, precision, layers)
+
+
+def _pooled(network: keras.Model, layers: tuple[str, ...]) -> keras.Model:
+    """The network with its output replaced by the average-pooled outputs of ``layers``,
+    concatenated; it keeps its name, so fine-tuning finds it as before."""
+    outputs = [
+        keras.layers.GlobalAveragePooling2D(name=f"pool_{name}")(network.get_layer(name).output)
+        for name in layers
+    ]
+    joined = keras.layers.Concatenate(name="pooled")(outputs) if len(outputs) > 1 else outputs[0]
+    return keras.Model(network.inputs, joined, name=network.name)
 
 
 def _network(
@@ -307,8 +349,10 @@ def workspace_backbone(config: Config, shared: bool = True) -> Backbone:
     if weights not in ("imagenet", "none") and not Path(weights).is_absolute():
         weights = str(config.root / weights)
     precision = resolve_precision(config.precision)
+    layers = feature_layers(config.backbone, config.features)
     key = (
         config.backbone,
+        layers,
         config.image_size,
         weights,
         config.keras_home,
@@ -325,6 +369,7 @@ def workspace_backbone(config: Config, shared: bool = True) -> Backbone:
         config.keras_home,
         config.offline,
         precision,
+        layers,
     )
     if shared and backbone.pretrained:
         _SHARED[key] = backbone

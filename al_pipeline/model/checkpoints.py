@@ -53,6 +53,7 @@ class Checkpoint:
             meta.features_digest,
             meta.pretrained,
             meta.precision,
+            tuple(meta.feature_layers),
         )
 
 

@@ -53,8 +53,11 @@ _SIGN, _MAGNITUDE, _INF = np.uint32(0x8000), np.uint32(0x7FFF), np.uint32(0x7C00
 
 
 def cache_digest(backbone: Backbone) -> str:
-    """Features differ with the backbone, its input size, its weights and the precision."""
+    """Features differ with the backbone, its input size, its weights, the precision and
+    the layers they are pooled from (the last layer's own, unnamed, keeps older digests)."""
     key = f"{backbone.name}|{backbone.image_size}|{backbone.weights_digest}|{backbone.precision}"
+    if backbone.layers:
+        key += "|" + ",".join(backbone.layers)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -128,6 +128,7 @@ def train(
         image_size=backbone.image_size,
         pretrained=backbone.pretrained,
         precision=backbone.precision,
+        feature_layers=list(backbone.layers),
         features_digest=backbone.weights_digest,
         fine_tuned=fine_tuned,
         fine_tune_layers=settings.fine_tune_layers,

@@ -11,10 +11,12 @@ import pytest
 from al_pipeline.errors import ConfigError
 from al_pipeline.model.backbones import (
     BACKBONES,
+    MOBILENET_V2_MID,
     Weights,
     WeightsUnavailableError,
     backbone_spec,
     build_backbone,
+    feature_layers,
     parse_weights,
 )
 from tests.conftest import MOBILENET_FILE
@@ -76,7 +78,8 @@ def test_imagenet_weights_load_from_the_cache_at_any_size(keras_home: Path) -> N
     assert features.std() > 0.05
 
 
-def test_cache_digest_covers_backbone_size_weights_and_precision(tmp_path: Path) -> None:
+def test_cache_digest_covers_backbone_size_weights_precision_and_layers(tmp_path: Path) -> None:
+    import hashlib
     from dataclasses import replace
 
     from al_pipeline.model.embeddings import cache_digest
@@ -88,5 +91,34 @@ def test_cache_digest_covers_backbone_size_weights_and_precision(tmp_path: Path)
         replace(base, weights_digest="sha256:x"),
         replace(base, precision="mixed_float16"),
         replace(base, name="other"),
+        replace(base, layers=MOBILENET_V2_MID),
     ]
     assert len({cache_digest(b) for b in variants}) == len(variants)
+    # The last layer's features keep the digest they had before layers could be chosen,
+    # so existing caches stay valid.
+    old = hashlib.sha256(b"basic_cnn|32|random:basic_cnn|float32").hexdigest()[:16]
+    assert cache_digest(base) == old
+
+
+@pytest.mark.integration
+def test_mid_features_add_middle_layers_to_the_last(keras_home: Path) -> None:
+    """features = "mid": the pooled middle layers, then exactly the last layer's features."""
+    pixels = np.random.default_rng(2).uniform(0, 255, (3, 96, 96, 3)).astype("float32")
+    last = build_backbone("mobilenet_v2", 96, Weights("imagenet"), keras_home, offline=True)
+    layers = feature_layers("mobilenet_v2", "mid")
+    mid = build_backbone(
+        "mobilenet_v2", 96, Weights("imagenet"), keras_home, offline=True, layers=layers
+    )
+    assert feature_layers("mobilenet_v2", "last") == () and layers == MOBILENET_V2_MID
+    assert mid.layers == layers and mid.dim == 576 + 960 + 1280
+    features = np.asarray(mid.model.predict_on_batch(pixels))
+    expected = np.asarray(last.model.predict_on_batch(pixels))
+    np.testing.assert_allclose(features[:, -1280:], expected, atol=1e-5)
+    assert features[:, :-1280].std() > 0.05  # the middle layers carry signal too
+
+
+def test_mid_features_are_refused_where_no_layers_are_chosen() -> None:
+    with pytest.raises(ConfigError, match="features = 'mid' is not available for basic_cnn"):
+        feature_layers("basic_cnn", "mid")
+    with pytest.raises(ConfigError, match="use 'last', or 'mid' with mobilenet_v2"):
+        feature_layers("resnet50", "deep")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from al_pipeline.errors import ConfigError
-from al_pipeline.model.backbones import Weights, build_backbone
+from al_pipeline.model.backbones import MOBILENET_V2_MID, Weights, build_backbone
 from al_pipeline.model.network import (
     Augment,
     TrainingSettings,
@@ -28,16 +28,21 @@ from al_pipeline.model.network import (
 from tests.conftest import face_like
 
 
-def _model(tmp_path: Path) -> keras.Model:
-    backbone = build_backbone("basic_cnn", 32, Weights("none"), tmp_path)
+def _model(tmp_path: Path, name: str = "basic_cnn", layers: tuple[str, ...] = ()) -> keras.Model:
+    backbone = build_backbone(name, 32, Weights("none"), tmp_path, layers=layers)
     head = build_head(backbone.dim, 2)
     return fine_tune_model(backbone, head, TrainingSettings(fine_tune_layers=2), train_all=True)
 
 
-def test_the_fine_tuning_step_can_be_jit_compiled(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "layers"), [("basic_cnn", ()), ("mobilenet_v2", MOBILENET_V2_MID)]
+)
+def test_the_fine_tuning_step_can_be_jit_compiled(
+    tmp_path: Path, name: str, layers: tuple[str, ...]
+) -> None:
     """Keras turns jit_compile off (and JAX trains eagerly, op by op) when any layer opts
-    out of XLA, as RandomRotation and RandomZoom do."""
-    model = _model(tmp_path)
+    out of XLA, as RandomRotation and RandomZoom do. Features from middle layers too."""
+    model = _model(tmp_path, name, layers)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.jit_compile = True
