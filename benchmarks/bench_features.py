@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import MOBILENET, environment, keras_home_with_weights, save
+from benchmarks.common import (
+    MOBILENET,
+    chosen_on_validation,
+    environment,
+    keras_home_with_weights,
+    save,
+)
 
 CANDIDATES = {
     "last": ("out_relu",),
@@ -155,10 +161,7 @@ def summarise(rows: list[dict[str, Any]], args: argparse.Namespace, started: flo
         )
         .reset_index()
     )
-    chosen = {
-        regime: part.sort_values("validation_macro_f1").iloc[-1][keys].to_dict()
-        for regime, part in summary.groupby("labels")
-    }
+    chosen = chosen_on_validation(summary, keys)
     print(summary.to_string(index=False))
     print("chosen on validation macro-F1:", chosen)
     result = {

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (
     MOBILENET,
     RESULTS,
+    chosen_on_validation,
     environment,
     keras_home_with_weights,
     save,
@@ -164,10 +165,7 @@ def main() -> None:
         )
         .reset_index()
     )
-    chosen = {
-        regime: part.sort_values("validation_macro_f1").iloc[-1][keys].to_dict()
-        for regime, part in summary.groupby("labels")
-    }
+    chosen = chosen_on_validation(summary, keys)
     print(summary.to_string(index=False))
     print("chosen on validation macro-F1:", chosen)
     result = {

@@ -86,3 +86,13 @@ def save(name: str, result: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2), encoding="utf-8")
     return path
+
+
+def chosen_on_validation(summary: Any, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Per training regime (the ``labels`` column), the row of ``summary`` (a pandas
+    frame of means) with the best validation macro-F1, as its ``keys``: choices are made
+    on the validation side, never the test side."""
+    return {
+        regime: part.sort_values("validation_macro_f1").iloc[-1][keys].to_dict()
+        for regime, part in summary.groupby("labels")
+    }

@@ -7,8 +7,9 @@ model takes raw RGB pixels in [0, 255]. Only backend-agnostic Keras is used here
 Features are the pooled output of the last layer (``features = "last"``), or with
 ``features = "mid"`` the pooled outputs of a few middle layers as well, concatenated. The
 middle layers still see the small parts of a face that tell a badly worn mask from a worn
-one; by the last layer they are averaged into the whole face. ``benchmarks/bench_features.py``
-chose the layers on validation splits of the VOC face crops.
+one; by the last layer they are averaged into the whole face. Of the layer sets
+``benchmarks/bench_features.py`` compares on validation splits of the VOC face crops,
+this one scored best with all labels (docs/benchmarks.md).
 """
 
 from __future__ import annotations
