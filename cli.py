@@ -368,6 +368,9 @@ def train(
         ),
     ] = 0,
     fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning.")] = 5,
+    fine_tune_rate: Annotated[
+        float | None, typer.Option(help="Fine-tuning's learning rate (default 1e-4).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: workspace seed).")] = None,
     imbalance: Imbalance = None,
     tau: Tau = None,
@@ -383,7 +386,9 @@ def train(
 
     overrides = {"backbone": backbone, "image_size": image_size, "weights": weights, "seed": seed}
     overrides["features"] = features
-    tuning = {"fine_tune_layers": fine_tune_layers, "fine_tune_epochs": fine_tune_epochs}
+    tuning: dict[str, float] = {"fine_tune_layers": fine_tune_layers}
+    tuning |= {"fine_tune_epochs": fine_tune_epochs}
+    tuning |= {} if fine_tune_rate is None else {"fine_tune_rate": fine_tune_rate}
     with workspace("al train", **overrides, imbalance=imbalance, tau=tau) as (config, state, bar):
         settings = TrainingSettings.for_workspace(config, epochs=epochs, **tuning)
         report = fit(config, state, settings, tag=tag, force=force, progress=bar)

@@ -106,6 +106,8 @@ class CheckpointMeta:
     classes: list[str] = field(default_factory=list)
     fine_tuned: bool = False
     fine_tune_layers: int = 0
+    fine_tune_epochs: int = 0
+    fine_tune_rate: float = 0.0  # Adam's learning rate while fine-tuning
     labelled_count: int = 0
     per_class: dict[str, int] = field(default_factory=dict)
     epochs: int = 0

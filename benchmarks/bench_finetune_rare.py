@@ -6,10 +6,11 @@ the validation split; the rest is labelled, the head is fitted on cached feature
 top ``--layers`` MobileNetV2 layers are fine-tuned on augmented crops at ``--size`` px.
 The model is scored on the validation split (where settings are compared) and on the test
 split (read only for the chosen setting). Each setting is one ``--configs`` entry
-``SIZE:LAYERS:EPOCHS:IMBALANCE:TAU``.
+``SIZE:LAYERS:EPOCHS:IMBALANCE:TAU``, optionally ``:RATE``, the fine-tuning learning rate
+(default: ``al train``'s).
 
     python benchmarks/bench_finetune_rare.py [--splits 3]
-        [--configs 96:30:5:weights:1,96:30:5:logit-adjust:0.5] [--tag NAME]
+        [--configs 96:30:5:weights:1,96:30:15:weights:1:1e-4] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def one_run(base: Any, home: Path, split: int, setting: str) -> dict[str, Any]:
     from al_pipeline.store.labels import PulledLabel
     from al_pipeline.store.state import State, open_state
 
-    size, layers, epochs, imbalance, tau = setting.split(":")
+    size, layers, epochs, imbalance, tau, *rate = setting.split(":")
     folder = Path(tempfile.mkdtemp())
     config = replace(
         base,
@@ -88,6 +89,7 @@ def one_run(base: Any, home: Path, split: int, setting: str) -> dict[str, Any]:
             fine_tune_epochs=int(epochs),
             imbalance=imbalance,
             tau=float(tau),
+            **({"fine_tune_rate": float(rate[0])} if rate else {}),
         )
         started = time.perf_counter()
         report = train(config, state, settings, tag="finetuned")

@@ -156,6 +156,7 @@ def test_train_without_labels_is_a_clear_error(cli: CliRunner, workspace: Config
     for flags, says in (
         (["--imbalance", "focal"], "--imbalance 'focal' is not an option"),
         (["--tau", "7"], "--tau 7.0 is out of range"),
+        (["--fine-tune-rate", "0"], "--fine-tune-rate 0 is out of range"),
     ):
         bad = cli.invoke(app, ["-w", str(workspace.root), "train", *flags])
         assert bad.exit_code == 1 and says in " ".join(bad.output.split()), bad.output

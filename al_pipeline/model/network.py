@@ -29,7 +29,7 @@ from al_pipeline.paths import at_least
 from al_pipeline.progress import Progress, silent
 
 HEAD_LEARNING_RATE = 1e-3
-FINE_TUNE_LEARNING_RATE = 1e-5
+FINE_TUNE_LEARNING_RATE = 1e-4  # chosen on validation splits: docs/benchmarks.md
 # Training images are decoded once into memory up to this size (3,000 at 224 px: 450 MB).
 PIXEL_CACHE_BYTES = 4 << 30
 CACHE_BATCH = 256
@@ -56,6 +56,7 @@ class TrainingSettings:
     batch_size: int = 32
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 5
+    fine_tune_rate: float = FINE_TUNE_LEARNING_RATE
     seed: int = 0
     imbalance: str = "auto"
     tau: float = 0.5
@@ -65,6 +66,11 @@ class TrainingSettings:
         at_least(self.batch_size, 1, "The batch size")
         at_least(self.fine_tune_layers, 0, "--fine-tune-layers")
         at_least(self.fine_tune_epochs, 1, "--fine-tune-epochs")
+        if not 0.0 < self.fine_tune_rate <= 1.0:
+            raise ConfigError(
+                f"--fine-tune-rate {self.fine_tune_rate:g} is out of range. "
+                "Use a learning rate above 0 and at most 1, such as 1e-4."
+            )
         at_least(self.seed, 0, "--seed")
         if self.imbalance not in IMBALANCES:
             raise ConfigError(
@@ -325,13 +331,18 @@ def fine_tune_model(
     pixels = keras.Input((size, size, 3), name="pixels")
     augmented = Augment(seed=settings.seed, name="augment")(pixels)
     model = keras.Model(pixels, head(backbone.model(augmented)), name="fine_tune")
-    rate = HEAD_LEARNING_RATE if train_all else FINE_TUNE_LEARNING_RATE
     model.compile(
-        optimizer=keras.optimizers.Adam(rate),
+        optimizer=keras.optimizers.Adam(fine_tune_rate(settings, train_all)),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     return model
+
+
+def fine_tune_rate(settings: TrainingSettings, train_all: bool) -> float:
+    """The learning rate of the fine-tuning stage: a network trained end to end (no
+    pretrained weights) learns at the head's rate, pretrained layers at the lower one."""
+    return HEAD_LEARNING_RATE if train_all else settings.fine_tune_rate
 
 
 def fine_tune(

@@ -26,6 +26,7 @@ from al_pipeline.model.network import (
     build_classifier,
     build_head,
     fine_tune,
+    fine_tune_rate,
     fit_head,
 )
 from al_pipeline.paths import plain_name
@@ -132,6 +133,8 @@ def train(
         features_digest=backbone.weights_digest,
         fine_tuned=fine_tuned,
         fine_tune_layers=settings.fine_tune_layers,
+        fine_tune_epochs=settings.fine_tune_epochs if fine_tuned else 0,
+        fine_tune_rate=fine_tune_rate(settings, not backbone.pretrained) if fine_tuned else 0.0,
         classes=list(config.classes),
         labelled_count=len(kept),
         per_class=per_class,

@@ -28,6 +28,8 @@ from al_pipeline.model.checkpoints import (
 )
 from al_pipeline.model.evaluate import evaluate
 from al_pipeline.model.network import (
+    FINE_TUNE_LEARNING_RATE,
+    HEAD_LEARNING_RATE,
     TrainingSettings,
     build_classifier,
     build_head,
@@ -215,7 +217,9 @@ def test_from_scratch_cnn_trains_end_to_end(
     add_folder(config, state, tmp_path / "pool", labelled=True)
     report = train_and_evaluate(config, state, TrainingSettings(epochs=2, fine_tune_epochs=1))
     assert report.fine_tuned and report.metrics is None
-    assert load_checkpoint(report.path).meta.features_digest.startswith("weights:")
+    meta = load_checkpoint(report.path).meta
+    assert meta.features_digest.startswith("weights:")
+    assert meta.fine_tune_epochs == 1 and meta.fine_tune_rate == HEAD_LEARNING_RATE
 
 
 @pytest.mark.integration
@@ -242,6 +246,7 @@ def test_fine_tuning_on_real_photos(trained: Trained, tmp_path: Path) -> None:
         )
     meta = load_checkpoint(report.path).meta
     assert meta.fine_tuned and meta.features_digest.startswith("weights:")
+    assert meta.fine_tune_epochs == 1 and meta.fine_tune_rate == FINE_TUNE_LEARNING_RATE
     assert report.metrics is not None and report.metrics.accuracy >= 0.8
 
 

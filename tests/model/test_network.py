@@ -50,6 +50,13 @@ def test_the_fine_tuning_step_can_be_jit_compiled(
     assert not model.run_eagerly
 
 
+def test_the_top_layers_train_at_the_fine_tuning_rate(tmp_path: Path) -> None:
+    backbone = build_backbone("basic_cnn", 32, Weights("none"), tmp_path)
+    settings = TrainingSettings(fine_tune_layers=2, fine_tune_rate=3e-4)
+    model = fine_tune_model(backbone, build_head(backbone.dim, 2), settings)
+    assert float(model.optimizer.learning_rate) == pytest.approx(3e-4)
+
+
 def test_augmentation_moves_pixels_in_training_only() -> None:
     images = np.stack([np.asarray(face_like(i, 32), np.float32) for i in range(8)])
     layer = Augment(seed=3)
@@ -123,6 +130,9 @@ def test_training_settings_name_the_bad_option() -> None:
         TrainingSettings(imbalance="focal")
     with pytest.raises(ConfigError, match="--tau 9"):
         TrainingSettings(tau=9)
+    for rate in (0.0, -1e-4, 2.0):
+        with pytest.raises(ConfigError, match=r"--fine-tune-rate .* is out of range"):
+            TrainingSettings(fine_tune_rate=rate)
     _, labels = imbalanced()
     assert TrainingSettings(imbalance="none").class_weights(labels, 2) is None
     weights = TrainingSettings(imbalance="weights").class_weights(labels, 2)
