@@ -386,11 +386,11 @@ def train(
 
     overrides = {"backbone": backbone, "image_size": image_size, "weights": weights, "seed": seed}
     overrides["features"] = features
-    tuning: dict[str, float] = {"fine_tune_layers": fine_tune_layers}
-    tuning |= {"fine_tune_epochs": fine_tune_epochs}
-    tuning |= {} if fine_tune_rate is None else {"fine_tune_rate": fine_tune_rate}
+    tuning = {"fine_tune_layers": fine_tune_layers, "fine_tune_epochs": fine_tune_epochs}
     with workspace("al train", **overrides, imbalance=imbalance, tau=tau) as (config, state, bar):
-        settings = TrainingSettings.for_workspace(config, epochs=epochs, **tuning)
+        settings = TrainingSettings.for_workspace(
+            config, epochs=epochs, fine_tune_rate=fine_tune_rate, **tuning
+        )
         report = fit(config, state, settings, tag=tag, force=force, progress=bar)
     emit(report, as_json, views.trained)
 

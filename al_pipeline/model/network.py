@@ -82,10 +82,11 @@ class TrainingSettings:
 
     @classmethod
     def for_workspace(cls, config: Config, **given: Any) -> TrainingSettings:
-        """The workspace's seed and imbalance handling, with ``given`` fields on top."""
+        """The workspace's seed and imbalance handling, with ``given`` fields on top
+        (``None`` means "not given", as for config overrides: the default stays)."""
         fields: dict[str, Any] = {"seed": config.seed, "imbalance": config.imbalance}
         fields["tau"] = config.tau
-        return cls(**(fields | given))
+        return cls(**(fields | {k: v for k, v in given.items() if v is not None}))
 
     def resolved(self, fine_tuned: bool) -> TrainingSettings:
         """These settings with ``auto`` made concrete for a training that does or does not
