@@ -34,6 +34,7 @@ from benchmarks.common import (
     keras_home_with_weights,
     save,
     validation_sides,
+    with_intervals,
 )
 
 RARE = "mask_weared_incorrect"
@@ -114,15 +115,12 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     the mean seconds of an epoch after the first (which compiles)."""
     import pandas as pd
 
-    from al_pipeline.reporting.simulation import interval
-
     frame = pd.DataFrame(rows)
+    columns = [f"{side}_{figure}" for side, figure in product(("validation", "test"), FIGURES)]
     summary = []
     for setting, part in frame.groupby("setting", sort=False):
         row: dict[str, Any] = {"setting": setting, "splits": len(part)}
-        for side, figure in product(("validation", "test"), FIGURES):
-            column = f"{side}_{figure}"
-            row[f"{column}_mean"], row[f"{column}_ci"] = interval(part[column])
+        row |= with_intervals(part, columns)
         later = [s for seconds in part["epoch_seconds"] for s in seconds[1:]]
         row["epoch_seconds"] = round(float(np.mean(later)), 1) if later else None
         summary.append(row)

@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import MOBILENET, RESULTS, environment, keras_home_with_weights, save
+from benchmarks.common import (
+    MOBILENET,
+    RESULTS,
+    environment,
+    keras_home_with_weights,
+    save,
+    with_intervals,
+)
 
 RARE = "mask_weared_incorrect"
 DEPTHS = (50, 100, 200, 400)
@@ -118,7 +125,6 @@ def main() -> None:
 
     import pandas as pd
 
-    from al_pipeline.reporting.simulation import interval
     from al_pipeline.store.state import State
     from benchmarks.bench_label_efficiency import voc_workspace
 
@@ -129,12 +135,11 @@ def main() -> None:
     with State(config.database) as state:
         rows = runs(config, state, home, args)
     frame = pd.DataFrame(rows)
+    columns = [f"share_{k}" for k in DEPTHS] + ["rare_ap", "rare_auc"]
     summary = []
     for (size, features, ranker), part in frame.groupby(["size", "features", "ranker"]):
         row: dict[str, Any] = {"size": size, "features": features, "ranker": ranker}
-        for column in [f"share_{k}" for k in DEPTHS] + ["rare_ap", "rare_auc"]:
-            row[f"{column}_mean"], row[f"{column}_ci"] = interval(part[column])
-        summary.append(row)
+        summary.append(row | with_intervals(part, columns))
     print(pd.DataFrame(summary).round(3).to_string(index=False))
     result = {
         "environment": environment(),

@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,17 @@ def save(name: str, result: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2), encoding="utf-8")
     return path
+
+
+def with_intervals(part: Any, columns: Iterable[str]) -> dict[str, float]:
+    """Each column's mean over the rows of ``part`` (a pandas frame) and the half-width of
+    its 95 % t-interval, as ``<column>_mean`` and ``<column>_ci``."""
+    from al_pipeline.reporting.simulation import interval
+
+    found: dict[str, float] = {}
+    for column in columns:
+        found[f"{column}_mean"], found[f"{column}_ci"] = interval(part[column])
+    return found
 
 
 def chosen_on_validation(summary: Any, keys: list[str]) -> dict[str, dict[str, Any]]:
