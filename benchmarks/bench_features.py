@@ -28,9 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (
     MOBILENET,
-    chosen_on_validation,
     environment,
     keras_home_with_weights,
+    means_and_choice,
     save,
 )
 
@@ -148,22 +148,10 @@ def main() -> None:
 
 
 def summarise(rows: list[dict[str, Any]], args: argparse.Namespace, started: float) -> None:
-    import pandas as pd
-
-    frame = pd.DataFrame(rows)
     keys = ["labels", "margin", "size", "features", "head"]
     metrics = ["macro_f1", "rare_recall", "rare_ap", "accuracy"]
-    summary = (
-        frame.groupby(keys)
-        .agg(
-            runs=("seed", "size"),
-            **{f"{s}_{m}": (f"{s}_{m}", "mean") for s in ("validation", "test") for m in metrics},
-        )
-        .reset_index()
-    )
-    chosen = chosen_on_validation(summary, keys)
-    print(summary.to_string(index=False))
-    print("chosen on validation macro-F1:", chosen)
+    columns = [f"{s}_{m}" for s in ("validation", "test") for m in metrics]
+    summary, chosen = means_and_choice(rows, keys, columns)
     result = {
         "environment": environment(),
         "splits": args.splits,

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (
     MOBILENET,
     RESULTS,
-    chosen_on_validation,
     environment,
     keras_home_with_weights,
+    means_and_choice,
     save,
     validation_sides,
 )
@@ -149,25 +149,10 @@ def main() -> None:
                                 }
                             rows.append(row)
                             print(row, flush=True)
-    import pandas as pd
-
-    frame = pd.DataFrame(rows)
     keys = ["labels", "size", "imbalance", "tau"]
-    summary = (
-        frame.groupby(keys)
-        .agg(
-            runs=("seed", "size"),
-            validation_macro_f1=("validation_macro_f1", "mean"),
-            validation_rare_recall=("validation_rare_recall", "mean"),
-            test_macro_f1=("test_macro_f1", "mean"),
-            test_rare_recall=("test_rare_recall", "mean"),
-            test_accuracy=("test_accuracy", "mean"),
-        )
-        .reset_index()
-    )
-    chosen = chosen_on_validation(summary, keys)
-    print(summary.to_string(index=False))
-    print("chosen on validation macro-F1:", chosen)
+    columns = ["validation_macro_f1", "validation_rare_recall"]
+    columns += ["test_macro_f1", "test_rare_recall", "test_accuracy"]
+    summary, chosen = means_and_choice(rows, keys, columns)
     result = {
         "environment": environment(),
         "splits": args.splits,

@@ -100,6 +100,22 @@ def with_intervals(part: Any, columns: Iterable[str]) -> dict[str, float]:
     return found
 
 
+def means_and_choice(
+    rows: list[dict[str, Any]], keys: list[str], columns: Iterable[str]
+) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """The runs' means per setting (``keys``; ``runs`` counts them) as a pandas frame, and
+    the setting :func:`chosen_on_validation`; both printed."""
+    import pandas as pd
+
+    means = {column: (column, "mean") for column in columns}
+    frame = pd.DataFrame(rows)
+    summary = frame.groupby(keys).agg(runs=("seed", "size"), **means).reset_index()
+    chosen = chosen_on_validation(summary, keys)
+    print(summary.to_string(index=False))
+    print("chosen on validation macro-F1:", chosen)
+    return summary, chosen
+
+
 def chosen_on_validation(summary: Any, keys: list[str]) -> dict[str, dict[str, Any]]:
     """Per training regime (the ``labels`` column), the row of ``summary`` (a pandas
     frame of means) with the best validation macro-F1, as its ``keys``: choices are made
