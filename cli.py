@@ -97,7 +97,8 @@ Imbalance = Annotated[
     str | None,
     typer.Option(
         help="Unequal classes: auto (logit-adjust for a head, weights when fine-tuning), "
-        "weights (inverse frequency), logit-adjust (by --tau) or none (default: al.toml)."
+        "weights (inverse frequency), oversample (every class drawn equally often), "
+        "logit-adjust (by --tau) or none (default: al.toml)."
     ),
 ]
 Features = Annotated[

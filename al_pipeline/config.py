@@ -49,7 +49,7 @@ class Config:
         precision: ``auto`` (mixed_float16 when Keras sees a GPU, else float32), or a
             Keras dtype policy: ``float32``, ``mixed_float16``, ``mixed_bfloat16``.
         imbalance: How training copes with unequal classes: ``auto``, ``weights``,
-            ``logit-adjust`` or ``none`` (see ``TrainingSettings``).
+            ``oversample``, ``logit-adjust`` or ``none`` (see ``TrainingSettings``).
         tau: The logit adjustment's strength, with ``logit-adjust``.
         studio_dir: The embedded Label Studio's data, credentials, pid and log files.
         studio_url: A Label Studio server to use instead of the stored connection
@@ -222,7 +222,7 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
 
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-IMBALANCES = ("auto", "weights", "logit-adjust", "none")
+IMBALANCES = ("auto", "weights", "oversample", "logit-adjust", "none")
 FEATURES = ("last", "mid")
 TAU_MAX = 5  # the strongest logit adjustment allowed (tau from 0 to this)
 
@@ -359,7 +359,8 @@ def render_toml(config: Config) -> str:
         "# auto: mixed_float16 on a GPU, float32 on a CPU\n"
         f"precision = {text(config.precision)}\n"
         "# unequal classes: auto (logit-adjust for a head, weights when fine-tuning),\n"
-        "# weights (inverse frequency), logit-adjust (by tau), or none\n"
+        "# weights (inverse frequency), oversample (classes drawn equally often),\n"
+        "# logit-adjust (by tau), or none\n"
         f"imbalance = {text(config.imbalance)}\n"
         f"tau = {config.tau}\n\n"
         "[ingest]\n"

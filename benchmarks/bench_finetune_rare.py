@@ -7,10 +7,12 @@ top ``--layers`` MobileNetV2 layers are fine-tuned on augmented crops at ``--siz
 The model is scored on the validation split (where settings are compared) and on the test
 split (read only for the chosen setting). Each setting is one ``--configs`` entry
 ``SIZE:LAYERS:EPOCHS:IMBALANCE:TAU``, optionally ``:RATE``, the fine-tuning learning rate
-(default: ``al train``'s).
+(default: ``al train``'s). With ``--post-taus``, each fine-tuned model is also scored with
+its logits shifted by ``-tau * log(prior)`` (the training labels' class shares), as the
+setting ``SETTING@TAU``.
 
     python benchmarks/bench_finetune_rare.py [--splits 3]
-        [--configs 96:30:5:weights:1,96:30:15:weights:1:1e-4] [--tag NAME]
+        [--configs 96:30:5:weights:1,96:30:15:weights:1:1e-4] [--post-taus 0,0.5] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -43,15 +45,25 @@ FIGURES = ("accuracy", "macro_f1", "rare_recall")
 
 def scored(
     config: Any, state: Any, checkpoint: Any, items: list[Any], labels: dict[int, str]
-) -> dict[str, float]:
-    """Accuracy, macro-F1 and rare recall of a checkpoint on ``items``."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """A checkpoint's class probabilities for ``items``, and their true class indices."""
     from al_pipeline.model.embeddings import item_files
-    from al_pipeline.model.evaluate import compute_metrics
     from al_pipeline.model.score import score
 
     result = score(config, state, checkpoint, item_files(config, items))
     truth = np.array([config.class_index(labels[items[p].item_id]) for p in result.positions])
-    metrics = compute_metrics(truth, result.probabilities, config.classes)
+    return result.probabilities, truth
+
+
+def figures(
+    config: Any, probabilities: np.ndarray, truth: np.ndarray, prior: np.ndarray, tau: float
+) -> dict[str, float]:
+    """Accuracy, macro-F1 and rare recall once the logits are shifted by ``-tau *
+    log(prior)`` (post-hoc logit adjustment of the saved model; tau 0 leaves it as is)."""
+    from al_pipeline.model.evaluate import compute_metrics
+
+    adjusted = probabilities / prior**tau
+    metrics = compute_metrics(truth, adjusted / adjusted.sum(axis=1, keepdims=True), config.classes)
     return {
         "accuracy": metrics.accuracy,
         "macro_f1": metrics.macro_f1,
@@ -59,7 +71,11 @@ def scored(
     }
 
 
-def one_run(base: Any, home: Path, split: int, setting: str) -> dict[str, Any]:
+def one_run(
+    base: Any, home: Path, split: int, setting: str, post_taus: list[float]
+) -> list[dict[str, Any]]:
+    """The fine-tuned model's figures, one row per post-hoc tau (the setting is named
+    ``SETTING@TAU`` for a tau other than 0)."""
     from al_pipeline.ingest.split import redraw_test_split
     from al_pipeline.model.checkpoints import load_checkpoint
     from al_pipeline.model.network import TrainingSettings
@@ -100,14 +116,24 @@ def one_run(base: Any, home: Path, split: int, setting: str) -> dict[str, Any]:
         validation = [items[i] for i in hidden if sides.get(i) == "validation"]
         test = state.labelled_items("test")
         labels = hidden | {t.item_id: t.label for t in test}
-        row: dict[str, Any] = {"setting": setting, "split": split, "labels": len(shown)}
-        row["seconds"] = round(time.perf_counter() - started, 1)
-        row["epoch_seconds"] = report.epoch_seconds
-        for name, part in (("validation", validation), ("test", test)):
-            row |= {
-                f"{name}_{k}": v for k, v in scored(config, state, checkpoint, part, labels).items()
-            }
-    return row
+        seconds = round(time.perf_counter() - started, 1)
+        sides = {
+            name: scored(config, state, checkpoint, part, labels)
+            for name, part in (("validation", validation), ("test", test))
+        }
+    shown_labels = [config.class_index(hidden[i]) for i in shown]
+    counts = np.bincount(shown_labels, minlength=len(config.classes))
+    prior = counts / counts.sum()
+    rows = []
+    for tau in post_taus:
+        name = f"{setting}@{tau:g}" if tau else setting
+        row: dict[str, Any] = {"setting": name, "split": split, "labels": len(shown)}
+        row |= {"seconds": seconds, "epoch_seconds": report.epoch_seconds}
+        for side, (probabilities, truth) in sides.items():
+            found = figures(config, probabilities, truth, prior, tau)
+            row |= {f"{side}_{k}": v for k, v in found.items()}
+        rows.append(row)
+    return rows
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -132,6 +158,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--splits", type=int, default=3)
     parser.add_argument("--configs", default="96:30:5:weights:1,96:30:5:logit-adjust:0.5")
+    parser.add_argument(
+        "--post-taus",
+        default="0",
+        help="post-hoc logit adjustments of each fine-tuned model to compare, e.g. 0,0.5,1",
+    )
     parser.add_argument("--tag", default="")
     parser.add_argument("--weights", type=Path, default=MOBILENET)
     args = parser.parse_args()
@@ -140,11 +171,12 @@ def main() -> None:
     from benchmarks.bench_label_efficiency import voc_workspace
 
     base = voc_workspace(RESULTS / "label_efficiency" / "voc" / "workspace")
+    post_taus = [float(tau) for tau in args.post_taus.split(",")]
     rows = []
     for setting in args.configs.split(","):
         for split in range(args.splits):
-            rows.append(one_run(base, home, split, setting))
-            print(rows[-1], flush=True)
+            rows += one_run(base, home, split, setting, post_taus)
+            print(*rows[-len(post_taus) :], sep="\n", flush=True)
     summary = summarise(rows)
     best = max(summary, key=lambda row: row["validation_macro_f1_mean"])["setting"]
     print(f"chosen on validation macro-F1: {best}")

@@ -9,6 +9,7 @@ validation split: the choice is made there, never on the test split. The test sp
 figures are saved too, for the chosen option only to be read.
 
     python benchmarks/bench_head_options.py [--splits 3] [--seeds 2] [--sizes 96,160,224]
+        [--options weights:0,oversample:0,logit-adjust:0.5] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from benchmarks.common import (
     means_and_choice,
     save,
     validation_sides,
+    with_intervals,
 )
 
-OPTIONS = [
+OPTIONS = [  # the default --options: (imbalance, tau)
     ("weights", 0.0),
     ("none", 0.0),
     ("logit-adjust", 0.5),
@@ -42,6 +44,7 @@ OPTIONS = [
     ("logit-adjust", 1.5),
     ("logit-adjust", 2.0),
 ]
+DEFAULT = ("logit-adjust", 0.5)  # the head's default (--imbalance auto), paired against
 RARE = "mask_weared_incorrect"
 
 
@@ -85,14 +88,41 @@ def fit(
     return head
 
 
+def paired_gains(rows: list[dict[str, Any]], baseline: tuple[str, float]) -> list[dict[str, Any]]:
+    """Per regime, size and option: its validation macro-F1 minus the ``baseline`` option's
+    on the same split and seed (mean, 95 % interval, and how many runs it wins), so that
+    options are compared on paired runs rather than on two wide intervals."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    pair = ["labels", "size", "split", "seed"]
+    base = frame[(frame.imbalance == baseline[0]) & (frame.tau == baseline[1])]
+    joined = frame.merge(base[[*pair, "validation_macro_f1"]], on=pair, suffixes=("", "_base"))
+    joined["gain"] = joined.validation_macro_f1 - joined.validation_macro_f1_base
+    gains = []
+    for (labels, size, imbalance, tau), part in joined.groupby(
+        ["labels", "size", "imbalance", "tau"]
+    ):
+        if (imbalance, tau) == baseline:
+            continue
+        row = {"labels": labels, "size": size, "imbalance": imbalance, "tau": tau}
+        row |= {"against": f"{baseline[0]}:{baseline[1]:g}", **with_intervals(part, ["gain"])}
+        gains.append(row | {"wins": int((part.gain > 0).sum()), "runs": len(part)})
+        print(gains[-1])
+    return gains
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--splits", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--sizes", default="96,160,224")
     parser.add_argument("--budget", type=int, default=400)
+    parser.add_argument("--options", default=",".join(f"{i}:{t:g}" for i, t in OPTIONS))
+    parser.add_argument("--tag", default="")
     parser.add_argument("--weights", type=Path, default=MOBILENET)
     args = parser.parse_args()
+    options = [(name, float(tau)) for name, tau in (o.split(":") for o in args.options.split(","))]
     home = keras_home_with_weights(args.weights)
 
     from al_pipeline.model.backbones import workspace_backbone
@@ -135,7 +165,7 @@ def main() -> None:
                     ):
                         x = np.stack([features[i] for i in train_ids])
                         y = np.array([classes.index(labels[i]) for i in train_ids])
-                        for option in OPTIONS:
+                        for option in options:
                             head = fit(x, y, option, seed, len(classes))
                             row = {"size": size, "split": split, "seed": seed, "labels": regime}
                             row |= {"imbalance": option[0], "tau": option[1]}
@@ -160,9 +190,11 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started),
         "summary": summary.to_dict("records"),
         "chosen_on_validation": chosen,
+        "paired_gains": paired_gains(rows, DEFAULT) if DEFAULT in options else [],
         "runs": rows,
     }
-    print(f"saved {save('bench_head_options_voc', result)}")
+    tag = f"_{args.tag}" if args.tag else ""
+    print(f"saved {save(f'bench_head_options_voc{tag}', result)}")
 
 
 if __name__ == "__main__":

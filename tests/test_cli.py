@@ -189,6 +189,7 @@ def test_every_command_prints_strict_json(
         ["pool", "import-voc", str(voc)],
         ["pool", "stats"],
         ["train", "--epochs", "3", "--imbalance", "logit-adjust", "--tau", "0.5"],
+        ["train", "--imbalance", "oversample", "--epochs", "3"],
         ["evaluate"],
         ["checkpoints"],
         ["predict", str(photo)],
@@ -224,6 +225,7 @@ def test_every_command_prints_strict_json(
             strict_json(result.stdout)
             shown[" ".join(command[:2])] = json.loads(result.stdout)
     assert shown["train --epochs"]["imbalance"] == "logit-adjust (tau 0.5)"
+    assert shown["train --imbalance"]["imbalance"] == "balanced sampling"
     finished = shown["round finish"]["history"]
     assert finished in shown["history"]  # the same row, shown the same way
 

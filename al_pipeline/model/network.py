@@ -40,10 +40,11 @@ class TrainingSettings:
     """How to fit: epochs for the head, and optionally a fine-tuning stage.
 
     ``imbalance`` is how training copes with unequal classes: ``weights`` weighs each
-    class's loss by its inverse frequency; ``logit-adjust`` trains on the plain loss and
-    then subtracts ``tau * log(prior)`` from the logits (Menon et al. 2021), where the prior
-    is the training labels' class frequencies, so a class the labels rarely show is
-    predicted more readily; ``none`` does neither. ``auto`` (the default) is
+    class's loss by its inverse frequency; ``oversample`` draws each epoch's examples with
+    replacement so that every class is drawn equally often; ``logit-adjust`` trains on the
+    plain loss and then subtracts ``tau * log(prior)`` from the logits (Menon et al. 2021),
+    where the prior is the training labels' class frequencies, so a class the labels rarely
+    show is predicted more readily; ``none`` does none of these. ``auto`` (the default) is
     ``logit-adjust`` for a head on frozen features and ``weights`` when fine-tuning: the
     settings each had the best macro-F1 on validation splits of the VOC face crops
     (docs/benchmarks.md). With equal classes they change nothing. With a free bias in the
@@ -100,6 +101,12 @@ class TrainingSettings:
         Unresolved, ``auto`` counts as a head on frozen features."""
         weighted = self.resolved(fine_tuned=False).imbalance == "weights"
         return class_weights(labels, classes) if weighted else None
+
+    @property
+    def oversampled(self) -> bool:
+        """Whether each epoch draws every class equally often (unresolved, ``auto`` never
+        does)."""
+        return self.imbalance == "oversample"
 
 
 def build_head(
@@ -187,6 +194,16 @@ def class_weights(labels: NDArray[np.int64], classes: int) -> dict[int, float]:
     }
 
 
+def balanced_draw(
+    labels: NDArray[np.int64], count: int, rng: np.random.Generator
+) -> NDArray[np.int64]:
+    """``count`` positions of ``labels`` drawn with replacement, each class present equally
+    likely and each member of a class equally likely within it."""
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    chance = 1.0 / (len(classes) * counts[inverse])
+    return rng.choice(len(labels), size=count, p=chance / chance.sum()).astype(np.int64)
+
+
 def fit_head(
     head: keras.Model,
     features: NDArray[np.float32],
@@ -200,6 +217,10 @@ def fit_head(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    if settings.oversampled:
+        data = ArrayBatches(features, labels, settings.batch_size, settings.seed, True)
+        head.fit(data, epochs=settings.epochs, verbose=0)
+        return
     head.fit(
         features,
         labels,
@@ -238,44 +259,58 @@ def _output_dense(head: keras.Model) -> keras.layers.Dense:
 
 
 class TrainingBatches(keras.utils.PyDataset):  # type: ignore[misc]
-    """Shuffled full batches of uint8 pixels and labels.
+    """Shuffled full batches of inputs (uint8 pixels, or features) and labels.
 
     Every batch has the same shape, so a compiled training step compiles once (a short
     last batch would compile a second program, which costs as much as the first). Each
-    epoch leaves out a different remainder of fewer than ``batch_size`` images.
+    epoch leaves out a different remainder of fewer than ``batch_size`` examples. With
+    ``oversample`` an epoch is as many draws with replacement, every class equally likely.
     """
 
-    def __init__(self, labels: NDArray[np.int64], batch_size: int, seed: int) -> None:
+    def __init__(
+        self, labels: NDArray[np.int64], batch_size: int, seed: int, oversample: bool = False
+    ) -> None:
         super().__init__(workers=WORKERS, use_multiprocessing=False)
         self.labels = labels
         self.batch_size = min(batch_size, len(labels))
+        self.oversample = oversample
         self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(labels))
+        self.order = self.epoch_order()
 
     def __len__(self) -> int:
         return len(self.labels) // self.batch_size
 
-    def __getitem__(self, index: int) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    def __getitem__(self, index: int) -> tuple[NDArray[Any], NDArray[np.int64]]:
         chosen = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        return self.pixels(chosen), self.labels[chosen]
+        return self.inputs(chosen), self.labels[chosen]
 
-    def pixels(self, chosen: NDArray[np.int64]) -> NDArray[np.uint8]:
+    def inputs(self, chosen: NDArray[np.int64]) -> NDArray[Any]:
         raise NotImplementedError
 
+    def epoch_order(self) -> NDArray[np.int64]:
+        if self.oversample:
+            return balanced_draw(self.labels, len(self.labels), self.rng)
+        return self.rng.permutation(len(self.labels))
+
     def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.labels))
+        self.order = self.epoch_order()
 
 
-class PixelBatches(TrainingBatches):
-    """Batches from images decoded once into memory."""
+class ArrayBatches(TrainingBatches):
+    """Batches from an array in memory: images decoded once, or cached features."""
 
     def __init__(
-        self, pixels: NDArray[np.uint8], labels: NDArray[np.int64], batch_size: int, seed: int
+        self,
+        pixels: NDArray[Any],
+        labels: NDArray[np.int64],
+        batch_size: int,
+        seed: int,
+        oversample: bool = False,
     ) -> None:
-        super().__init__(labels, batch_size, seed)
+        super().__init__(labels, batch_size, seed, oversample)
         self.decoded = pixels
 
-    def pixels(self, chosen: NDArray[np.int64]) -> NDArray[np.uint8]:
+    def inputs(self, chosen: NDArray[np.int64]) -> NDArray[Any]:
         return self.decoded[chosen]
 
 
@@ -290,12 +325,13 @@ class ImageBatches(TrainingBatches):
         size: int,
         batch_size: int,
         seed: int,
+        oversample: bool = False,
     ) -> None:
-        super().__init__(labels, batch_size, seed)
+        super().__init__(labels, batch_size, seed, oversample)
         self.paths = list(paths)
         self.size = size
 
-    def pixels(self, chosen: NDArray[np.int64]) -> NDArray[np.uint8]:
+    def inputs(self, chosen: NDArray[np.int64]) -> NDArray[np.uint8]:
         return np.stack([decode(self.paths[i], self.size) for i in chosen])
 
 
@@ -376,9 +412,9 @@ def fine_tune(
     data: TrainingBatches
     if len(paths) * size * size * 3 <= PIXEL_CACHE_BYTES:
         pixels, kept = decode_all(paths, size, progress)
-        data = PixelBatches(pixels, labels[kept], batch, seed)
+        data = ArrayBatches(pixels, labels[kept], batch, seed, settings.oversampled)
     else:
-        data = ImageBatches(paths, labels, size, batch, seed)
+        data = ImageBatches(paths, labels, size, batch, seed, settings.oversampled)
     model.fit(data, **fit)
     _network_of(backbone).trainable = False
     return timer.seconds

@@ -171,7 +171,8 @@ def _imbalance(settings: TrainingSettings) -> str:
     """How the (resolved: never ``auto``) settings coped with unequal classes, in words."""
     if settings.imbalance == "logit-adjust":
         return f"logit-adjust (tau {settings.tau:g})"
-    return {"weights": "class weights", "none": "no reweighting"}[settings.imbalance]
+    words = {"weights": "class weights", "oversample": "balanced sampling"}
+    return words.get(settings.imbalance, "no reweighting")
 
 
 def checkpoint_tag(config: Config, state: State, tag: str | None, force: bool) -> str:

@@ -14,6 +14,7 @@ from al_pipeline.errors import ConfigError
 from al_pipeline.model.backbones import MOBILENET_V2_MID, Weights, build_backbone
 from al_pipeline.model.network import (
     FINE_TUNE_LEARNING_RATE,
+    ArrayBatches,
     Augment,
     TrainingSettings,
     adjust_logits,
@@ -85,7 +86,7 @@ def test_fine_tuning_decodes_once_and_reports_each_epoch(
     assert pixels.dtype == np.uint8 and 5 not in kept and len(kept) == 12
 
     seen: list[tuple[str, int]] = []
-    settings = TrainingSettings(fine_tune_epochs=2, batch_size=4)
+    settings = TrainingSettings(fine_tune_epochs=2, batch_size=4, imbalance="oversample")
     seconds = fine_tune(
         backbone,
         build_head(backbone.dim, 2),
@@ -125,6 +126,27 @@ def test_logit_adjustment_shifts_the_bias_by_the_log_prior_and_finds_the_rare_cl
         for name, head in heads.items()
     }
     assert recall["logit-adjust"] >= recall["none"] + 0.2
+
+
+def test_oversampling_draws_every_class_equally_and_finds_the_rare_class() -> None:
+    features, labels = imbalanced()
+    plain = ArrayBatches(features, labels, 32, seed=0)
+    assert sorted(plain.order) == list(range(1000))  # a permutation: each example once
+    drawn = ArrayBatches(features, labels, 32, seed=0, oversample=True)
+    shares = [labels[drawn.order].mean()]
+    drawn.on_epoch_end()  # a fresh draw each epoch
+    shares.append(labels[drawn.order].mean())
+    assert all(0.45 <= share <= 0.55 for share in shares), shares  # the rare class is 5 %
+    rare = drawn.order[labels[drawn.order] == 1]
+    assert len(set(rare.tolist())) >= 45  # spread over the 50 rare examples, not one
+    recall = {}
+    test_features, test_labels = imbalanced(seed=1)
+    for imbalance in ("none", "oversample"):
+        head = build_head(8, 2, seed=0)
+        fit_head(head, features, labels, TrainingSettings(epochs=20, imbalance=imbalance), 2)
+        predicted = predict_proba(head, test_features)[test_labels == 1].argmax(axis=1)
+        recall[imbalance] = (predicted == 1).mean()
+    assert recall["oversample"] >= recall["none"] + 0.2, recall
 
 
 def test_training_settings_name_the_bad_option() -> None:
