@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from al_pipeline import __version__, views
-from al_pipeline.config import Config, resolve_config
+from al_pipeline.config import CROP_MARGIN, Config, resolve_config
 from al_pipeline.errors import PipelineError, explain
 from al_pipeline.views import BarProgress, emit
 
@@ -265,7 +265,7 @@ def pool_import_voc(
     pool: Annotated[str | None, typer.Option(help="Pool name (default: '<folder>-crops').")] = None,
     margin: Annotated[
         float, typer.Option(help="Grow each box by this share of its size on every side.")
-    ] = 0.15,
+    ] = CROP_MARGIN,
     test_fraction: Annotated[
         float | None,
         typer.Option(help="Move this share of crops into the test set, by source photo."),

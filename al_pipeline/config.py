@@ -225,6 +225,7 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 IMBALANCES = ("auto", "weights", "oversample", "logit-adjust", "none")
 FEATURES = ("last", "mid")
 TAU_MAX = 5  # the strongest logit adjustment allowed (tau from 0 to this)
+CROP_MARGIN = 0.15  # VOC boxes grow by this share of their size on each side when cropped
 
 
 def _choice(value: object, choices: tuple[str, ...], name: str) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from al_pipeline.config import CROP_MARGIN
 from benchmarks.common import (
     MOBILENET,
     environment,
@@ -126,7 +127,7 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--sizes", default="112,160")
-    parser.add_argument("--margins", default="0.15,0.0")
+    parser.add_argument("--margins", default=f"{CROP_MARGIN:g},0")
     parser.add_argument("--budget", type=int, default=400)
     parser.add_argument("--weights", type=Path, default=MOBILENET)
     args = parser.parse_args()

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from al_pipeline.config import CROP_MARGIN
 from benchmarks.common import (
     CHANDRIKADEB7,
     MOBILENET,
@@ -33,7 +34,7 @@ from benchmarks.common import (
 )
 
 
-def voc_workspace(root: Path, margin: float = 0.15):  # type: ignore[no-untyped-def]
+def voc_workspace(root: Path, margin: float = CROP_MARGIN):  # type: ignore[no-untyped-def]
     """The VOC face crops with hidden labels and a by-photo test split (reused if there);
     each box grown by ``margin`` of its size."""
     from al_pipeline.config import CONFIG_FILE, load_config
@@ -50,8 +51,8 @@ def voc_workspace(root: Path, margin: float = 0.15):  # type: ignore[no-untyped-
 
 
 def voc_root(margin: float) -> Path:
-    """The VOC workspace for crops with ``margin`` (0.15, the default, has the plain name)."""
-    folder = "workspace" if margin == 0.15 else f"workspace-margin{margin:g}"
+    """The VOC workspace for crops with ``margin`` (the default's has the plain name)."""
+    folder = "workspace" if margin == CROP_MARGIN else f"workspace-margin{margin:g}"
     return RESULTS / "label_efficiency" / "voc" / folder
 
 
@@ -69,7 +70,7 @@ def main() -> None:
     parser.add_argument("--imbalance", default="weights")
     parser.add_argument("--tau", type=float, default=1.0)
     parser.add_argument("--features", default="last", choices=("last", "mid"))
-    parser.add_argument("--margin", type=float, default=0.15, help="VOC crops' margin")
+    parser.add_argument("--margin", type=float, default=CROP_MARGIN, help="VOC crops' margin")
     parser.add_argument("--tag", default="", help="suffix of the results' names")
     args = parser.parse_args()
     home = keras_home_with_weights(args.weights)

@@ -19,7 +19,7 @@ import defusedxml.ElementTree as safe_xml
 from defusedxml import DefusedXmlException
 from PIL import Image
 
-from al_pipeline.config import Config
+from al_pipeline.config import CROP_MARGIN, Config
 from al_pipeline.errors import IngestError
 from al_pipeline.ingest.folders import (
     IGNORED,
@@ -102,7 +102,7 @@ def import_voc(
     folder: Path,
     *,
     pool_name: str | None = None,
-    margin: float = 0.15,
+    margin: float = CROP_MARGIN,
     test_fraction: float | None = None,
     oracle: bool = False,
     progress: Progress = silent,
@@ -110,7 +110,7 @@ def import_voc(
     """Crop every VOC box under ``folder`` into a labelled pool of face crops (labels hidden
     for the oracle with ``oracle``; see :func:`al_pipeline.ingest.folders.add_folder`)."""
     if not 0 <= margin <= 1:
-        raise IngestError(f"--margin must be between 0 and 1, got {margin}. Try 0.15.")
+        raise IngestError(f"--margin must be between 0 and 1, got {margin}. Try {CROP_MARGIN}.")
     source = existing_folder(folder)
     name = plain_name(pool_name, "--pool") if pool_name else name_from(f"{source.name}-crops")
     out = config.pools_dir / name
