@@ -11,7 +11,7 @@ split (read only for the chosen setting). Each setting is one ``--configs`` entr
 its logits shifted by ``-tau * log(prior)`` (the training labels' class shares), as the
 setting ``SETTING@TAU``.
 
-    python benchmarks/bench_finetune_rare.py [--splits 3]
+    python benchmarks/bench_finetune_rare.py [--splits 3] [--seeds 0,1]
         [--configs 96:30:5:weights:1,96:30:15:weights:1:1e-4] [--post-taus 0,0.5] [--tag NAME]
 """
 
@@ -72,10 +72,11 @@ def figures(
 
 
 def one_run(
-    base: Any, home: Path, split: int, setting: str, post_taus: list[float]
+    base: Any, home: Path, split: int, seed: int, setting: str, post_taus: list[float]
 ) -> list[dict[str, Any]]:
     """The fine-tuned model's figures, one row per post-hoc tau (the setting is named
-    ``SETTING@TAU`` for a tau other than 0)."""
+    ``SETTING@TAU`` for a tau other than 0). ``seed`` seeds the training (the head's and
+    the fine-tuned layers' start, augmentation and batch order), not the splits."""
     from al_pipeline.ingest.split import redraw_test_split
     from al_pipeline.model.checkpoints import load_checkpoint
     from al_pipeline.model.network import TrainingSettings
@@ -103,6 +104,7 @@ def one_run(
         shown = [i for i in hidden if sides.get(i) == "train"]
         state.record_pulled(None, [PulledLabel(i, hidden[i], "oracle", "oracle") for i in shown])
         settings = TrainingSettings(
+            seed=seed,
             epochs=30,
             fine_tune_layers=int(layers),
             fine_tune_epochs=int(epochs),
@@ -127,7 +129,8 @@ def one_run(
     rows = []
     for tau in post_taus:
         name = f"{setting}@{tau:g}" if tau else setting
-        row: dict[str, Any] = {"setting": name, "split": split, "labels": len(shown)}
+        row: dict[str, Any] = {"setting": name, "split": split, "seed": seed}
+        row["labels"] = len(shown)
         row |= {"seconds": seconds, "epoch_seconds": report.epoch_seconds}
         for side, (probabilities, truth) in sides.items():
             found = figures(config, probabilities, truth, prior, tau)
@@ -137,15 +140,15 @@ def one_run(
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per setting: mean and 95 % interval half-width of each figure over the splits, and
-    the mean seconds of an epoch after the first (which compiles)."""
+    """Per setting: mean and 95 % interval half-width of each figure over the runs (splits
+    x seeds), and the mean seconds of an epoch after the first (which compiles)."""
     import pandas as pd
 
     frame = pd.DataFrame(rows)
     columns = [f"{side}_{figure}" for side, figure in product(("validation", "test"), FIGURES)]
     summary = []
     for setting, part in frame.groupby("setting", sort=False):
-        row: dict[str, Any] = {"setting": setting, "splits": len(part)}
+        row: dict[str, Any] = {"setting": setting, "runs": len(part)}
         row |= with_intervals(part, columns)
         later = [s for seconds in part["epoch_seconds"] for s in seconds[1:]]
         row["epoch_seconds"] = round(float(np.mean(later)), 1) if later else None
@@ -157,6 +160,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--splits", type=int, default=3)
+    parser.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1")
     parser.add_argument("--configs", default="96:30:5:weights:1,96:30:5:logit-adjust:0.5")
     parser.add_argument(
         "--post-taus",
@@ -174,13 +178,14 @@ def main() -> None:
     post_taus = [float(tau) for tau in args.post_taus.split(",")]
     rows = []
     for setting in args.configs.split(","):
-        for split in range(args.splits):
-            rows += one_run(base, home, split, setting, post_taus)
+        for split, seed in product(range(args.splits), (int(s) for s in args.seeds.split(","))):
+            rows += one_run(base, home, split, seed, setting, post_taus)
             print(*rows[-len(post_taus) :], sep="\n", flush=True)
     summary = summarise(rows)
     best = max(summary, key=lambda row: row["validation_macro_f1_mean"])["setting"]
     print(f"chosen on validation macro-F1: {best}")
-    result = {"environment": environment(), "splits": args.splits, "summary": summary}
+    result = {"environment": environment(), "splits": args.splits, "seeds": args.seeds}
+    result |= {"summary": summary}
     result |= {"chosen_on_validation": best, "runs": rows}
     tag = f"_{args.tag}" if args.tag else ""
     print(f"saved {save(f'bench_finetune_rare{tag}', result)}")
