@@ -301,17 +301,17 @@ class ArrayBatches(TrainingBatches):
 
     def __init__(
         self,
-        pixels: NDArray[Any],
+        array: NDArray[Any],
         labels: NDArray[np.int64],
         batch_size: int,
         seed: int,
         oversample: bool = False,
     ) -> None:
         super().__init__(labels, batch_size, seed, oversample)
-        self.decoded = pixels
+        self.array = array
 
     def inputs(self, chosen: NDArray[np.int64]) -> NDArray[Any]:
-        return self.decoded[chosen]
+        return self.array[chosen]
 
 
 class ImageBatches(TrainingBatches):

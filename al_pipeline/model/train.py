@@ -171,8 +171,12 @@ def _imbalance(settings: TrainingSettings) -> str:
     """How the (resolved: never ``auto``) settings coped with unequal classes, in words."""
     if settings.imbalance == "logit-adjust":
         return f"logit-adjust (tau {settings.tau:g})"
-    words = {"weights": "class weights", "oversample": "balanced sampling"}
-    return words.get(settings.imbalance, "no reweighting")
+    words = {
+        "weights": "class weights",
+        "oversample": "balanced sampling",
+        "none": "no reweighting",
+    }
+    return words[settings.imbalance]
 
 
 def checkpoint_tag(config: Config, state: State, tag: str | None, force: bool) -> str:
