@@ -111,6 +111,19 @@ Features = Annotated[
 Tau = Annotated[
     float | None, typer.Option(help="Logit adjustment strength, 0-5 (default: al.toml).")
 ]
+FineTuneLayers = Annotated[
+    int | None,
+    typer.Option(
+        help="Also unfreeze the top K backbone layers and train on augmented images (slow "
+        "on a CPU) (default: al.toml, 0)."
+    ),
+]
+FineTuneEpochs = Annotated[
+    int | None, typer.Option(help="Epochs of fine-tuning (default: al.toml, 5).")
+]
+FineTuneRate = Annotated[
+    float | None, typer.Option(help="Fine-tuning's learning rate (default: al.toml, 1e-4).")
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -361,17 +374,9 @@ def train(
         str | None, typer.Option(help="imagenet, none, or a path to a no-top .h5 file.")
     ] = None,
     epochs: HeadEpochs = 50,
-    fine_tune_layers: Annotated[
-        int,
-        typer.Option(
-            help="Also unfreeze the top K backbone layers and train on "
-            "augmented images (slow on a CPU)."
-        ),
-    ] = 0,
-    fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning.")] = 5,
-    fine_tune_rate: Annotated[
-        float | None, typer.Option(help="Fine-tuning's learning rate (default 1e-4).")
-    ] = None,
+    fine_tune_layers: FineTuneLayers = None,
+    fine_tune_epochs: FineTuneEpochs = None,
+    fine_tune_rate: FineTuneRate = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: workspace seed).")] = None,
     imbalance: Imbalance = None,
     tau: Tau = None,
@@ -385,13 +390,11 @@ def train(
     from al_pipeline.loop.rounds import train_and_evaluate as fit
     from al_pipeline.model.network import TrainingSettings
 
-    overrides = {"backbone": backbone, "image_size": image_size, "weights": weights, "seed": seed}
-    overrides["features"] = features
-    tuning = {"fine_tune_layers": fine_tune_layers, "fine_tune_epochs": fine_tune_epochs}
-    with workspace("al train", **overrides, imbalance=imbalance, tau=tau) as (config, state, bar):
-        settings = TrainingSettings.for_workspace(
-            config, epochs=epochs, fine_tune_rate=fine_tune_rate, **tuning
-        )
+    overrides: dict[str, Any] = {"backbone": backbone, "image_size": image_size, "seed": seed}
+    overrides |= {"weights": weights, "features": features, "imbalance": imbalance, "tau": tau}
+    overrides |= {"fine_tune_layers": fine_tune_layers, "fine_tune_epochs": fine_tune_epochs}
+    with workspace("al train", **overrides, fine_tune_rate=fine_tune_rate) as (config, state, bar):
+        settings = TrainingSettings.for_workspace(config, epochs=epochs)
         report = fit(config, state, settings, tag=tag, force=force, progress=bar)
     emit(report, as_json, views.trained)
 
@@ -719,6 +722,9 @@ def simulate(
     features: Features = None,
     imbalance: Imbalance = None,
     tau: Tau = None,
+    fine_tune_layers: FineTuneLayers = None,
+    fine_tune_epochs: FineTuneEpochs = None,
+    fine_tune_rate: FineTuneRate = None,
     classes: Annotated[
         str | None, typer.Option(help="With --dataset: classes (default: subfolder names).")
     ] = None,
@@ -736,6 +742,8 @@ def simulate(
 
     names = [s.strip() for s in strategies.split(",")]
     given = {"imbalance": imbalance, "tau": tau, "features": features}
+    given |= {"fine_tune_layers": fine_tune_layers, "fine_tune_epochs": fine_tune_epochs}
+    given["fine_tune_rate"] = fine_tune_rate
     with BarProgress() as progress:
         config = simulation_config(dataset, out_dir, classes, test_fraction, progress, **given)
         settings = TrainingSettings.for_workspace(config, epochs=epochs)

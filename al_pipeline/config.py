@@ -20,6 +20,7 @@ from al_pipeline.errors import ConfigError, WorkspaceExistsError, WorkspaceNotFo
 CONFIG_FILE = "al.toml"
 DATABASE_FILE = "state.sqlite3"
 WORKSPACE_ENV = "AL_WORKSPACE"
+FINE_TUNE_RATE = 1e-4  # fine-tuning's learning rate, chosen on validation: docs/benchmarks.md
 _CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
 
@@ -51,6 +52,11 @@ class Config:
         imbalance: How training copes with unequal classes: ``auto``, ``weights``,
             ``oversample``, ``logit-adjust`` or ``none`` (see ``TrainingSettings``).
         tau: The logit adjustment's strength, with ``logit-adjust``.
+        fine_tune_layers: The top backbone layers every training also fine-tunes, on
+            augmented images: ``al train`` and every round's model (0: a head on frozen
+            features, the default; fine-tuning is slow on a CPU).
+        fine_tune_epochs: Epochs of that fine-tuning.
+        fine_tune_rate: Its learning rate.
         studio_dir: The embedded Label Studio's data, credentials, pid and log files.
         studio_url: A Label Studio server to use instead of the stored connection
             (``$LABEL_STUDIO_URL``).
@@ -78,6 +84,9 @@ class Config:
     precision: str = "auto"
     imbalance: str = "auto"  # chosen on validation splits: docs/benchmarks.md
     tau: float = 0.5
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 5
+    fine_tune_rate: float = FINE_TUNE_RATE
     studio_dir: Path = field(default=Path("studio"))
     studio_url: str | None = None
     studio_api_key: str | None = None
@@ -206,6 +215,7 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
             precision=_precision(model.get("precision", Config.precision)),
             imbalance=_choice(model.get("imbalance", Config.imbalance), IMBALANCES, "imbalance"),
             tau=_tau(model.get("tau", Config.tau)),
+            **_fine_tuning(model),
             image_size=_positive_int(model.get("image_size", Config.image_size), "image_size"),
             features=_choice(model.get("features", Config.features), FEATURES, "features"),
             seed=_non_negative_int(workspace.get("seed", Config.seed), "seed"),
@@ -238,6 +248,20 @@ def _tau(value: object) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= TAU_MAX:
         raise ValueError(f"tau must be a number from 0 to {TAU_MAX}, got {value!r}")
     return float(value)
+
+
+def _fine_tuning(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The [model] table's fine-tuning keys, checked."""
+    rate = model.get("fine_tune_rate", Config.fine_tune_rate)
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 < rate <= 1:
+        raise ValueError(f"fine_tune_rate must be a number above 0 and at most 1, got {rate!r}")
+    layers = model.get("fine_tune_layers", Config.fine_tune_layers)
+    epochs = model.get("fine_tune_epochs", Config.fine_tune_epochs)
+    return {
+        "fine_tune_layers": _non_negative_int(layers, "fine_tune_layers"),
+        "fine_tune_epochs": _positive_int(epochs, "fine_tune_epochs"),
+        "fine_tune_rate": float(rate),
+    }
 
 
 def _precision(value: object) -> str:
@@ -363,7 +387,12 @@ def render_toml(config: Config) -> str:
         "# weights (inverse frequency), oversample (classes drawn equally often),\n"
         "# logit-adjust (by tau), or none\n"
         f"imbalance = {text(config.imbalance)}\n"
-        f"tau = {config.tau}\n\n"
+        f"tau = {config.tau}\n"
+        "# Fine-tune the top K backbone layers in every training, rounds included\n"
+        "# (0: a head on frozen features). Slow on a CPU.\n"
+        f"fine_tune_layers = {config.fine_tune_layers}\n"
+        f"fine_tune_epochs = {config.fine_tune_epochs}\n"
+        f"fine_tune_rate = {config.fine_tune_rate:g}\n\n"
         "[ingest]\n"
         "# Images with more pixels are rejected as decompression bombs.\n"
         f"max_pixels = {config.max_pixels}\n"

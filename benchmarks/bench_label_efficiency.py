@@ -7,6 +7,7 @@ learning curves under benchmarks/results/label_efficiency/<dataset>/.
     python benchmarks/bench_label_efficiency.py [--dataset both|chandrikadeb7|voc]
         [--rounds 20] [--seeds 3] [--splits 1] [--strategies margin,targeted,random]
         [--image-size 224] [--imbalance weights] [--tau 1.0] [--tag NAME]
+        [--fine-tune-layers 30 --fine-tune-epochs 10 --fine-tune-rate 1e-4]
 
 The summary JSON holds the efficiency table and, per strategy, the mean and 95 % interval
 over seeds x splits of accuracy, macro-F1, the rare class's recall and its share of the
@@ -69,6 +70,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--imbalance", default="weights")
     parser.add_argument("--tau", type=float, default=1.0)
+    parser.add_argument("--fine-tune-layers", type=int, default=0, help="every round's model")
+    parser.add_argument("--fine-tune-epochs", type=int, default=5)
+    parser.add_argument("--fine-tune-rate", type=float, default=1e-4)
     parser.add_argument("--features", default="last", choices=("last", "mid"))
     parser.add_argument("--margin", type=float, default=CROP_MARGIN, help="VOC crops' margin")
     parser.add_argument("--tag", default="", help="suffix of the results' names")
@@ -113,7 +117,14 @@ def main() -> None:
             config = voc_workspace(voc_root(args.margin), args.margin)
         config = replace(config, keras_home=home, features=args.features)
         with State(config.database) as state:
-            settings = TrainingSettings(epochs=args.epochs, imbalance=args.imbalance, tau=args.tau)
+            settings = TrainingSettings(
+                epochs=args.epochs,
+                imbalance=args.imbalance,
+                tau=args.tau,
+                fine_tune_layers=args.fine_tune_layers,
+                fine_tune_epochs=args.fine_tune_epochs,
+                fine_tune_rate=args.fine_tune_rate,
+            )
             simulation = SimulationPlan(
                 **plan,
                 rounds=args.rounds,
@@ -142,6 +153,7 @@ def main() -> None:
             "imbalance": args.imbalance,
             "tau": args.tau,
             "features": args.features,
+            "fine_tune": [args.fine_tune_layers, args.fine_tune_epochs, args.fine_tune_rate],
             "margin": args.margin if name == "voc" else None,
             "table": result.table.to_dict("records"),
             "curves": curves(result.runs, result.rare_class),

@@ -157,6 +157,8 @@ def test_train_without_labels_is_a_clear_error(cli: CliRunner, workspace: Config
         (["--imbalance", "focal"], "--imbalance 'focal' is not an option"),
         (["--tau", "7"], "--tau 7.0 is out of range"),
         (["--fine-tune-rate", "0"], "--fine-tune-rate 0 is out of range"),
+        (["--fine-tune-layers", "-1"], "--fine-tune-layers must be at least 0, got -1"),
+        (["--fine-tune-epochs", "0"], "--fine-tune-epochs must be at least 1, got 0"),
     ):
         bad = cli.invoke(app, ["-w", str(workspace.root), "train", *flags])
         assert bad.exit_code == 1 and says in " ".join(bad.output.split()), bad.output

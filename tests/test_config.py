@@ -95,6 +95,32 @@ def test_imbalance_and_tau_come_from_al_toml_and_are_checked(workspace: Config) 
             load_config(workspace.root)
 
 
+def test_fine_tuning_comes_from_al_toml_reaches_training_and_is_checked(
+    workspace: Config,
+) -> None:
+    from al_pipeline.model.network import TrainingSettings
+
+    path = workspace.root / "al.toml"
+    text = path.read_text(encoding="utf-8")
+    assert "fine_tune_layers = 0" in text and "fine_tune_rate = 0.0001" in text
+    tuned = text.replace("fine_tune_layers = 0", "fine_tune_layers = 30")
+    path.write_text(tuned.replace("fine_tune_epochs = 5", "fine_tune_epochs = 30"), "utf-8")
+    settings = TrainingSettings.for_workspace(load_config(workspace.root), epochs=3)
+    assert (settings.fine_tune_layers, settings.fine_tune_epochs, settings.epochs) == (30, 30, 3)
+    flagged = resolve_config(workspace.root, env={}, fine_tune_layers=0, fine_tune_rate=1e-3)
+    assert TrainingSettings.for_workspace(flagged).fine_tune_layers == 0
+    assert TrainingSettings.for_workspace(flagged).fine_tune_rate == 1e-3
+    for old, new, says in (
+        ("fine_tune_layers = 0", "fine_tune_layers = -1", "fine_tune_layers must be an integer"),
+        ("fine_tune_epochs = 5", "fine_tune_epochs = 0", "fine_tune_epochs must be a positive"),
+        ("fine_tune_rate = 0.0001", "fine_tune_rate = 2", "fine_tune_rate must be a number"),
+        ("fine_tune_rate = 0.0001", 'fine_tune_rate = "1e-4"', "fine_tune_rate must be a number"),
+    ):
+        path.write_text(text.replace(old, new), encoding="utf-8")
+        with pytest.raises(ConfigError, match=f"al.toml: {says}"):
+            load_config(workspace.root)
+
+
 def test_features_come_from_al_toml_or_a_flag_and_are_checked(workspace: Config) -> None:
     path = workspace.root / "al.toml"
     text = path.read_text(encoding="utf-8")

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.utils.class_weight import compute_class_weight
 
-from al_pipeline.config import IMBALANCES, TAU_MAX, Config
+from al_pipeline.config import FINE_TUNE_RATE, IMBALANCES, TAU_MAX, Config
 from al_pipeline.errors import ConfigError, PipelineError
 from al_pipeline.model.backbones import Backbone
 from al_pipeline.model.inference import predict_padded
@@ -29,7 +29,6 @@ from al_pipeline.paths import at_least
 from al_pipeline.progress import Progress, silent
 
 HEAD_LEARNING_RATE = 1e-3
-FINE_TUNE_LEARNING_RATE = 1e-4  # chosen on validation splits: docs/benchmarks.md
 # Training images are decoded once into memory up to this size (3,000 at 224 px: 450 MB).
 PIXEL_CACHE_BYTES = 4 << 30
 CACHE_BATCH = 256
@@ -57,7 +56,7 @@ class TrainingSettings:
     batch_size: int = 32
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 5
-    fine_tune_rate: float = FINE_TUNE_LEARNING_RATE
+    fine_tune_rate: float = FINE_TUNE_RATE
     seed: int = 0
     imbalance: str = "auto"
     tau: float = 0.5
@@ -83,10 +82,11 @@ class TrainingSettings:
 
     @classmethod
     def for_workspace(cls, config: Config, **given: Any) -> TrainingSettings:
-        """The workspace's seed and imbalance handling, with ``given`` fields on top
-        (``None`` means "not given", as for config overrides: the default stays)."""
-        fields: dict[str, Any] = {"seed": config.seed, "imbalance": config.imbalance}
-        fields["tau"] = config.tau
+        """The workspace's seed, imbalance handling and fine-tuning, with ``given`` fields
+        on top (``None`` means "not given", as for config overrides: the default stays)."""
+        names = ("seed", "imbalance", "tau", "fine_tune_layers", "fine_tune_epochs")
+        fields: dict[str, Any] = {name: getattr(config, name) for name in names}
+        fields["fine_tune_rate"] = config.fine_tune_rate
         return cls(**(fields | {k: v for k, v in given.items() if v is not None}))
 
     def resolved(self, fine_tuned: bool) -> TrainingSettings:

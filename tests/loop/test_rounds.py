@@ -228,3 +228,27 @@ def test_a_run_killed_after_registering_its_model_resumes_to_the_clean_row(
         rows.append({k: v for k, v in kept if not k.endswith(("seconds", "timestamp"))})
     assert rows[0]["accuracy"] is not None and rows[0]["pool_change"] is not None
     assert rows[1] == rows[0]
+
+
+@pytest.mark.slow
+def test_rounds_fine_tune_when_the_workspace_says_so(oracle_ws: Config) -> None:
+    """fine_tune_layers in al.toml: every round's model fine-tunes the backbone, and the
+    next round scores the pool with that model's own backbone, not the ImageNet one."""
+    toml = oracle_ws.root / "al.toml"
+    text = toml.read_text().replace("image_size = 224", "image_size = 64")
+    text = text.replace("fine_tune_layers = 0", "fine_tune_layers = 10")
+    toml.write_text(text.replace("fine_tune_epochs = 5", "fine_tune_epochs = 1"))
+    env = {"KERAS_HOME": str(oracle_ws.keras_home)}
+    args = ["-w", str(oracle_ws.root), "run", "--rounds", "2", "--size", "20", "--epochs", "5"]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    with State(oracle_ws.database) as state:
+        models = [state.round_checkpoint(r.id) for r in state.rounds()]
+    with sqlite3.connect(oracle_ws.database) as db:
+        scored = {row[0] for row in db.execute("SELECT weights_digest FROM embedding_sets")}
+    metas = [m.meta for m in models if m is not None]
+    assert [(m.fine_tuned, m.fine_tune_layers, m.fine_tune_epochs) for m in metas] == [
+        (True, 10, 1),
+        (True, 10, 1),
+    ]
+    assert metas[0].features_digest.startswith("weights:") and metas[0].features_digest in scored

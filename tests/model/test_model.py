@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from al_pipeline.config import Config
+from al_pipeline.config import FINE_TUNE_RATE, Config
 from al_pipeline.errors import NoLabelsError
 from al_pipeline.ingest.folders import add_folder
 from al_pipeline.loop.rounds import train_and_evaluate
@@ -28,7 +28,6 @@ from al_pipeline.model.checkpoints import (
 )
 from al_pipeline.model.evaluate import evaluate
 from al_pipeline.model.network import (
-    FINE_TUNE_LEARNING_RATE,
     HEAD_LEARNING_RATE,
     TrainingSettings,
     build_classifier,
@@ -246,7 +245,7 @@ def test_fine_tuning_on_real_photos(trained: Trained, tmp_path: Path) -> None:
         )
     meta = load_checkpoint(report.path).meta
     assert meta.fine_tuned and meta.features_digest.startswith("weights:")
-    assert meta.fine_tune_epochs == 1 and meta.fine_tune_rate == FINE_TUNE_LEARNING_RATE
+    assert meta.fine_tune_epochs == 1 and meta.fine_tune_rate == FINE_TUNE_RATE
     assert report.metrics is not None and report.metrics.accuracy >= 0.8
 
 

@@ -9,11 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-from al_pipeline.config import Config
+from al_pipeline.config import FINE_TUNE_RATE, Config
 from al_pipeline.errors import ConfigError
 from al_pipeline.model.backbones import MOBILENET_V2_MID, Weights, build_backbone
 from al_pipeline.model.network import (
-    FINE_TUNE_LEARNING_RATE,
     ArrayBatches,
     Augment,
     TrainingSettings,
@@ -159,7 +158,7 @@ def test_training_settings_name_the_bad_option() -> None:
             TrainingSettings(fine_tune_rate=rate)
     config = Config(Path("ws"), "ws", ("a", "b"), seed=7)
     unset = TrainingSettings.for_workspace(config, fine_tune_rate=None, epochs=3)
-    assert (unset.fine_tune_rate, unset.epochs, unset.seed) == (FINE_TUNE_LEARNING_RATE, 3, 7)
+    assert (unset.fine_tune_rate, unset.epochs, unset.seed) == (FINE_TUNE_RATE, 3, 7)
     _, labels = imbalanced()
     assert TrainingSettings(imbalance="none").class_weights(labels, 2) is None
     weights = TrainingSettings(imbalance="weights").class_weights(labels, 2)
