@@ -31,7 +31,7 @@ from al_pipeline.loop.status import (
 from al_pipeline.loop.stopping import PoolExhausted, StoppingRule
 from al_pipeline.model.backbones import Backbone, workspace_backbone
 from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint
-from al_pipeline.model.embeddings import Embedded, embed_items, embed_pool
+from al_pipeline.model.embeddings import Embedded, drop_features, embed_items, embed_pool
 from al_pipeline.model.evaluate import evaluate
 from al_pipeline.model.network import TrainingSettings, dropout_rate, sample_proba
 from al_pipeline.model.score import head_probabilities
@@ -295,6 +295,7 @@ def finish(
         )
     row = _train_and_record(config, state, open_round, settings, progress)
     state.close_round(open_round.id)
+    _drop_stale_features(config, state)
     return RoundFinished(
         open_round.id,
         row,
@@ -304,6 +305,20 @@ def finish(
         skipped=sum(q.state == "skipped" for q in queue),
         new_labels=pulled.written,
     )
+
+
+def _drop_stale_features(config: Config, state: State) -> None:
+    """Drop the cached features of fine-tuned models older than the newest.
+
+    A round scores the pool with the newest model, and the round after compares that model
+    with its successor, so older fine-tuned weights are never scored with again. Without
+    this, a loop that fine-tunes every round would add the whole pool's features to the
+    cache each round. Features of pretrained weights, shared by every head, stay.
+    """
+    checkpoints = state.checkpoints()
+    tuned = {c.meta.features_digest for c in checkpoints if c.meta.fine_tuned}
+    if checkpoints:
+        drop_features(config, state, tuned - {checkpoints[-1].meta.features_digest})
 
 
 def _train_and_record(

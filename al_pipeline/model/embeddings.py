@@ -16,7 +16,7 @@ import os
 import secrets
 import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +225,22 @@ class EmbeddingCache:
         if table is None:
             raise FileNotFoundError(f"{self.path(shard)} is missing or empty")
         return widen(table[rows])
+
+
+def drop_features(config: Config, state: State, weights_digests: Collection[str]) -> int:
+    """Delete the cached features computed with these weights; how many files went.
+
+    The files go first, then their index: a kill between the two leaves an index whose
+    files are missing, which the cache reads as damaged rows and computes again, never a
+    file that nothing indexes and nothing would delete.
+    """
+    removed = 0
+    for digest in state.embedding_sets_of(weights_digests):
+        for path in config.cache_dir.glob(f"*-{digest}*.f16"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        state.drop_embedding_set(digest)
+    return removed
 
 
 def shard_path(file: Path, shard: int) -> Path:

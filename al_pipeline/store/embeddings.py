@@ -7,7 +7,7 @@ the index of 10M rows reads a few thousand blobs, not 10M rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +60,18 @@ class Embeddings(Database):
             crcs[row] = UNCHECKED if crc is None else crc
         self._db.execute("DELETE FROM embedding_rows WHERE digest = ?", (digest,))
         self._insert_block(digest, Block(0, keys, crcs))
+
+    def embedding_sets_of(self, weights_digests: Collection[str]) -> list[str]:
+        """The digests of the feature files computed with any of these weights."""
+        rows = self._db.execute("SELECT digest, weights_digest FROM embedding_sets")
+        return [str(r[0]) for r in rows if r[1] in weights_digests]
+
+    def drop_embedding_set(self, digest: str) -> None:
+        """Forget a feature file's index: its blocks, shards and the set itself."""
+        with self.atomic():
+            for table in ("embedding_blocks", "embedding_shards", "embedding_rows"):
+                self._db.execute(f"DELETE FROM {table} WHERE digest = ?", (digest,))
+            self._db.execute("DELETE FROM embedding_sets WHERE digest = ?", (digest,))
 
     def embedding_blocks(self, digest: str) -> list[Block]:
         """Every block of a feature file's index, in row order."""

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from al_pipeline.config import Config
+from al_pipeline.config import Config, load_config
 from al_pipeline.labelling import OracleLabeller, Pulled
 from al_pipeline.loop.rounds import RunPlan, finish, run, start
 from al_pipeline.loop.status import RoundError, status
@@ -232,23 +232,43 @@ def test_a_run_killed_after_registering_its_model_resumes_to_the_clean_row(
 
 @pytest.mark.slow
 def test_rounds_fine_tune_when_the_workspace_says_so(oracle_ws: Config) -> None:
-    """fine_tune_layers in al.toml: every round's model fine-tunes the backbone, and the
-    next round scores the pool with that model's own backbone, not the ImageNet one."""
+    """fine_tune_layers in al.toml: every round's model fine-tunes the backbone, the next
+    round scores the pool with that model's own backbone, and once a newer model exists
+    the older one's cached features are deleted (the ImageNet ones stay)."""
     toml = oracle_ws.root / "al.toml"
     text = toml.read_text().replace("image_size = 224", "image_size = 64")
     text = text.replace("fine_tune_layers = 0", "fine_tune_layers = 10")
     toml.write_text(text.replace("fine_tune_epochs = 5", "fine_tune_epochs = 1"))
     env = {"KERAS_HOME": str(oracle_ws.keras_home)}
-    args = ["-w", str(oracle_ws.root), "run", "--rounds", "2", "--size", "20", "--epochs", "5"]
-    result = CliRunner().invoke(app, args, env=env)
-    assert result.exit_code == 0, result.output
-    with State(oracle_ws.database) as state:
-        models = [state.round_checkpoint(r.id) for r in state.rounds()]
-    with sqlite3.connect(oracle_ws.database) as db:
-        scored = {row[0] for row in db.execute("SELECT weights_digest FROM embedding_sets")}
-    metas = [m.meta for m in models if m is not None]
-    assert [(m.fine_tuned, m.fine_tune_layers, m.fine_tune_epochs) for m in metas] == [
-        (True, 10, 1),
-        (True, 10, 1),
+    ws = ["-w", str(oracle_ws.root)]
+    first = CliRunner().invoke(
+        app, [*ws, "run", "--rounds", "1", "--size", "20", "--epochs", "5"], env=env
+    )
+    assert first.exit_code == 0, first.output
+    config = replace(load_config(oracle_ws.root), keras_home=oracle_ws.keras_home)
+    with State(config.database) as state:
+        started = start(config, state, OracleLabeller(state), strategy="margin", size=20)
+        assert started.model == "round-001"
+    scored_first = weights_scored(config)
+    finished = CliRunner().invoke(app, [*ws, "round", "finish", "--epochs", "5"], env=env)
+    assert finished.exit_code == 0, finished.output
+    with State(config.database) as state:
+        metas = [c.meta for c in state.checkpoints()]
+    assert [(m.tag, m.fine_tuned, m.fine_tune_layers, m.fine_tune_epochs) for m in metas] == [
+        ("round-001", True, 10, 1),
+        ("round-002", True, 10, 1),
     ]
-    assert metas[0].features_digest.startswith("weights:") and metas[0].features_digest in scored
+    old, new = (m.features_digest for m in metas)
+    assert old.startswith("weights:") and old in scored_first
+    scored = weights_scored(config)
+    assert new in scored and old not in scored and len(scored) == 2  # ImageNet's stay
+    with sqlite3.connect(config.database) as db:
+        digests = {row[0] for row in db.execute("SELECT digest FROM embedding_sets")}
+    files = {p.name for p in config.cache_dir.iterdir()}
+    assert {name.rsplit("-", 1)[1].removesuffix(".f16") for name in files} == digests, files
+
+
+def weights_scored(config: Config) -> set[str]:
+    """The weights the workspace's feature cache holds features of."""
+    with sqlite3.connect(config.database) as db:
+        return {row[0] for row in db.execute("SELECT weights_digest FROM embedding_sets")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,14 @@ import pytest
 
 from al_pipeline.config import Config
 from al_pipeline.model.backbones import Backbone, Weights, build_backbone
-from al_pipeline.model.embeddings import Embedded, EmbeddingCache, ShardWriter, embed, widen
+from al_pipeline.model.embeddings import (
+    Embedded,
+    EmbeddingCache,
+    ShardWriter,
+    drop_features,
+    embed,
+    widen,
+)
 from al_pipeline.store.db import sha_key
 from al_pipeline.store.state import State
 
@@ -48,6 +56,31 @@ def test_a_damaged_feature_file_is_found_and_its_rows_computed_again(
     rebuilt = embed(state, workspace.cache_dir, backbone, items)
     assert rebuilt.computed == 6
     np.testing.assert_array_equal(rebuilt.features(), clean)
+
+
+def test_dropped_features_lose_files_and_index_and_a_half_drop_is_computed_again(
+    workspace: Config,
+    state: State,
+    backbone: Backbone,
+    tmp_path: Path,
+    make_images: Callable[..., list[Path]],
+) -> None:
+    items = [(f"{i:016x}" * 4, p) for i, p in enumerate(make_images(tmp_path / "p", 4))]
+    other = replace(backbone, weights_digest="weights:other")
+    kept = embed(state, workspace.cache_dir, other, items).cache.file
+    first = embed(state, workspace.cache_dir, backbone, items)
+    clean = first.features()
+
+    first.cache.file.unlink()  # killed after the files went, before the index did
+    again = embed(state, workspace.cache_dir, backbone, items)
+    assert again.computed == 4
+    np.testing.assert_array_equal(again.features(), clean)
+
+    assert drop_features(workspace, state, {backbone.weights_digest}) == 1
+    assert not again.cache.file.exists() and kept.exists()
+    assert state.embedding_sets_of({backbone.weights_digest}) == []
+    assert embed(state, workspace.cache_dir, other, items).computed == 0
+    assert embed(state, workspace.cache_dir, backbone, items).computed == 4
 
 
 def _index_a_row_per_item(database: Path, shas: list[str], checksums: bool) -> None:
