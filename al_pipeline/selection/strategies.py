@@ -274,11 +274,21 @@ def _unit(rows: NDArray[np.floating]) -> NDArray[np.float32]:
 
 
 def _top(utility: NDArray[np.floating], n: int) -> Picked:
-    """The ``n`` highest utilities, best first."""
+    """The ``n`` highest utilities, best first; equal ones in pool order, and NaN last.
+
+    Ties are broken by position, not left to ``argpartition``, whose order among equal
+    values depends on the processor's vector instructions: the same pool and seed pick the
+    same items on every machine.
+    """
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0)
-    picked = np.argpartition(-utility, n - 1)[:n].astype(np.int64)
-    picked = picked[np.argsort(-utility[picked], kind="stable")]
+    order = np.where(np.isnan(utility), np.inf, -np.asarray(utility, np.float64))
+    picked: NDArray[np.int64] = np.arange(len(order), dtype=np.int64)
+    if n < len(order):
+        nth = np.partition(order, n - 1)[n - 1]
+        better = np.flatnonzero(order < nth)
+        picked = np.concatenate([better, np.flatnonzero(order == nth)[: n - len(better)]])
+    picked = picked[np.argsort(order[picked], kind="stable")].astype(np.int64)
     return picked, np.asarray(utility[picked], np.float64)
 
 

@@ -12,6 +12,7 @@ from al_pipeline.selection.strategies import (
     ClassBalancer,
     Pool,
     Positions,
+    _top,
     get_strategy,
     parse_strategy,
     select,
@@ -271,6 +272,18 @@ def test_auto_searches_for_the_class_short_of_labels_not_the_least_expected() ->
     picked, _ = select(get_strategy("auto"), pool, 10)
     searched = np.argsort(-pool.probabilities[:, 1], kind="stable")[:9]
     assert set(picked[:9].tolist()) == set(searched.tolist())
+
+
+def test_equal_utilities_are_picked_in_pool_order_on_any_processor() -> None:
+    """argpartition orders ties by the CPU's vector instructions (AVX-512 or not); the
+    picks must not. 100 items tie for the top; the first ones by position are taken."""
+    pool, _ = rare_pool([60, 2, 38])
+    assert pool.probabilities is not None
+    picked, _ = select(get_strategy("auto"), pool, 10)
+    assert picked[:9].tolist() == list(range(9))
+    utility = np.array([0.5, np.nan, 0.9, 0.5, 0.5, 0.1, np.nan])
+    assert _top(utility, 3)[0].tolist() == [2, 0, 3]
+    assert _top(utility, 7)[0].tolist() == [2, 0, 3, 4, 5, 1, 6]
 
 
 def test_auto_without_label_counts_is_margin() -> None:
