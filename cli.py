@@ -125,6 +125,12 @@ FineTuneRate = Annotated[
     float | None, typer.Option(help="Fine-tuning's learning rate (default: al.toml, 1e-4).")
 ]
 
+
+def fine_tuning(layers: int | None, epochs: int | None, rate: float | None) -> dict[str, Any]:
+    """The fine-tuning flags as config overrides (None: al.toml's value)."""
+    return {"fine_tune_layers": layers, "fine_tune_epochs": epochs, "fine_tune_rate": rate}
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -392,8 +398,8 @@ def train(
 
     overrides: dict[str, Any] = {"backbone": backbone, "image_size": image_size, "seed": seed}
     overrides |= {"weights": weights, "features": features, "imbalance": imbalance, "tau": tau}
-    overrides |= {"fine_tune_layers": fine_tune_layers, "fine_tune_epochs": fine_tune_epochs}
-    with workspace("al train", **overrides, fine_tune_rate=fine_tune_rate) as (config, state, bar):
+    overrides |= fine_tuning(fine_tune_layers, fine_tune_epochs, fine_tune_rate)
+    with workspace("al train", **overrides) as (config, state, bar):
         settings = TrainingSettings.for_workspace(config, epochs=epochs)
         report = fit(config, state, settings, tag=tag, force=force, progress=bar)
     emit(report, as_json, views.trained)
@@ -742,8 +748,7 @@ def simulate(
 
     names = [s.strip() for s in strategies.split(",")]
     given = {"imbalance": imbalance, "tau": tau, "features": features}
-    given |= {"fine_tune_layers": fine_tune_layers, "fine_tune_epochs": fine_tune_epochs}
-    given["fine_tune_rate"] = fine_tune_rate
+    given |= fine_tuning(fine_tune_layers, fine_tune_epochs, fine_tune_rate)
     with BarProgress() as progress:
         config = simulation_config(dataset, out_dir, classes, test_fraction, progress, **given)
         settings = TrainingSettings.for_workspace(config, epochs=epochs)
