@@ -13,7 +13,12 @@ from typer.testing import CliRunner
 from al_pipeline.errors import PipelineError
 from al_pipeline.loop.simulate import SimulationPlan, simulate
 from al_pipeline.model.network import TrainingSettings
-from al_pipeline.reporting.simulation import efficiency_table, interval, simulate_and_report
+from al_pipeline.reporting.simulation import (
+    efficiency_table,
+    interval,
+    simulate_and_report,
+    with_rare_share,
+)
 from al_pipeline.store.labels import PulledLabel
 from al_pipeline.store.state import State
 from cli import app
@@ -153,7 +158,7 @@ def test_ratio_is_a_lower_bound_when_random_never_gets_there() -> None:
 
 def test_the_table_gives_means_with_intervals_and_rare_class_figures_per_split() -> None:
     """Two splits with their own all-labels references; the rare class 'c' is queried 2 of
-    10 times in split 0 and 4 of 10 in split 1."""
+    10 times in split 0 and 4 of 10 in split 1 (the 5 seed labels are no query)."""
     rows = []
     for split, (queried, recall) in enumerate(((2, 0.4), (4, 0.8))):
         for labelled, accuracy in ((5, 0.80), (15, 0.90)):
@@ -163,7 +168,7 @@ def test_the_table_gives_means_with_intervals_and_rare_class_figures_per_split()
                     "seed": 0,
                     "split": split,
                     "labelled": labelled,
-                    "batch_size": 0 if labelled == 5 else 10,
+                    "batch_size": 5 if labelled == 5 else 10,  # round 0: the seeds
                     "accuracy": accuracy + split * 0.05,
                     "macro_f1": accuracy - 0.1,
                     "recall_c": 0.0 if labelled == 5 else recall,
@@ -176,6 +181,8 @@ def test_the_table_gives_means_with_intervals_and_rare_class_figures_per_split()
     assert table["runs"] == 2 and table["labels_to_within_1pt"] == 15
     assert table["reached_full"] == "1/2" and pd.isna(table["labels_to_full"])  # 0.95 < 0.96
     assert table["rare_share_mean"] == pytest.approx(0.3)
+    curve = with_rare_share(pd.DataFrame(rows), "c")
+    assert curve.loc[curve["labelled"] == 15, "rare_share"].tolist() == [0.2, 0.4]
     assert table["rare_recall_mean"] == pytest.approx(0.6)
     # t(0.975, 1) = 12.706; sd of (0.4, 0.8) = 0.2828; half-width = 12.706 * 0.2828 / sqrt 2
     assert table["rare_recall_ci"] == pytest.approx(2.541, rel=1e-3)
