@@ -308,17 +308,21 @@ def finish(
 
 
 def _drop_stale_features(config: Config, state: State) -> None:
-    """Drop the cached features of fine-tuned models older than the newest.
+    """Drop the cached features of fine-tuned round models older than the newest model.
 
     A round scores the pool with the newest model, and the round after compares that model
-    with its successor, so older fine-tuned weights are never scored with again. Without
-    this, a loop that fine-tunes every round would add the whole pool's features to the
-    cache each round. Features of pretrained weights, shared by every head, stay.
+    with its successor, so older rounds' fine-tuned weights are never scored with again.
+    Without this, a loop that fine-tunes every round would add the whole pool's features to
+    the cache each round. Features of pretrained weights, shared by every head, stay, and
+    so do those of models a person trained with ``al train``, who may evaluate them again.
     """
     checkpoints = state.checkpoints()
-    tuned = {c.meta.features_digest for c in checkpoints if c.meta.fine_tuned}
-    if checkpoints:
-        drop_features(config, state, tuned - {checkpoints[-1].meta.features_digest})
+    if not checkpoints:
+        return
+    stale = [c for c in checkpoints[:-1] if c.round_id is not None and c.meta.fine_tuned]
+    # A model trained again on the same labels with the same seed has the same weights.
+    kept = {c.meta.features_digest for c in checkpoints if c not in stale}
+    drop_features(config, state, {c.meta.features_digest for c in stale} - kept)
 
 
 def _train_and_record(

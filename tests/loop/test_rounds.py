@@ -232,23 +232,24 @@ def test_a_run_killed_after_registering_its_model_resumes_to_the_clean_row(
 
 @pytest.mark.slow
 def test_rounds_fine_tune_when_the_workspace_says_so(oracle_ws: Config) -> None:
-    """fine_tune_layers in al.toml: every round's model fine-tunes the backbone, the next
-    round scores the pool with that model's own backbone, and once a newer model exists
-    the older one's cached features are deleted (the ImageNet ones stay)."""
+    """fine_tune_layers in al.toml: every training fine-tunes the backbone (al train's and
+    each round's), the next round scores the pool with the newest model's own backbone,
+    and once a round has finished, earlier rounds' cached features are deleted (the
+    ImageNet ones and those of a model a person trained stay)."""
     toml = oracle_ws.root / "al.toml"
     text = toml.read_text().replace("image_size = 224", "image_size = 64")
     text = text.replace("fine_tune_layers = 0", "fine_tune_layers = 10")
     toml.write_text(text.replace("fine_tune_epochs = 5", "fine_tune_epochs = 1"))
     env = {"KERAS_HOME": str(oracle_ws.keras_home)}
     ws = ["-w", str(oracle_ws.root)]
-    first = CliRunner().invoke(
-        app, [*ws, "run", "--rounds", "1", "--size", "20", "--epochs", "5"], env=env
-    )
-    assert first.exit_code == 0, first.output
+    mine = ["train", "--tag", "mine", "--seed", "1"]  # a person's model, other weights
+    for command in (["run", "--rounds", "1", "--size", "20"], mine):
+        result = CliRunner().invoke(app, [*ws, *command, "--epochs", "5"], env=env)
+        assert result.exit_code == 0, result.output
     config = replace(load_config(oracle_ws.root), keras_home=oracle_ws.keras_home)
     with State(config.database) as state:
         started = start(config, state, OracleLabeller(state), strategy="margin", size=20)
-        assert started.model == "round-001"
+        assert started.model == "mine"
     scored_first = weights_scored(config)
     finished = CliRunner().invoke(app, [*ws, "round", "finish", "--epochs", "5"], env=env)
     assert finished.exit_code == 0, finished.output
@@ -256,12 +257,13 @@ def test_rounds_fine_tune_when_the_workspace_says_so(oracle_ws: Config) -> None:
         metas = [c.meta for c in state.checkpoints()]
     assert [(m.tag, m.fine_tuned, m.fine_tune_layers, m.fine_tune_epochs) for m in metas] == [
         ("round-001", True, 10, 1),
+        ("mine", True, 10, 1),
         ("round-002", True, 10, 1),
     ]
-    old, new = (m.features_digest for m in metas)
-    assert old.startswith("weights:") and old in scored_first
+    old, own, new = (m.features_digest for m in metas)
+    assert own.startswith("weights:") and own != old and {old, own} <= scored_first
     scored = weights_scored(config)
-    assert new in scored and old not in scored and len(scored) == 2  # ImageNet's stay
+    assert {own, new} <= scored and old not in scored and len(scored) == 3  # + ImageNet's
     with sqlite3.connect(config.database) as db:
         digests = {row[0] for row in db.execute("SELECT digest FROM embedding_sets")}
     files = {p.name for p in config.cache_dir.iterdir()}
