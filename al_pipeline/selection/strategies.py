@@ -283,8 +283,10 @@ def _top(utility: NDArray[np.floating], n: int) -> Picked:
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0)
     order = np.where(np.isnan(utility), np.inf, -np.asarray(utility, np.float64))
-    picked: NDArray[np.int64] = np.arange(len(order), dtype=np.int64)
-    if n < len(order):
+    picked: NDArray[np.int64]
+    if n >= len(order):
+        picked = np.arange(len(order), dtype=np.int64)
+    else:
         nth = np.partition(order, n - 1)[n - 1]
         better = np.flatnonzero(order < nth)
         picked = np.concatenate([better, np.flatnonzero(order == nth)[: n - len(better)]])
