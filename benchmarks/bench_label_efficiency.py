@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from al_pipeline.config import CROP_MARGIN
+from al_pipeline.config import CROP_MARGIN, Config
 from benchmarks.common import (
     CHANDRIKADEB7,
     MOBILENET,
@@ -71,8 +71,8 @@ def main() -> None:
     parser.add_argument("--imbalance", default="weights")
     parser.add_argument("--tau", type=float, default=1.0)
     parser.add_argument("--fine-tune-layers", type=int, default=0, help="every round's model")
-    parser.add_argument("--fine-tune-epochs", type=int, default=5)
-    parser.add_argument("--fine-tune-rate", type=float, default=1e-4)
+    parser.add_argument("--fine-tune-epochs", type=int, default=Config.fine_tune_epochs)
+    parser.add_argument("--fine-tune-rate", type=float, default=Config.fine_tune_rate)
     parser.add_argument("--features", default="last", choices=("last", "mid"))
     parser.add_argument("--margin", type=float, default=CROP_MARGIN, help="VOC crops' margin")
     parser.add_argument("--tag", default="", help="suffix of the results' names")

@@ -84,9 +84,15 @@ class TrainingSettings:
     def for_workspace(cls, config: Config, **given: Any) -> TrainingSettings:
         """The workspace's seed, imbalance handling and fine-tuning, with ``given`` fields
         on top (``None`` means "not given", as for config overrides: the default stays)."""
-        names = ("seed", "imbalance", "tau", "fine_tune_layers", "fine_tune_epochs")
+        names = (
+            "seed",
+            "imbalance",
+            "tau",
+            "fine_tune_layers",
+            "fine_tune_epochs",
+            "fine_tune_rate",
+        )
         fields: dict[str, Any] = {name: getattr(config, name) for name in names}
-        fields["fine_tune_rate"] = config.fine_tune_rate
         return cls(**(fields | {k: v for k, v in given.items() if v is not None}))
 
     def resolved(self, fine_tuned: bool) -> TrainingSettings:
