@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -458,6 +458,8 @@ SIMULATION_COLUMNS = (
     "ratio_full",
     "final_labels",
 )
+# With a rare class: the labels each strategy needed to reach its all-labels recall.
+SIMULATION_RARE = ("labels_to_rare_recall", "ratio_rare_recall")
 # Shown as "mean ± half-width of the 95 % interval".
 SIMULATION_INTERVALS = ("final_accuracy", "final_macro_f1", "rare_recall", "rare_share")
 
@@ -485,20 +487,28 @@ def simulated(result: SimulationResult) -> None:
         f"{result.full_labels} labels give accuracy {result.full_accuracy:.4f}{rare}"
     )
     intervals = [c for c in SIMULATION_INTERVALS if f"{c}_mean" in result.table]
-    for column in (*SIMULATION_COLUMNS, *intervals):
-        name = (
-            column.replace("rare", str(result.rare_class)) if column.startswith("rare") else column
-        )
+    columns = [c for c in (*SIMULATION_COLUMNS, *SIMULATION_RARE) if c in result.table]
+    for column in (*columns, *intervals):
+        name = column.replace("rare", str(result.rare_class))
         table.add_column(
             name.replace("_", " "), justify="left" if column == "strategy" else "right"
         )
     for row in result.table.to_dict("records"):
-        cells = [_cell(row[c]) if row[c] is not None else "not reached" for c in SIMULATION_COLUMNS]
+        cells = [_simulation_cell(row, c) for c in columns]
         table.add_row(*cells, *(_mean_ci(row[f"{c}_mean"], row[f"{c}_ci"]) for c in intervals))
     out.print(table)
     out.print(
         f"Runs: {result.csv}  curves: {result.plot}, {result.panels}  table: {result.table_csv}"
     )
+
+
+def _simulation_cell(row: Mapping[Any, Any], column: str) -> str:
+    """A ratio where random never got there is a lower bound: "≥ 2.1"."""
+    bound = row.get(f"{column}_at_least")
+    if column.startswith("ratio_") and bound is not None and bound == bound:
+        return f"≥ {bound:.1f}"
+    value = row[column]
+    return "not reached" if value is None or value != value else _cell(value)
 
 
 def _mean_ci(mean: float, half: float) -> str:

@@ -12,7 +12,8 @@ its logits shifted by ``-tau * log(prior)`` (the training labels' class shares),
 setting ``SETTING@TAU``.
 
     python benchmarks/bench_finetune_rare.py [--splits 3] [--seeds 0,1]
-        [--configs 96:30:5:weights:1,96:30:15:weights:1:1e-4] [--post-taus 0,0.5] [--tag NAME]
+        [--configs 96:30:5:weights:1,96:30:15:weights:1:1e-4] [--post-taus 0,0.5]
+        [--margin 0.15] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from al_pipeline.config import CROP_MARGIN
 from benchmarks.common import (
     MOBILENET,
-    RESULTS,
     environment,
     keras_home_with_weights,
     save,
@@ -167,14 +168,15 @@ def main() -> None:
         default="0",
         help="post-hoc logit adjustments of each fine-tuned model to compare, e.g. 0,0.5,1",
     )
+    parser.add_argument("--margin", type=float, default=CROP_MARGIN, help="the crops' margin")
     parser.add_argument("--tag", default="")
     parser.add_argument("--weights", type=Path, default=MOBILENET)
     args = parser.parse_args()
     home = keras_home_with_weights(args.weights)
 
-    from benchmarks.bench_label_efficiency import voc_workspace
+    from benchmarks.bench_label_efficiency import voc_root, voc_workspace
 
-    base = voc_workspace(RESULTS / "label_efficiency" / "voc" / "workspace")
+    base = voc_workspace(voc_root(args.margin), args.margin)
     post_taus = [float(tau) for tau in args.post_taus.split(",")]
     rows = []
     for setting in args.configs.split(","):
@@ -185,6 +187,7 @@ def main() -> None:
     best = max(summary, key=lambda row: row["validation_macro_f1_mean"])["setting"]
     print(f"chosen on validation macro-F1: {best}")
     result = {"environment": environment(), "splits": args.splits, "seeds": args.seeds}
+    result |= {"margin": args.margin}
     result |= {"summary": summary}
     result |= {"chosen_on_validation": best, "runs": rows}
     tag = f"_{args.tag}" if args.tag else ""

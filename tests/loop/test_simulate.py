@@ -8,12 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 from al_pipeline.errors import PipelineError
 from al_pipeline.loop.simulate import SimulationPlan, simulate
 from al_pipeline.model.network import TrainingSettings
 from al_pipeline.reporting.simulation import (
+    SimulationResult,
     efficiency_table,
     interval,
     simulate_and_report,
@@ -188,6 +190,46 @@ def test_the_table_gives_means_with_intervals_and_rare_class_figures_per_split()
     assert table["rare_recall_ci"] == pytest.approx(2.541, rel=1e-3)
     assert table["reached_rare_recall"] == "1/2" and pd.isna(table["labels_to_rare_recall"])
     assert interval([0.5]) == (0.5, pytest.approx(float("nan"), nan_ok=True))
+
+
+def test_the_labels_to_the_rare_recall_are_compared_with_random(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Margin reaches the all-labels recall of 'c' at 20 labels, random at 30: 1.5 times
+    fewer. When random never gets there, the ratio is a lower bound and shows as one."""
+    from al_pipeline import views
+
+    def runs(random_recall: list[float]) -> pd.DataFrame:
+        frame = margin_and_random(margin=[0.9] * 3, random=[0.9] * 3)
+        return frame.assign(
+            split=0,
+            batch_size=10,
+            recall_c=[0.1, 0.5, 0.6, *random_recall],
+            queried_c=[None, 3.0, 3.0, None, 1.0, 1.0],
+        )
+
+    table = efficiency_table(runs([0.1, 0.2, 0.5]), 0.99, "c", {0: 0.5}).set_index("strategy")
+    assert table.loc["margin", "labels_to_rare_recall"] == 20
+    assert table.loc["margin", "ratio_rare_recall"] == pytest.approx(1.5)
+    bound = efficiency_table(runs([0.1, 0.2, 0.3]), 0.99, "c", {0: 0.5})
+    margin = bound.set_index("strategy").loc["margin"]
+    assert pd.isna(margin["ratio_rare_recall"])
+    assert margin["ratio_rare_recall_at_least"] == pytest.approx(1.5)
+    result = SimulationResult(
+        runs=pd.DataFrame(),
+        table=bound,
+        full_accuracy=0.99,
+        full_labels=30,
+        csv=tmp_path / "runs.csv",
+        plot=tmp_path / "curves.png",
+        table_csv=tmp_path / "table.csv",
+        rare_class="c",
+        full_rare_recall=0.5,
+    )
+    monkeypatch.setattr(views, "out", Console(width=400))
+    views.simulated(result)
+    shown = capsys.readouterr().out
+    assert "labels to c recall" in shown and "≥ 1.5" in shown and "not reached" in shown
 
 
 @pytest.mark.integration
