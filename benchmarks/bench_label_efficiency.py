@@ -8,10 +8,13 @@ learning curves under benchmarks/results/label_efficiency/<dataset>/.
         [--rounds 20] [--seeds 3] [--splits 1] [--strategies margin,targeted,random]
         [--image-size 224] [--imbalance weights] [--tau 1.0] [--tag NAME]
         [--fine-tune-layers 30 --fine-tune-epochs 10 --fine-tune-rate 1e-4]
+    python benchmarks/bench_label_efficiency.py --dataset voc --tag NAME --summarise-only
 
 The summary JSON holds the efficiency table and, per strategy, the mean and 95 % interval
 over seeds x splits of accuracy, macro-F1, the rare class's recall and its share of the
-queries at a few label counts.
+queries at a few label counts, and the labels at which each strategy's mean curve reaches
+the rare class's all-labels recall. ``--summarise-only`` rebuilds those from the runs a
+previous call left on disk, with the current summary code.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from al_pipeline.config import CROP_MARGIN, Config
@@ -76,7 +80,15 @@ def main() -> None:
     parser.add_argument("--features", default="last", choices=("last", "mid"))
     parser.add_argument("--margin", type=float, default=CROP_MARGIN, help="VOC crops' margin")
     parser.add_argument("--tag", default="", help="suffix of the results' names")
+    parser.add_argument(
+        "--summarise-only",
+        action="store_true",
+        help="rebuild the table of the saved JSON from the runs on disk (no simulation)",
+    )
     args = parser.parse_args()
+    if args.summarise_only:
+        summarise_again(args.dataset, args.tag)
+        return
     home = keras_home_with_weights(args.weights)
 
     from al_pipeline.loop.simulate import SimulationPlan, dataset_workspace
@@ -159,6 +171,10 @@ def main() -> None:
             "curves": curves(result.runs, result.rare_class),
             **plan,
         }
+        if result.full_rare_recall is not None:
+            summary["mean_reaches_rare_recall"] = mean_reaches(
+                summary["curves"], f"recall_{result.rare_class}", result.full_rare_recall
+            )
         tag = f"_{args.tag}" if args.tag else ""
         print(f"saved {save(f'bench_label_efficiency_{name}{tag}', summary)}")
 
@@ -176,6 +192,52 @@ def curves(runs, rare):  # type: ignore[no-untyped-def]
             row[metric], row[f"{metric}_ci"] = interval(part[metric])
         out.append(row)
     return out
+
+
+def mean_reaches(points: list[dict[str, Any]], metric: str, target: float) -> dict[str, int | None]:
+    """Per strategy: the fewest labels at which the mean over runs of ``metric`` reaches
+    ``target`` (None if it never does). Round 0, the seed labels' model, does not count."""
+    first = min(point["labelled"] for point in points)
+    reached: dict[str, int | None] = {}
+    for point in sorted(points, key=lambda p: p["labelled"]):
+        reached.setdefault(point["strategy"], None)
+        hit = point["labelled"] > first and point[metric] >= target - 1e-9
+        if hit and reached[point["strategy"]] is None:
+            reached[point["strategy"]] = point["labelled"]
+    return reached
+
+
+def summarise_again(dataset: str, tag: str) -> None:
+    """The saved JSON's table, curves and reaches rebuilt from the runs' CSV and each
+    split's all-labels model, with the current summary code."""
+    import json
+
+    import pandas as pd
+
+    from al_pipeline.reporting.simulation import efficiency_table
+    from al_pipeline.store.state import State
+
+    out = RESULTS / "label_efficiency" / (dataset + (f"-{tag}" if tag else ""))
+    path = RESULTS / f"bench_label_efficiency_{dataset}{f'_{tag}' if tag else ''}.json"
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    runs = pd.read_csv(out / "simulation.csv")
+    rare = summary["rare_class"]
+    full_accuracy, full_rare = {}, {}
+    for split in sorted(int(s) for s in runs["split"].unique()):
+        folder = out / (f"split{split}" if split else "") / "full-data"
+        with State(folder / "state.sqlite3") as state:
+            checkpoint = state.checkpoint("full-data")
+            assert checkpoint is not None and checkpoint.metrics is not None
+            full_accuracy[split] = checkpoint.metrics.accuracy
+            full_rare[split] = checkpoint.metrics.per_class[rare].recall
+    table = efficiency_table(runs, full_accuracy, rare, full_rare)
+    print(table.to_string(index=False))
+    summary["table"] = table.to_dict("records")
+    summary["curves"] = curves(runs, rare)
+    reaches = mean_reaches(summary["curves"], f"recall_{rare}", summary["full_rare_recall"])
+    summary["mean_reaches_rare_recall"] = reaches
+    print("mean curve reaches the all-labels recall at:", reaches)
+    print(f"saved {save(path.stem, summary)}")
 
 
 if __name__ == "__main__":
