@@ -685,18 +685,22 @@ def export_model(
 
 def simulation_config(
     dataset: Path | None,
-    out_dir: Path,
+    out_dir: Path | None,
     classes: str | None,
     test_fraction: float,
     progress: Progress,
     **given: Any,
-) -> Config:
-    """The workspace's config, or with ``--dataset`` that of a workspace made for it."""
+) -> tuple[Config, Path]:
+    """The workspace's config and the results' folder (by default simulation/ in the
+    workspace); with ``--dataset``, those of a workspace made for it in that folder (by
+    default ./simulation)."""
     from al_pipeline.loop.simulate import dataset_workspace
 
     if dataset is None:
-        return config_for(**given)
-    return dataset_workspace(dataset, out_dir, classes, test_fraction, progress, **given)
+        config = config_for(**given)
+        return config, out_dir or config.root / "simulation"
+    folder = out_dir or Path("simulation")
+    return dataset_workspace(dataset, folder, classes, test_fraction, progress, **given), folder
 
 
 @app.command()
@@ -735,9 +739,14 @@ def simulate(
         str | None, typer.Option(help="With --dataset: classes (default: subfolder names).")
     ] = None,
     test_fraction: Annotated[float, typer.Option(help="With --dataset: test share.")] = 0.2,
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the results.")] = Path(
-        "simulation"
-    ),
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for the results (default: simulation/ in the workspace; with "
+            "--dataset, ./simulation).",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Prove label efficiency: strategies against random, with the oracle, over seeds."""
@@ -750,20 +759,21 @@ def simulate(
     given = {"imbalance": imbalance, "tau": tau, "features": features}
     given |= fine_tuning(fine_tune_layers, fine_tune_epochs, fine_tune_rate)
     with BarProgress() as progress:
-        config = simulation_config(dataset, out_dir, classes, test_fraction, progress, **given)
+        config, out = simulation_config(dataset, out_dir, classes, test_fraction, progress, **given)
         settings = TrainingSettings.for_workspace(config, epochs=epochs)
         plan = SimulationPlan(names, initial, size, rounds, seeds, settings, splits, image_size)
         with opened(config, "al simulate", views.note) as state:
-            result = simulate_and_report(config, state, out_dir, plan, progress)
+            result = simulate_and_report(config, state, out, plan, progress)
     emit(result, as_json, views.simulated, views.simulation_data)
 
 
 @app.command()
 @handles_errors
 def report(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.html.")] = Path(
-        "report"
-    ),
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for report.html (default: report/ in the workspace)."),
+    ] = None,
 ) -> None:
     """A self-contained HTML report of the history, curves and the last round's picks.
 
@@ -773,7 +783,7 @@ def report(
     from al_pipeline.reporting.report import write_report
 
     with reading() as (config, state):
-        page = write_report(config, state, out_dir)
+        page = write_report(config, state, out_dir or config.root / "report")
     views.say(f"Wrote {page}")
 
 

@@ -149,3 +149,17 @@ def test_numbers_that_make_no_sense(
     cli: CliRunner, workspace: Config, args: list[str], says: str
 ) -> None:
     refused(cli, workspace, *args, says=says)
+
+
+def test_outputs_left_unnamed_go_into_the_workspace(
+    cli: CliRunner, workspace: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from another folder, 'al -w WS report' writes WS/report, never the current
+    folder: nothing outside the workspace except a path the person named."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = cli.invoke(app, ["-w", str(workspace.root), "report"])
+    assert result.exit_code == 0, result.output
+    assert (workspace.root / "report" / "report.html").is_file()
+    assert list(elsewhere.iterdir()) == []

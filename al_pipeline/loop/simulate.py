@@ -97,7 +97,9 @@ def simulate(
     config: Config, state: State, out: Path, plan: SimulationPlan, progress: Progress = silent
 ) -> Simulation:
     """Run the plan on the workspace's hidden labels, each run in a workspace of its own
-    under ``out`` (under ``out/splitK`` for split K > 0)."""
+    under ``out`` (under ``out/splitK`` for split K > 0). A relative ``out`` is taken from
+    the current folder, like any path a person names, not from the workspace."""
+    out = out.absolute()  # a run's config would resolve it against the workspace root
     _check(config, state, out, plan)
     if plan.image_size is not None:
         config = replace(config, image_size=plan.image_size)

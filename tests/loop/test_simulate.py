@@ -95,7 +95,12 @@ def test_simulate_refuses_a_workspace_without_hidden_labels(
 
 
 @pytest.mark.integration
-def test_simulate_command_on_a_dataset_folder(tmp_path: Path, keras_home: Path) -> None:
+def test_simulate_command_on_a_dataset_folder(
+    tmp_path: Path, keras_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a relative --out, as a person types it: the runs' workspaces go under it, from
+    the current folder (they once went under the dataset's workspace and failed)."""
+    monkeypatch.chdir(tmp_path)
     dataset = tmp_path / "data"
     for cls, offset in (("cats", 0), ("dogs", 500)):
         (dataset / cls).mkdir(parents=True)
@@ -122,7 +127,7 @@ def test_simulate_command_on_a_dataset_folder(tmp_path: Path, keras_home: Path) 
             "--imbalance",
             "none",
             "--out",
-            str(tmp_path / "out"),
+            "out",
             "--json",
         ],
         env={"KERAS_HOME": str(keras_home)},
