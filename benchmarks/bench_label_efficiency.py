@@ -197,14 +197,16 @@ def curves(runs, rare):  # type: ignore[no-untyped-def]
 def mean_reaches(points: list[dict[str, Any]], metric: str, target: float) -> dict[str, int | None]:
     """Per strategy: the fewest labels at which the mean over runs of ``metric`` reaches
     ``target`` (None if it never does). Round 0, the seed labels' model, does not count."""
-    first = min(point["labelled"] for point in points)
-    reached: dict[str, int | None] = {}
-    for point in sorted(points, key=lambda p: p["labelled"]):
-        reached.setdefault(point["strategy"], None)
-        hit = point["labelled"] > first and point[metric] >= target - 1e-9
-        if hit and reached[point["strategy"]] is None:
-            reached[point["strategy"]] = point["labelled"]
-    return reached
+    import pandas as pd
+
+    from al_pipeline.reporting.simulation import labels_to_reach
+
+    frame = pd.DataFrame(points)
+    queried = frame[frame["labelled"] > frame["labelled"].min()]
+    return {
+        strategy: labels_to_reach(part, target, metric)
+        for strategy, part in queried.groupby("strategy")
+    }
 
 
 def summarise_again(dataset: str, tag: str) -> None:
@@ -212,6 +214,7 @@ def summarise_again(dataset: str, tag: str) -> None:
     split's all-labels model, with the current summary code."""
     import json
 
+    import numpy as np
     import pandas as pd
 
     from al_pipeline.reporting.simulation import efficiency_table
@@ -234,7 +237,8 @@ def summarise_again(dataset: str, tag: str) -> None:
     print(table.to_string(index=False))
     summary["table"] = table.to_dict("records")
     summary["curves"] = curves(runs, rare)
-    reaches = mean_reaches(summary["curves"], f"recall_{rare}", summary["full_rare_recall"])
+    mean_rare = float(np.mean(list(full_rare.values())))
+    reaches = mean_reaches(summary["curves"], f"recall_{rare}", mean_rare)
     summary["mean_reaches_rare_recall"] = reaches
     print("mean curve reaches the all-labels recall at:", reaches)
     print(f"saved {save(path.stem, summary)}")

@@ -125,7 +125,7 @@ def efficiency_table(
         row: dict[str, Any] = {"strategy": strategy, "seeds": part["seed"].nunique()}
         row["runs"] = len(groups)
         for key, drop in (("within_1pt", 0.01), ("full", 0.0)):
-            needed = [_labels_to_reach(g, targets[g["split"].iloc[0]] - drop) for g in groups]
+            needed = [labels_to_reach(g, targets[g["split"].iloc[0]] - drop) for g in groups]
             row[f"labels_to_{key}"], row[f"reached_{key}"] = _median_if_all(needed)
         last = pd.concat([g.sort_values("labelled").tail(1) for g in groups])
         row["final_labels"] = int(last["labelled"].median())
@@ -152,8 +152,8 @@ def _rare_columns(
         # Only rounds a strategy queried count: the seed labels' model, with the rare class
         # as a third of its labels, calls many items rare and often "reaches" its recall.
         needed = [
-            _labels_to_reach(
-                g[g[f"queried_{rare}"].notna()],
+            labels_to_reach(
+                g[_queried_rounds(g, rare)],
                 full_rare_recall[g["split"].iloc[0]],
                 f"recall_{rare}",
             )
@@ -183,7 +183,12 @@ def with_rare_share(runs: pd.DataFrame, rare: str) -> pd.DataFrame:
 def _asked(frame: pd.DataFrame, rare: str) -> pd.Series:
     """Each row's batch if it was a queried round, else 0: round 0's batch is the seed
     labels, which no strategy chose (counting them understated the share by 9 in 409)."""
-    return frame["batch_size"].where(frame[f"queried_{rare}"].notna(), 0)
+    return frame["batch_size"].where(_queried_rounds(frame, rare), 0)
+
+
+def _queried_rounds(frame: pd.DataFrame, rare: str) -> pd.Series:
+    """Which rows are rounds a strategy queried (round 0, the seed labels, has no counts)."""
+    return frame[f"queried_{rare}"].notna()
 
 
 def _per_split(value: float | Mapping[int, float], runs: pd.DataFrame) -> dict[int, float]:
@@ -216,7 +221,8 @@ def _with_ratios(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _labels_to_reach(part: pd.DataFrame, target: float, metric: str = "accuracy") -> int | None:
+def labels_to_reach(part: pd.DataFrame, target: float, metric: str = "accuracy") -> int | None:
+    """The fewest labels among ``part``'s rows at which ``metric`` reaches ``target``."""
     hit = part.sort_values("labelled")
     hit = hit[hit[metric] >= target - 1e-9]
     return None if hit.empty else int(hit["labelled"].iloc[0])
