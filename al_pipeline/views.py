@@ -450,8 +450,8 @@ def _cell(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+# After each strategy's name, in the table of the labels it needed.
 SIMULATION_COLUMNS = (
-    "strategy",
     "labels_to_within_1pt",
     "ratio_within_1pt",
     "labels_to_full",
@@ -482,24 +482,40 @@ def simulated(result: SimulationResult) -> None:
     rare = (
         f"; {result.rare_class} recall {result.full_rare_recall:.3f}" if result.rare_class else ""
     )
-    table = Table(
-        title=f"Labels needed (median over runs: seeds x {result.splits} split(s)); all "
+    title = (
+        f"Labels needed (median over runs: seeds x {result.splits} split(s)); all "
         f"{result.full_labels} labels give accuracy {result.full_accuracy:.4f}{rare}"
     )
     intervals = [c for c in SIMULATION_INTERVALS if f"{c}_mean" in result.table]
-    columns = [c for c in (*SIMULATION_COLUMNS, *SIMULATION_RARE) if c in result.table]
+    counts = [c for c in SIMULATION_COLUMNS if c in result.table]
+    rares = [c for c in SIMULATION_RARE if c in result.table]
+    table = _simulation_table(result, title, [*counts, *rares], intervals)
+    if out.measure(table, options=out.options.update_width(100_000)).maximum <= out.width:
+        out.print(table)
+    else:  # narrower tables, one per question, rather than one whose every cell is cut
+        out.print(_simulation_table(result, title, counts, []))
+        if rares:
+            reach = f"Labels to the all-labels {result.rare_class} recall (median over runs)"
+            out.print(_simulation_table(result, reach, rares, []))
+        last = "After the last round: mean ± half-width of the 95 % interval"
+        out.print(_simulation_table(result, last, [], intervals))
+    curves = ", ".join(str(p) for p in (result.plot, result.panels) if p is not None)
+    out.print(f"Runs: {result.csv}  curves: {curves}  table: {result.table_csv}")
+
+
+def _simulation_table(
+    result: SimulationResult, title: str, columns: Sequence[str], intervals: Sequence[str]
+) -> Table:
+    table = Table(title=title)
+    widest = max((len(str(s)) for s in result.table["strategy"]), default=8)
+    table.add_column("strategy", min_width=widest)
     for column in (*columns, *intervals):
         name = column.replace("rare", str(result.rare_class))
-        table.add_column(
-            name.replace("_", " "), justify="left" if column == "strategy" else "right"
-        )
+        table.add_column(name.replace("_", " "), justify="right")
     for row in result.table.to_dict("records"):
-        cells = [_simulation_cell(row, c) for c in columns]
+        cells = [str(row["strategy"]), *(_simulation_cell(row, c) for c in columns)]
         table.add_row(*cells, *(_mean_ci(row[f"{c}_mean"], row[f"{c}_ci"]) for c in intervals))
-    out.print(table)
-    out.print(
-        f"Runs: {result.csv}  curves: {result.plot}, {result.panels}  table: {result.table_csv}"
-    )
+    return table
 
 
 def _simulation_cell(row: Mapping[Any, Any], column: str) -> str:
@@ -508,7 +524,11 @@ def _simulation_cell(row: Mapping[Any, Any], column: str) -> str:
     if column.startswith("ratio_") and bound is not None and bound == bound:
         return f"≥ {bound:.1f}"
     value = row[column]
-    return "not reached" if value is None or value != value else _cell(value)
+    if value is None or value != value:
+        return "not reached"
+    if column.startswith("labels_to_"):  # a median of label counts: "12", or "12.5"
+        return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+    return _cell(value)
 
 
 def _mean_ci(mean: float, half: float) -> str:

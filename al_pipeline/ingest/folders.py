@@ -17,6 +17,7 @@ from pathlib import Path
 from al_pipeline.config import Config
 from al_pipeline.errors import IngestError
 from al_pipeline.ingest.images import (
+    IMAGE_EXTENSIONS,
     ImageRejected,
     file_state,
     inspect_file,
@@ -111,6 +112,7 @@ def add_folder(
     name = pool_name_for(config, state, pool_name, root)
     report = IngestReport(name, root)
     paths = list(_walk(root, report, progress))
+    _check_has_images(root, paths)
     if labelled:
         _check_class_folders(config, root, paths)
     pool = ensure_pool(config, state, name, root)
@@ -308,6 +310,17 @@ def _passed_over(report: IngestReport, root: Path, path: Path, folder: bool) -> 
         )
     else:
         report.outcomes.append(FileOutcome(shown + "/", IGNORED, "hidden_folder", "hidden folder"))
+
+
+def _check_has_images(root: Path, paths: Sequence[Path]) -> None:
+    """A folder without one image name is a wrong path, not an empty pool to register."""
+    if not any(is_image_name(p) for p in paths):
+        others = f" ({len(paths)} file(s), none named as an image)" if paths else ""
+        raise IngestError(
+            f"'{root}' holds no image files{others}: looked for "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}, in subfolders too. Pass the folder that "
+            "holds the images. Nothing was registered."
+        )
 
 
 def _check_class_folders(config: Config, root: Path, paths: Iterable[Path]) -> None:

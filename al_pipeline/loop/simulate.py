@@ -1,8 +1,9 @@
 """[loop] Label-efficiency simulation: strategies against random, with the oracle, over
 seeds.
 
-Each run copies the base workspace's database (the embedding cache is shared, so no
-backbone work is repeated), reveals ``initial`` seed labels, trains, and runs rounds with
+Each run copies the workspace's database as it was before its first round (rounds, and
+the labels they revealed, forgotten; the embedding cache is shared, so no backbone work is
+repeated), reveals ``initial`` seed labels, trains, and runs rounds with
 the oracle through the round driver (:func:`al_pipeline.loop.rounds.run`). A reference
 model trained on every hidden label gives the full-data accuracy. The runs come back as
 history rows; :mod:`al_pipeline.reporting.simulation` turns them into the efficiency
@@ -11,8 +12,9 @@ table, the CSV and the curves.
 
 from __future__ import annotations
 
+import functools
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +34,8 @@ from al_pipeline.records import HistoryRow, Metrics
 from al_pipeline.selection.strategies import even_shares, parse_strategy
 from al_pipeline.store.labels import PulledLabel
 from al_pipeline.store.state import State, open_state
+
+BASE_FILE = "base.sqlite3"  # the state every run of a split copies
 
 
 @dataclass(frozen=True)
@@ -100,18 +104,18 @@ def simulate(
     under ``out`` (under ``out/splitK`` for split K > 0). A relative ``out`` is taken from
     the current folder, like any path a person names, not from the workspace."""
     out = out.absolute()  # a run's config would resolve it against the workspace root
-    _check(config, state, out, plan)
+    _check_plan(config, out, plan)
     if plan.image_size is not None:
         config = replace(config, image_size=plan.image_size)
-    out.mkdir(parents=True, exist_ok=True)
     runs: list[SimulationRun] = []
     full: list[FullData] = []
-    for index in range(plan.splits):
-        folder = out if index == 0 else out / f"split{index}"
-        with _split_state(config, state, folder, index) as split_state:
-            split = _Split(index, split_state, folder, split_state.hidden_items())
-            full.append(_full_data(config, split, plan, progress))
-            runs += _split_runs(config, split, plan, progress)
+    with _replay_base(state, out, functools.partial(_check_data, config, plan=plan)) as base:
+        for index in range(plan.splits):
+            folder = out if index == 0 else out / f"split{index}"
+            with _split_state(config, base, folder, index) as split_state:
+                split = _Split(index, split_state, folder, split_state.hidden_items())
+                full.append(_full_data(config, split, plan, progress))
+                runs += _split_runs(config, split, plan, progress)
     return Simulation(runs, full)
 
 
@@ -125,7 +129,7 @@ class _Split:
     hidden: dict[int, str]
 
 
-def _check(config: Config, state: State, out: Path, plan: SimulationPlan) -> None:
+def _check_plan(config: Config, out: Path, plan: SimulationPlan) -> None:
     output_folder(out, "--out")
     for name in plan.strategies:
         parse_strategy(name)
@@ -138,13 +142,17 @@ def _check(config: Config, state: State, out: Path, plan: SimulationPlan) -> Non
         at_least(value, 1, flag)
     if plan.image_size is not None:
         at_least(plan.image_size, 32, "--image-size")
-    if plan.splits > 1:
-        state.check_redrawable()
     if plan.initial < len(config.classes):
         raise PipelineError(
             f"--initial {plan.initial} is too few: every class needs a seed label, so use at "
             f"least {len(config.classes)}."
         )
+
+
+def _check_data(config: Config, state: State, plan: SimulationPlan) -> None:
+    """What the workspace must hold, read in the copy the runs start from."""
+    if plan.splits > 1:
+        state.check_redrawable()
     hidden = len(state.hidden_items())
     if hidden < plan.initial + plan.size:
         raise PipelineError(
@@ -160,13 +168,38 @@ def _check(config: Config, state: State, out: Path, plan: SimulationPlan) -> Non
 
 
 @contextmanager
+def _replay_base(state: State, out: Path, check: Callable[[State], None]) -> Iterator[State]:
+    """A copy of the workspace as it was before its first round, which every run starts
+    from: a simulation replays labelling from its seed labels, even after 'al run' has
+    revealed some (those runs would start from them, and carry the workspace's history).
+    When ``check`` refuses it, the copy goes again, with ``out`` if this made it."""
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / BASE_FILE
+    path.unlink(missing_ok=True)
+    state.backup(path)
+    base = open_state(path)
+    try:
+        base.forget_rounds()
+        check(base)
+    except BaseException:
+        base.close()
+        path.unlink(missing_ok=True)
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    with base:
+        yield base
+
+
+@contextmanager
 def _split_state(config: Config, state: State, folder: Path, split: int) -> Iterator[State]:
-    """The workspace's state for split 0; for another, a copy with the split drawn again."""
+    """The base state for split 0; for another, a copy with the split drawn again."""
     if split == 0:
         yield state
         return
     folder.mkdir(parents=True, exist_ok=True)
-    base = folder / "base.sqlite3"
+    base = folder / BASE_FILE
     base.unlink(missing_ok=True)
     state.backup(base)
     with open_state(base) as copy:

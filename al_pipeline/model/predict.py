@@ -16,7 +16,12 @@ from PIL import Image
 
 from al_pipeline.config import Config
 from al_pipeline.errors import PipelineError
-from al_pipeline.ingest.images import crop_with_margin, is_image_name, load_rgb
+from al_pipeline.ingest.images import (
+    IMAGE_EXTENSIONS,
+    crop_with_margin,
+    is_image_name,
+    load_rgb,
+)
 from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint
 from al_pipeline.model.inference import CPU_BATCH, predict_padded, scoring_batch
 from al_pipeline.model.loader import image_batches
@@ -52,7 +57,13 @@ def expand_paths(paths: Sequence[Path]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
+            if not found:
+                raise PipelineError(
+                    f"'{path}' holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}). "
+                    "Pass the folder that holds the images."
+                )
+            files += found
         elif path.exists():
             files.append(path)
         else:

@@ -65,6 +65,7 @@ class LabelsExported:
 def export_labels(config: Config, state: State, plan: LabelExportPlan) -> LabelsExported:
     """Write the current labels that pass the plan's filters, and the unlabelled items."""
     _check(plan)
+    _check_round(state, plan.since_round)
     out = plan.out or config.exports_dir() / f"labels{FORMATS[plan.format]}"
     side = out.with_name(f"{out.name.removesuffix(FORMATS[plan.format])}.unlabelled.csv")
     _check_out(out, plan.format)
@@ -98,6 +99,17 @@ def _check(plan: LabelExportPlan) -> None:
         raise ConfigError(f"--since-round must be 0 or more, got {plan.since_round}.")
     if plan.copy and plan.format != "imagefolder":
         raise ConfigError("--copy applies to --format imagefolder only.")
+
+
+def _check_round(state: State, since_round: int | None) -> None:
+    """A round past the last is a typo, not a request for an empty file over the last
+    export."""
+    last = max((r.id for r in state.rounds()), default=0)
+    if since_round is not None and since_round > last:
+        raise ConfigError(
+            f"--since-round {since_round}: this workspace's last round is {last} (0 counts "
+            "the labels given before any round). Pass a round up to it."
+        )
 
 
 def _check_out(out: Path, format: str) -> None:

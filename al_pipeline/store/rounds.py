@@ -158,6 +158,26 @@ class Rounds(Database):
                 (round_id, row.accuracy, json.dumps(row.to_json()), now()),
             )
 
+    def forget_rounds(self) -> None:
+        """Go back to before the first round, in a simulation's copy of a workspace: the
+        rounds with their queues, ties and history, every label a round or the oracle gave
+        (so the oracle can reveal them again), skipped flags and the checkpoint records go.
+        The items, their test split, imported labels and the embedding cache stay. The
+        checkpoint records must go too: a run would take them for its own stale fine-tuned
+        models and delete their features from the cache it shares with the workspace."""
+        with self.atomic():
+            for sql in (
+                "DELETE FROM metrics",
+                "DELETE FROM checkpoints",
+                "DELETE FROM ties",
+                "DELETE FROM queue",
+                "DELETE FROM labels WHERE round_id IS NOT NULL OR source = 'oracle'",
+                "DELETE FROM rounds",
+                "UPDATE items SET status = 'pool', flag = NULL"
+                " WHERE status <> 'pool' OR flag IS NOT NULL",
+            ):
+                self._db.execute(sql)
+
     def history(self) -> list[HistoryRow]:
         rows = self._db.execute("SELECT data FROM metrics WHERE name = 'history' ORDER BY round_id")
         return [HistoryRow.from_json(json.loads(r[0])) for r in rows]

@@ -190,6 +190,22 @@ def test_labelled_folders_must_be_workspace_classes(
     assert state.item_count() == 0
 
 
+def test_a_folder_without_images_is_refused_and_registers_no_pool(
+    workspace: Config, state: State, tmp_path: Path, make_images: Callable[..., list[Path]]
+) -> None:
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    with pytest.raises(IngestError, match=r"'.*empty' holds no image files: looked for"):
+        add_folder(workspace, state, empty)
+    (empty / "sub" / "notes.txt").write_text("not a photo")
+    make_images(empty / ".hidden", 1)
+    with pytest.raises(IngestError, match=r"holds no image files \(1 file\(s\), none named"):
+        add_folder(workspace, state, empty)
+    assert state.pools() == []
+    make_images(empty / "sub", 1)
+    assert add_folder(workspace, state, empty).counts()["added"] == 1
+
+
 def test_labelled_duplicates_keep_the_first_label_and_report_conflicts(
     workspace: Config, state: State, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from al_pipeline.errors import PipelineError
+from al_pipeline.labelling import OracleLabeller
+from al_pipeline.loop.rounds import RunPlan, run
 from al_pipeline.loop.simulate import SimulationPlan, simulate
 from al_pipeline.model.network import TrainingSettings
 from al_pipeline.reporting.simulation import (
@@ -58,6 +61,32 @@ def test_simulation_on_real_photos(oracle_template: Path, tmp_path: Path, keras_
     for plot, size in ((result.plot, (800, 500)), (result.panels, (1500, 450))):
         with Image.open(plot) as image:
             assert image.format == "PNG" and image.size == size
+
+
+@pytest.mark.integration
+def test_a_simulation_after_al_run_replays_from_the_seed_labels(
+    oracle_template: Path, tmp_path: Path, keras_home: Path
+) -> None:
+    """The README runs 'al run' and then 'al simulate' in one workspace. The runs must start
+    from their seed labels, not from the labels 'al run' revealed, nor carry its history;
+    and the rounds must not keep the workspace from drawing other splits."""
+    config = copy_workspace(oracle_template, tmp_path / "ws", keras_home)
+    settings = TrainingSettings(epochs=5)
+    with State(config.database) as state:
+        hidden = len(state.hidden_items())
+        run(config, state, OracleLabeller(state), settings, RunPlan(2, "margin", 10))
+        history, left = state.history(), len(state.hidden_items())
+        plan = SimulationPlan(["random"], 4, 10, 1, 1, settings, splits=2)
+        result = simulate_and_report(config, state, tmp_path / "out", plan)
+        assert state.history() == history and len(state.hidden_items()) == left
+    assert left == hidden - 20 and len(history) == 2
+    runs = pd.read_csv(result.csv)
+    assert runs.groupby("split")["labelled"].apply(list).tolist() == [[4, 14]] * 2
+    assert set(runs["strategy"]) == {"random"}
+    assert result.full_labels == hidden
+    with State(tmp_path / "out" / "base.sqlite3") as base:
+        # The workspace's checkpoints are not the runs': a run would drop their features.
+        assert base.rounds() == [] and base.checkpoints() == [] and base.history() == []
 
 
 def margin_and_random(margin: list[float], random: list[float]) -> pd.DataFrame:
@@ -236,6 +265,16 @@ def test_the_labels_to_the_rare_recall_are_compared_with_random(
     views.simulated(result)
     shown = capsys.readouterr().out
     assert "labels to c recall" in shown and "≥ 1.5" in shown and "not reached" in shown
+    assert re.search(r"│ +20 │", shown) and "20.000" not in shown  # label counts as counts
+    wide = [line for line in shown.splitlines() if "margin" in line]
+    # In 80 columns: one table per question, every cell whole, instead of one cut short.
+    monkeypatch.setattr(views, "out", Console(width=80))
+    views.simulated(result)
+    narrow = capsys.readouterr().out
+    assert all(len(line) <= 80 for line in narrow.splitlines()) and "…" not in narrow
+    cells = [c.strip() for line in wide for c in line.split("│") if c.strip()]
+    narrow_cells = [c.strip() for line in narrow.splitlines() for c in line.split("│")]
+    assert len(wide) == 1 and set(cells) <= set(narrow_cells)
 
 
 @pytest.mark.integration

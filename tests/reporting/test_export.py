@@ -95,6 +95,10 @@ def test_filters_by_split_source_and_round(labelled: Labelled) -> None:
     assert count(since_round=1) == 2
     line = json.loads((config.root / "out.jsonl").read_text().splitlines()[0])
     assert line["source"] == "human" and line["round"] == 1
+    before = (config.root / "out.jsonl").read_text()
+    with pytest.raises(PipelineError, match=r"--since-round 2: this workspace's last round is 1"):
+        count(since_round=2)
+    assert (config.root / "out.jsonl").read_text() == before
 
 
 def test_imagefolder_links_each_file_under_its_class(labelled: Labelled, tmp_path: Path) -> None:

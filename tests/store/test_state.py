@@ -178,13 +178,17 @@ def test_a_missing_table_is_refused_unchanged(cli: CliRunner, workspace: Config)
 
 
 def test_a_write_lock_held_by_another_process_ends_in_one_line(
-    cli: CliRunner, workspace: Config, monkeypatch: pytest.MonkeyPatch
+    cli: CliRunner,
+    workspace: Config,
+    monkeypatch: pytest.MonkeyPatch,
+    make_images: Callable[..., list[Path]],
 ) -> None:
     """Another program (a sqlite3 shell, say) holds a write transaction for longer than the
     busy timeout: the command says so and changes nothing."""
     import al_pipeline.store.db as db_module
 
     monkeypatch.setattr(db_module, "BUSY_SECONDS", 1.0)
+    make_images(workspace.pools_dir / "photos", 2)
     holder = subprocess.Popen(
         [
             sys.executable,
