@@ -606,7 +606,9 @@ def history(
     as_json: JsonFlag = False,
     csv_file: Annotated[Path | None, typer.Option("--csv", help="Write a CSV file.")] = None,
     parquet: Annotated[Path | None, typer.Option(help="Write a Parquet file.")] = None,
-    plot: Annotated[Path | None, typer.Option(help="Write the learning curve (PNG).")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write the learning curve (.png, .svg or .pdf).")
+    ] = None,
 ) -> None:
     """Per-round metric history: labels, accuracy, macro-F1, recall, pool change, timing."""
     from al_pipeline.reporting.history import export_history

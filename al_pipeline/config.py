@@ -6,11 +6,12 @@ This is the only module that reads the environment. Everything else receives a
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -186,16 +187,53 @@ def load_config(root: Path) -> Config:
     return _config_from_mapping(root, data, source=str(path))
 
 
-_TABLES = ("workspace", "model", "ingest", "paths")
+# Every key al.toml may hold, by table: another is a typo that would be ignored silently.
+_KEYS = {
+    "workspace": ("name", "classes", "seed"),
+    "model": (
+        "backbone",
+        "image_size",
+        "features",
+        "weights",
+        "precision",
+        "imbalance",
+        "tau",
+        "fine_tune_layers",
+        "fine_tune_epochs",
+        "fine_tune_rate",
+    ),
+    "ingest": ("max_pixels", "near_duplicate_bits"),
+    "paths": ("pools", "checkpoints", "database", "cache", "studio"),
+}
+
+
+def _check_layout(data: Mapping[str, Any], source: str) -> None:
+    for table, value in data.items():
+        if table not in _KEYS:
+            raise ConfigError(
+                f"{source}: al.toml has no table [{table}].{_near(table, _KEYS)} Its tables: "
+                f"{', '.join(_KEYS)}. Fix or remove it."
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{source}: [{table}] must be a table, got {value!r}. Fix the file by "
+                "hand (see 'al init' for the layout)."
+            )
+        for key in value:
+            if key not in _KEYS[table]:
+                raise ConfigError(
+                    f"{source}: [{table}] has no setting '{key}'.{_near(key, _KEYS[table])} "
+                    f"Its settings: {', '.join(_KEYS[table])}. Fix or remove it."
+                )
+
+
+def _near(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Config:
-    for table in _TABLES:
-        if not isinstance(data.get(table, {}), dict):
-            raise ConfigError(
-                f"{source}: [{table}] must be a table, got {data[table]!r}. Fix the file by "
-                "hand (see 'al init' for the layout)."
-            )
+    _check_layout(data, source)
     workspace = data.get("workspace", {})
     model = data.get("model", {})
     ingest = data.get("ingest", {})

@@ -144,6 +144,12 @@ def test_al_toml_that_is_not_utf8_or_has_a_scalar_table_is_one_line(
         (b'[workspace]\nname = "caf\xe9"\n', "is not UTF-8 text"),
         (b"workspace = 3\n", "[workspace] must be a table"),
         (good.replace(b"seed = 0", b"seed = -4"), "seed must be an integer of 0 or more"),
+        # A misspelt setting would otherwise be ignored without a word.
+        (
+            good.replace(b"fine_tune_layers = 0", b"fine_tune_layer = 30"),
+            "[model] has no setting 'fine_tune_layer'. Did you mean 'fine_tune_layers'?",
+        ),
+        (good + b"\n[modle]\ntau = 1\n", "al.toml has no table [modle]. Did you mean 'model'?"),
     ):
         path.write_bytes(text)
         result = cli.invoke(app, ["-w", str(workspace.root), "pool", "stats"])

@@ -6,13 +6,17 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from al_pipeline.errors import PipelineError
+from al_pipeline.errors import OutputError, PipelineError
 from al_pipeline.paths import output_file, write_atomically
 from al_pipeline.records import STARTING_POINT, HistoryRow
 from al_pipeline.store.state import State
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 COLUMNS = (
     "round",
@@ -85,6 +89,7 @@ def plot_learning_curve(
             "No closed rounds yet: nothing to plot. Run 'al run' or finish a round first."
         )
     if path is not None:
+        kind = plot_format(path)
         output_file(path, "The plot file")
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
     for name, part in _lines(frame, group):
@@ -98,13 +103,32 @@ def plot_learning_curve(
         axis.grid(alpha=0.3)
         axis.legend(title=group)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    data = buffer.getvalue()
+    data = _saved(figure, "png")
     if path is not None:
-        write_atomically(path, lambda handle: handle.write(data), "the plot")
+        wanted = data if kind == "png" else _saved(figure, kind)
+        write_atomically(path, lambda handle: handle.write(wanted), "the plot")
+    plt.close(figure)
     return data
+
+
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def plot_format(path: Path) -> str:
+    """The format a plot file's name asks for; any other name is refused, not written as
+    a PNG under the wrong name."""
+    kind = path.suffix.lower().removeprefix(".")
+    if kind not in PLOT_FORMATS:
+        raise OutputError(
+            f"The plot file {path}: name it .png, .svg or .pdf (the format follows the name)."
+        )
+    return kind
+
+
+def _saved(figure: Figure, kind: str) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=kind)
+    return buffer.getvalue()
 
 
 def _lines(frame: pd.DataFrame, group: str) -> list[tuple[str, pd.DataFrame]]:

@@ -1,4 +1,5 @@
-"""The HTML report, as a person sees it: rendered by headless Chromium at a fixed width."""
+"""What the history is written as: the HTML report as a person sees it (rendered by
+headless Chromium at a fixed width), and the learning curve in the format asked for."""
 
 from __future__ import annotations
 
@@ -89,3 +90,26 @@ def test_the_report_fits_a_fixed_width_page_in_headless_chromium(
         assert image.size == (WIDTH, HEIGHT)
         inked = int((np.asarray(image.convert("L")) < 200).sum())
     assert inked > 5000, "the page rendered blank"
+
+
+def test_the_learning_curve_is_written_in_the_format_its_name_asks_for(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from al_pipeline.errors import OutputError
+    from al_pipeline.reporting.history import plot_learning_curve
+
+    frame = pd.DataFrame(
+        {
+            "strategy": ["initial", "margin", "margin"],
+            "labelled": [10, 20, 30],
+            "accuracy": [0.7, 0.8, 0.9],
+            "macro_f1": [0.6, 0.8, 0.85],
+        }
+    )
+    starts = {"curve.png": b"\x89PNG", "curve.svg": b"<?xml", "CURVE.PDF": b"%PDF"}
+    for name, start in starts.items():
+        png = plot_learning_curve(frame, tmp_path / name)
+        assert png.startswith(b"\x89PNG") and (tmp_path / name).read_bytes().startswith(start)
+    with pytest.raises(OutputError, match=r"curve\.jpg: name it \.png, \.svg or \.pdf"):
+        plot_learning_curve(frame, tmp_path / "curve.jpg")
+    assert not (tmp_path / "curve.jpg").exists()
