@@ -315,6 +315,21 @@ def pool_import_labels(
     emit(result, as_json, views.labels_imported)
 
 
+@pool_app.command("move")
+@handles_errors
+def pool_move(
+    name: Annotated[str, typer.Argument(help="The pool whose files moved.")],
+    folder: Annotated[Path, typer.Argument(help="The folder that holds them now.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Point a pool at the folder its files moved to; checked before anything changes."""
+    from al_pipeline.ingest.folders import move_pool
+
+    with workspace("al pool move") as (config, state, progress):
+        result = move_pool(config, state, name, folder, progress)
+    emit(result, as_json, views.pool_moved)
+
+
 @contextmanager
 def reading() -> Iterator[tuple[Config, State]]:
     """The workspace and its state, for a command that only reads (no lock, no bars)."""

@@ -32,7 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from al_pipeline.ingest.folders import IngestReport
+    from al_pipeline.ingest.folders import IngestReport, PoolMoved
     from al_pipeline.labelling.imports import LabelsImported
     from al_pipeline.labelling.labelstudio.server import ServerStatus, Stopped
     from al_pipeline.loop.rounds import RoundFinished, RoundStarted, RunReport
@@ -183,6 +183,7 @@ def ingest_data(result: IngestReport, report: Path | None) -> dict[str, Any]:
         "counts": dict(result.counts()),
         "reasons": {f"{status}:{reason}": n for (status, reason), n in result.reasons().items()},
         "labels_added": result.labels_added,
+        "notes": result.notes,
         "split": dataclasses.asdict(result.split) if result.split else None,
         "report": str(report) if report else None,
     }
@@ -207,10 +208,23 @@ def ingested(result: IngestReport, report: Path | None) -> None:
             f"Test split: {s.test_total} test / {s.train_total} train labelled items "
             f"({s.newly_test} newly test), {s.groups} groups, largest {s.largest_group}"
         )
+    for note in result.notes:
+        out.print(note)
     if report is not None:
         out.print(f"Report: {report}")
     elif counts.get("rejected"):
         out.print("Pass --report FILE.csv to list each rejected file and why.")
+
+
+def pool_moved(result: PoolMoved) -> None:
+    out.print(
+        f"Pool '{result.pool}' now reads its {result.files} files from {result.root} (was "
+        f"{result.old_root}): all there with their sizes, {result.hashed} compared by content."
+    )
+    out.print(
+        "If the embedded Label Studio is running, restart it ('al studio down', then 'al "
+        "studio up') so that it serves the new folder."
+    )
 
 
 def pool_stats(rows: Sequence[PoolStats], workspace: str) -> None:

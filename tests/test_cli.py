@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -84,6 +85,20 @@ def test_pool_add_and_stats_json(
     stats = json.loads(cli.invoke(app, [*ws, "pool", "stats", "--json"]).stdout)
     by_class = {(r["pool"], r["class_name"]): r["items"] for r in stats}
     assert by_class == {("pool", "with_mask"): 4, ("pool", "without_mask"): 3, ("fresh", None): 5}
+    shutil.copytree(tmp_path / "unlabelled", tmp_path / "moved")
+    moved = cli.invoke(app, [*ws, "pool", "move", "fresh", str(tmp_path / "moved"), "--json"])
+    assert moved.exit_code == 0, moved.output
+    assert json.loads(moved.stdout) | {"old_root": None} == {
+        "pool": "fresh",
+        "old_root": None,
+        "root": str(tmp_path / "moved"),
+        "files": 5,
+        "hashed": 5,
+    }
+    taken = cli.invoke(app, [*ws, "pool", "move", "fresh", str(tmp_path / "pool")])
+    assert taken.exit_code == 1 and "is already the folder of pool 'pool'" in taken.output
+    wrong = cli.invoke(app, [*ws, "pool", "move", "fresh", str(tmp_path / "pool" / "with_mask")])
+    assert wrong.exit_code == 1 and "5 of the 5 files of pool 'fresh'" in wrong.output
 
 
 def test_missing_folder_is_a_clear_error(cli: CliRunner, workspace: Config) -> None:

@@ -143,6 +143,21 @@ class Items(Labels):
             )
         return PoolRow(int(cursor.lastrowid or 0), name, root)
 
+    def drop_empty_pool(self, pool_id: int) -> bool:
+        """Remove a pool that holds no item; whether it went."""
+        with self.atomic():
+            cursor = self._db.execute(
+                "DELETE FROM pools WHERE id = ? AND NOT EXISTS"
+                " (SELECT 1 FROM items WHERE pool_id = ?)",
+                (pool_id, pool_id),
+            )
+        return cursor.rowcount > 0
+
+    def move_pool(self, pool_id: int, root: Path) -> None:
+        """Point a pool at another folder; its files keep their paths inside it."""
+        with self.atomic():
+            self._db.execute("UPDATE pools SET root = ? WHERE id = ?", (str(root), pool_id))
+
     def known_files(self, pool_id: int) -> dict[str, KnownFile]:
         rows = self._db.execute(
             "SELECT id, relpath, size, mtime_ns FROM items WHERE pool_id = ?", (pool_id,)

@@ -115,7 +115,8 @@ class LabelStudioLabeller:
             if task is not None and task.data.get(ROUND_KEY) != round_id:
                 self._carry_over(task, round_id, item, version)
         missing = [q for q in batch if q.item_id not in known]
-        for folder in sorted({self._storage_folder(q) for q in missing}):
+        # Every item's folder, carried-over ones too: their pool may have moved since.
+        for folder in sorted({self._storage_folder(q) for q in batch}):
             self.gateway.ensure_local_storage(project, folder)
         existing = {item: task.id for item, task in known.items()}
         for start in range(0, len(missing), IMPORT_BATCH):
@@ -146,7 +147,10 @@ class LabelStudioLabeller:
         for prediction, old in task.predictions.items():
             if old != version:
                 self.gateway.remove_prediction(prediction)
-        self.gateway.update_task_data(task.id, task.data | {ROUND_KEY: round_id})
+        # The file's address as it is now: 'al pool move', or a server restarted with a
+        # wider document root, changes it.
+        image = self._image_url(item)
+        self.gateway.update_task_data(task.id, task.data | {ROUND_KEY: round_id, "image": image})
 
     def _model_version(self, round_id: int) -> str | None:
         row = self.state.round(round_id)
@@ -181,10 +185,13 @@ class LabelStudioLabeller:
         self._relative(folder / item.path.name)
         return str(folder)
 
+    def _image_url(self, item: QueuedItem) -> str:
+        return f"/data/local-files/?d={quote(self._relative(item.path))}"
+
     def _task(self, round_id: int, item: QueuedItem, version: str | None) -> dict[str, Any]:
         task: dict[str, Any] = {
             "data": {
-                "image": f"/data/local-files/?d={quote(self._relative(item.path))}",
+                "image": self._image_url(item),
                 ITEM_KEY: item.item_id,
                 ROUND_KEY: round_id,
                 "file": item.path.name,

@@ -4,13 +4,14 @@ order, a server killed mid-push, webhooks) is tested in test_labeller.py."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from al_pipeline.config import Config
-from al_pipeline.ingest.folders import add_folder
+from al_pipeline.ingest.folders import add_folder, move_pool
 from al_pipeline.labelling.labelstudio.client import LabelStudioError
 from al_pipeline.labelling.labelstudio.connection import Connection
 from al_pipeline.labelling.labelstudio.fields import ITEM_KEY, ROUND_KEY
@@ -89,6 +90,21 @@ def test_an_item_queued_again_keeps_its_task_with_the_new_guess_only(setup: Setu
     task = fake.task_of(1)
     assert task.data[ROUND_KEY] == later
     assert list(task.predictions.values()) == ["round-1"]
+
+
+def test_a_task_carried_over_after_its_pool_moved_shows_the_file_where_it_is_now(
+    setup: Setup, workspace: Config
+) -> None:
+    labeller, fake, state = setup
+    first = open_round(state, [1])
+    pushed(labeller, state, first)
+    state.close_round(first)  # item 1 went back unlabelled, its task stays
+    shutil.copytree(workspace.root / "photos", workspace.root / "moved")
+    move_pool(workspace, state, "photos", workspace.root / "moved")
+    pushed(labeller, state, open_round(state, [1], model="round-1"))
+    image = fake.task_of(1).data["image"]
+    assert "/moved/" in image and "/photos/" not in image
+    assert str(workspace.root / "moved") in fake.storages[labeller.project()]
 
 
 def test_the_majority_wins_a_tie_waits_a_skip_is_a_skip(setup: Setup) -> None:
