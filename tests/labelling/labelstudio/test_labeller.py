@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import label_studio
@@ -22,6 +24,7 @@ from label_studio_sdk import LabelStudio
 from typer.testing import CliRunner
 
 from al_pipeline.config import Config
+from al_pipeline.ingest.folders import move_pool
 from al_pipeline.labelling import labeller_for
 from al_pipeline.labelling.labelstudio.client import Annotation, LabelStudioError
 from al_pipeline.labelling.labelstudio.connection import StudioError
@@ -278,6 +281,11 @@ def test_an_item_picked_again_after_a_partial_round_keeps_its_one_task(
         annotate(client, tasks[0], truth[tasks[0].data["al_item"]])
         finish(config, state, labeller, SETTINGS, partial=True)
         returned = {t.data["al_item"]: t.id for t in tasks[1:]}
+        # The photos move before the next round: its carried-over tasks must show them.
+        (pool,) = state.pools()
+        moved = tmp_path / "moved"
+        shutil.copytree(config.root / pool.root, moved)
+        move_pool(config, state, pool.name, moved)
 
         everything = len(state.selectable())
         second = start(config, state, labeller, strategy="margin", size=everything)
@@ -285,10 +293,18 @@ def test_an_item_picked_again_after_a_partial_round_keeps_its_one_task(
         items = [t.data["al_item"] for t in client.tasks.list(project=project, fields="all")]
         assert len(items) == len(set(items)) == everything + 1
         version = client.projects.get(id=project).model_version
-        for task_id in returned.values():
+        token = {"Authorization": f"Token {studio_server.api_key}"}
+        files = {q.item_id: config.root / q.path for q in state.queue(second.round_id)}
+        assert all(moved in path.parents for path in files.values())
+        for item, task_id in returned.items():
             task = client.tasks.get(id=str(task_id))
             assert task.data["al_round"] == second.round_id
             assert [p.model_version for p in task.predictions] == [version]
+            assert task.data["image"].startswith("/data/local-files/?d=") and (
+                quote(files[item].relative_to(studio_server.root).as_posix()) in task.data["image"]
+            )
+            image = httpx.get(studio_server.url + task.data["image"], headers=token)
+            assert image.status_code == 200 and image.content == files[item].read_bytes()
         assert second.link is not None and second.link == first.link
         least_confident = min(second.queued, key=lambda q: q.confidence or 0).item_id
         assert next_in_stream(studio_server, second.link)["data"]["al_item"] == least_confident
