@@ -407,6 +407,11 @@ HISTORY_HEADERS = {
 HISTORY_OPTIONAL = ("selection_seconds", "checkpoint", "timestamp")
 
 
+def _too_wide(table: Table) -> bool:
+    """Whether the table, at its natural width, would have to cut cells in this terminal."""
+    return out.measure(table, options=out.options.update_width(100_000)).maximum > out.width
+
+
 def history(rows: Sequence[HistoryRow], title: str) -> None:
     from al_pipeline.reporting.history import COLUMNS, history_frame
 
@@ -416,8 +421,7 @@ def history(rows: Sequence[HistoryRow], title: str) -> None:
     at = base.index("pool_change")  # per-class recall right after the test metrics
     columns = [c for c in (*base[:at], *recalls, *base[at:]) if c in frame.columns]
     table = history_table(frame, columns, title)
-    natural = out.measure(table, options=out.options.update_width(100_000)).maximum
-    narrow = natural > out.width
+    narrow = _too_wide(table)
     if narrow:
         columns = [c for c in columns if c not in HISTORY_OPTIONAL]
         table = history_table(frame, columns, title)
@@ -504,7 +508,7 @@ def simulated(result: SimulationResult) -> None:
     counts = [c for c in SIMULATION_COLUMNS if c in result.table]
     rares = [c for c in SIMULATION_RARE if c in result.table]
     table = _simulation_table(result, title, [*counts, *rares], intervals)
-    if out.measure(table, options=out.options.update_width(100_000)).maximum <= out.width:
+    if not _too_wide(table):
         out.print(table)
     else:  # narrower tables, one per question, rather than one whose every cell is cut
         out.print(_simulation_table(result, title, counts, []))

@@ -9,9 +9,12 @@ about 2,440 of them. No strategy knows that many labels early on, so the number 
 crops among the top ``k`` is a generous ceiling for what a strategy could query in its
 first ``k`` labels with these features. Two linear rankers: the workspace's own head
 (logit adjustment, tau 0.5, what ``auto`` and ``rare-first`` rank by) and scikit-learn's
-logistic regression with balanced class weights on unit-length features.
+logistic regression with balanced class weights on unit-length features; and, with
+``--rankers knn``, a similarity ranker that is not linear: likeness to the nearest known
+rare crops against the nearest common ones.
 
     python benchmarks/bench_rare_ceiling.py [--splits 3] [--sizes 224] [--features last,mid]
+        [--rankers head,logistic,knn] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from benchmarks.common import (
 RARE = "mask_weared_incorrect"
 DEPTHS = (50, 100, 200, 400)
 HEAD = ("logit-adjust", 0.5)  # the default head for a workspace (imbalance auto)
+KNN = 5  # neighbours the similarity ranker averages over
 
 
 def pool_features(config: Any, state: Any, home: Path, size: int, features: str) -> dict:
@@ -71,11 +75,29 @@ def out_of_fold(
         if ranker == "head":
             head = fit(x[train], y[train], HEAD, seed, classes)
             found[held] = predict_proba(head, x[held])[:, rare]
+        elif ranker == "knn":
+            found[held] = _knn_score(x[train], y[train] == rare, x[held])
         else:
             unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
             model = LogisticRegression(class_weight="balanced", max_iter=2000)
             found[held] = model.fit(unit[train], y[train] == rare).predict_proba(unit[held])[:, 1]
     return found
+
+
+def _knn_score(known: np.ndarray, is_rare: np.ndarray, queried: np.ndarray) -> np.ndarray:
+    """Similarity ranking (as SEALS and SIMILAR rank): the mean cosine similarity to the
+    ``KNN`` nearest known rare items, less that to the ``KNN`` nearest known common ones."""
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    similarity = unit(queried) @ unit(known).T
+    nearest = {}
+    for name, mask in (("rare", is_rare), ("common", ~is_rare)):
+        part = similarity[:, mask]
+        k = min(KNN, part.shape[1])
+        nearest[name] = np.sort(part, axis=1)[:, -k:].mean(axis=1)
+    return np.asarray(nearest["rare"] - nearest["common"])
 
 
 def ranked(truth: np.ndarray, score: np.ndarray) -> dict[str, float]:
@@ -104,7 +126,7 @@ def runs(config: Any, state: Any, home: Path, args: argparse.Namespace) -> list[
                 pool = [i for i in sorted(labels) if sides[i] != "test" and i in by_item]
                 x = np.stack([by_item[i] for i in pool]).astype(np.float32)
                 y = np.array([classes.index(labels[i]) for i in pool])
-                for ranker in ("head", "logistic"):
+                for ranker in args.rankers.split(","):
                     score = out_of_fold(ranker, x, y, len(classes), args.folds, split)
                     row = {"size": size, "features": features, "split": split}
                     row |= {"ranker": ranker, "pool": len(pool), "rare": int((y == rare).sum())}
@@ -119,6 +141,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--sizes", default="224")
     parser.add_argument("--features", default="last,mid")
+    parser.add_argument("--rankers", default="head,logistic", help="head, logistic, knn")
+    parser.add_argument("--tag", default="", help="Suffix of the saved JSON's name.")
     parser.add_argument("--weights", type=Path, default=MOBILENET)
     args = parser.parse_args()
     home = keras_home_with_weights(args.weights)
@@ -150,7 +174,8 @@ def main() -> None:
         "summary": summary,
         "runs": rows,
     }
-    print(f"saved {save('bench_rare_ceiling_voc', result)}")
+    name = "bench_rare_ceiling_voc" + (f"_{args.tag}" if args.tag else "")
+    print(f"saved {save(name, result)}")
 
 
 if __name__ == "__main__":
