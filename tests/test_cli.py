@@ -88,9 +88,9 @@ def test_pool_add_and_stats_json(
     shutil.copytree(tmp_path / "unlabelled", tmp_path / "moved")
     moved = cli.invoke(app, [*ws, "pool", "move", "fresh", str(tmp_path / "moved"), "--json"])
     assert moved.exit_code == 0, moved.output
-    assert json.loads(moved.stdout) | {"old_root": None} == {
+    assert json.loads(moved.stdout) == {
         "pool": "fresh",
-        "old_root": None,
+        "old_root": str(tmp_path / "unlabelled"),
         "root": str(tmp_path / "moved"),
         "files": 5,
         "hashed": 5,
