@@ -121,7 +121,7 @@ def main() -> None:
             plan = {**plan, "strategies": args.strategies.split(",")}
         if args.size:
             plan = {**plan, "size": args.size}
-        out = RESULTS / "label_efficiency" / (name + (f"-{args.tag}" if args.tag else ""))
+        out, saved_as = result_names(name, args.tag)
         started = time.perf_counter()
         if name == "chandrikadeb7":
             config = dataset_workspace(CHANDRIKADEB7, out, "with_mask,without_mask", 0.2)
@@ -167,16 +167,29 @@ def main() -> None:
             "features": args.features,
             "fine_tune": [args.fine_tune_layers, args.fine_tune_epochs, args.fine_tune_rate],
             "margin": args.margin if name == "voc" else None,
-            "table": result.table.to_dict("records"),
-            "curves": curves(result.runs, result.rare_class),
             **plan,
         }
-        if result.full_rare_recall is not None:
-            summary["mean_reaches_rare_recall"] = mean_reaches(
-                summary["curves"], f"recall_{result.rare_class}", result.full_rare_recall
-            )
-        tag = f"_{args.tag}" if args.tag else ""
-        print(f"saved {save(f'bench_label_efficiency_{name}{tag}', summary)}")
+        summarised(summary, result.table, result.runs, result.rare_class, result.full_rare_recall)
+        print(f"saved {save(saved_as, summary)}")
+
+
+def result_names(dataset: str, tag: str) -> tuple[Path, str]:
+    """The folder of a run's workspaces and CSVs, and the name of its summary JSON."""
+    out = RESULTS / "label_efficiency" / (dataset + (f"-{tag}" if tag else ""))
+    return out, f"bench_label_efficiency_{dataset}{f'_{tag}' if tag else ''}"
+
+
+def summarised(
+    summary: dict[str, Any], table: Any, runs: Any, rare: str | None, full_rare: float | None
+) -> None:
+    """Put the efficiency table, the curves and, with a rare class, the labels at which
+    each strategy's mean curve reaches its all-labels recall, into ``summary``."""
+    summary["table"] = table.to_dict("records")
+    summary["curves"] = curves(runs, rare)
+    if rare is not None and full_rare is not None:
+        summary["mean_reaches_rare_recall"] = mean_reaches(
+            summary["curves"], f"recall_{rare}", full_rare
+        )
 
 
 def curves(runs, rare):  # type: ignore[no-untyped-def]
@@ -220,9 +233,8 @@ def summarise_again(dataset: str, tag: str) -> None:
     from al_pipeline.reporting.simulation import efficiency_table
     from al_pipeline.store.state import State
 
-    out = RESULTS / "label_efficiency" / (dataset + (f"-{tag}" if tag else ""))
-    path = RESULTS / f"bench_label_efficiency_{dataset}{f'_{tag}' if tag else ''}.json"
-    summary = json.loads(path.read_text(encoding="utf-8"))
+    out, saved_as = result_names(dataset, tag)
+    summary = json.loads((RESULTS / f"{saved_as}.json").read_text(encoding="utf-8"))
     runs = pd.read_csv(out / "simulation.csv")
     rare = summary["rare_class"]
     full_accuracy, full_rare = {}, {}
@@ -235,13 +247,10 @@ def summarise_again(dataset: str, tag: str) -> None:
             full_rare[split] = checkpoint.metrics.per_class[rare].recall
     table = efficiency_table(runs, full_accuracy, rare, full_rare)
     print(table.to_string(index=False))
-    summary["table"] = table.to_dict("records")
-    summary["curves"] = curves(runs, rare)
-    mean_rare = float(np.mean(list(full_rare.values())))
-    reaches = mean_reaches(summary["curves"], f"recall_{rare}", mean_rare)
-    summary["mean_reaches_rare_recall"] = reaches
+    summarised(summary, table, runs, rare, float(np.mean(list(full_rare.values()))))
+    reaches = summary["mean_reaches_rare_recall"]
     print("mean curve reaches the all-labels recall at:", reaches)
-    print(f"saved {save(path.stem, summary)}")
+    print(f"saved {save(saved_as, summary)}")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def out_of_fold(
         elif ranker == "knn":
             found[held] = _knn_score(x[train], y[train] == rare, x[held])
         else:
-            unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            unit = _unit(x)
             model = LogisticRegression(class_weight="balanced", max_iter=2000)
             found[held] = model.fit(unit[train], y[train] == rare).predict_proba(unit[held])[:, 1]
     return found
@@ -87,17 +87,17 @@ def out_of_fold(
 def _knn_score(known: np.ndarray, is_rare: np.ndarray, queried: np.ndarray) -> np.ndarray:
     """Similarity ranking (as SEALS and SIMILAR rank): the mean cosine similarity to the
     ``KNN`` nearest known rare items, less that to the ``KNN`` nearest known common ones."""
-
-    def unit(a: np.ndarray) -> np.ndarray:
-        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-
-    similarity = unit(queried) @ unit(known).T
+    similarity = _unit(queried) @ _unit(known).T
     nearest = {}
     for name, mask in (("rare", is_rare), ("common", ~is_rare)):
         part = similarity[:, mask]
         k = min(KNN, part.shape[1])
         nearest[name] = np.sort(part, axis=1)[:, -k:].mean(axis=1)
     return np.asarray(nearest["rare"] - nearest["common"])
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return np.asarray(rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12))
 
 
 def ranked(truth: np.ndarray, score: np.ndarray) -> dict[str, float]:

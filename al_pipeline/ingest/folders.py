@@ -433,10 +433,10 @@ def _check_contents(
     ordered = sorted(known.items())
     count = min(HASHED_ON_MOVE, len(ordered))
     sample = [ordered[i * len(ordered) // count] for i in range(count)]
-    hashes = {ref.item_id: ref.sha256 for ref in state.items_in_pool(pool.name)}
+    refs = state.item_refs([registered.item_id for _, registered in sample])
     progress("Comparing contents", 0, len(sample))
-    for done, (relpath, registered) in enumerate(sample, start=1):
-        if file_sha256(root / relpath) != hashes[registered.item_id]:
+    for done, ((relpath, _), ref) in enumerate(zip(sample, refs, strict=True), start=1):
+        if file_sha256(root / relpath) != ref.sha256:
             raise IngestError(
                 f"'{root / relpath}' is not the file pool '{pool.name}' registered at "
                 f"'{relpath}' (its content differs). Pass the folder that holds the pool's "

@@ -176,9 +176,7 @@ def _replay_base(state: State, out: Path, check: Callable[[State], None]) -> Ite
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     path = out / BASE_FILE
-    path.unlink(missing_ok=True)
-    state.backup(path)
-    base = open_state(path)
+    base = _copy(state, path)
     try:
         base.forget_rounds()
         check(base)
@@ -199,10 +197,7 @@ def _split_state(config: Config, state: State, folder: Path, split: int) -> Iter
         yield state
         return
     folder.mkdir(parents=True, exist_ok=True)
-    base = folder / BASE_FILE
-    base.unlink(missing_ok=True)
-    state.backup(base)
-    with open_state(base) as copy:
+    with _copy(state, folder / BASE_FILE) as copy:
         redraw_test_split(config, copy, seed=config.seed + split)
         yield copy
 
@@ -221,14 +216,20 @@ def _split_runs(
     return runs
 
 
+def _copy(state: State, path: Path) -> State:
+    """A consistent copy of ``state`` at ``path`` (replacing any file there), opened."""
+    path.unlink(missing_ok=True)
+    state.backup(path)
+    return open_state(path)
+
+
 def _run_config(config: Config, state: State, folder: Path, seed: int) -> tuple[Config, State]:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    state.backup(folder / "state.sqlite3")
     run_config = replace(
         config, database=folder / "state.sqlite3", checkpoints_dir=folder / "checkpoints", seed=seed
     )
-    return run_config, open_state(run_config.database)
+    return run_config, _copy(state, run_config.database)
 
 
 def _full_data(config: Config, split: _Split, plan: SimulationPlan, progress: Progress) -> FullData:
