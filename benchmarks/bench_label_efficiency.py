@@ -196,8 +196,8 @@ def curves(runs, rare):  # type: ignore[no-untyped-def]
     """Per strategy and label count: mean and 95 % half-width over runs."""
     from al_pipeline.reporting.simulation import interval, with_rare_share
 
-    frame = with_rare_share(runs, rare)
-    metrics = ("accuracy", "macro_f1", f"recall_{rare}", "rare_share")
+    frame = runs if rare is None else with_rare_share(runs, rare)
+    metrics = ("accuracy", "macro_f1", *((f"recall_{rare}", "rare_share") if rare else ()))
     out = []
     for (strategy, labelled), part in frame.groupby(["strategy", "labelled"]):
         row = {"strategy": strategy, "labelled": int(labelled), "runs": len(part)}

@@ -45,15 +45,17 @@ def simulate_and_report(
     runs = runs_frame(simulation)
     rare = rarest_class(simulation)
     full = {f.split: f.metrics.accuracy for f in simulation.full}
-    full_rare = {f.split: f.metrics.per_class[rare].recall for f in simulation.full}
-    rare_recall = float(np.mean(list(full_rare.values())))
+    full_rare = _full_recall(simulation, rare)
+    rare_recall = None if full_rare is None else float(np.mean(list(full_rare.values())))
     table = efficiency_table(runs, full, rare, full_rare)
     csv, table_csv = out / "simulation.csv", out / "efficiency.csv"
-    plot, panels = out / "learning_curves.png", out / "rare_class_curves.png"
+    plot = out / "learning_curves.png"
     runs.to_csv(csv, index=False)
     table.to_csv(table_csv, index=False)
     plot_runs(runs, simulation.full_accuracy, plot)
-    plot_panels(runs, rare, rare_recall, panels)
+    panels = None
+    if rare is not None and rare_recall is not None:
+        panels = plot_panels(runs, rare, rare_recall, out / "rare_class_curves.png")
     return SimulationResult(
         runs,
         table,
@@ -86,13 +88,24 @@ def runs_frame(simulation: Simulation) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def rarest_class(simulation: Simulation) -> str:
-    """The class with the fewest test items, summed over the splits."""
+def rarest_class(simulation: Simulation) -> str | None:
+    """The class with the fewest test items, summed over the splits, if it is rare: under
+    half its even share (``1 / 2K`` of K classes, the bar the ``auto`` strategy uses). On
+    balanced classes there is none, and no rare-class columns or curves are reported."""
     support: dict[str, int] = {}
     for full in simulation.full:
         for name, metrics in full.metrics.per_class.items():
             support[name] = support.get(name, 0) + metrics.support
-    return min(support, key=lambda name: support[name])
+    rarest = min(support, key=lambda name: support[name])
+    total = sum(support.values())
+    return rarest if support[rarest] * 2 * len(support) < total else None
+
+
+def _full_recall(simulation: Simulation, rare: str | None) -> dict[int, float] | None:
+    """Each split's all-labels recall of ``rare`` (None without a rare class)."""
+    if rare is None:
+        return None
+    return {f.split: f.metrics.per_class[rare].recall for f in simulation.full}
 
 
 def interval(values: Sequence[float] | pd.Series) -> tuple[float, float]:

@@ -15,12 +15,15 @@ from typer.testing import CliRunner
 from al_pipeline.errors import PipelineError
 from al_pipeline.labelling import OracleLabeller
 from al_pipeline.loop.rounds import RunPlan, run
-from al_pipeline.loop.simulate import SimulationPlan, simulate
+from al_pipeline.loop.simulate import FullData, Simulation, SimulationPlan, simulate
 from al_pipeline.model.network import TrainingSettings
+from al_pipeline.records import ClassMetrics, Metrics
 from al_pipeline.reporting.simulation import (
     SimulationResult,
     efficiency_table,
     interval,
+    plot_panels,
+    rarest_class,
     simulate_and_report,
     with_rare_share,
 )
@@ -54,13 +57,14 @@ def test_simulation_on_real_photos(oracle_template: Path, tmp_path: Path, keras_
     queried = runs.filter(like="queried_").sum(axis=1)
     assert (queried[runs["round"] > 0] == 10).all()  # each round's batch, by class
     assert result.full_labels == 200 and 0.9 <= result.full_accuracy <= 1
-    assert result.splits == 2 and result.rare_class in config.classes
+    # 150 photos of each class: neither is rare, so no rare-class columns or curves.
+    assert result.splits == 2 and result.rare_class is None and result.panels is None
     table = result.table.set_index("strategy")
     assert list(table.index) == ["margin", "random"] and (table["runs"] == 2).all()
-    assert table["final_macro_f1_ci"].notna().all() and table["rare_share_mean"].between(0, 1).all()
-    for plot, size in ((result.plot, (800, 500)), (result.panels, (1500, 450))):
-        with Image.open(plot) as image:
-            assert image.format == "PNG" and image.size == size
+    assert table["final_macro_f1_ci"].notna().all() and "rare_share_mean" not in table
+    assert not (tmp_path / "out" / "rare_class_curves.png").exists()
+    with Image.open(result.plot) as image:
+        assert image.format == "PNG" and image.size == (800, 500)
 
 
 @pytest.mark.integration
@@ -192,7 +196,9 @@ def test_ratio_is_a_lower_bound_when_random_never_gets_there() -> None:
     assert table.loc["margin", "ratio_within_1pt_at_least"] == pytest.approx(1.5)
 
 
-def test_the_table_gives_means_with_intervals_and_rare_class_figures_per_split() -> None:
+def test_the_table_gives_means_with_intervals_and_rare_class_figures_per_split(
+    tmp_path: Path,
+) -> None:
     """Two splits with their own all-labels references; the rare class 'c' is queried 2 of
     10 times in split 0 and 4 of 10 in split 1 (the 5 seed labels are no query)."""
     rows = []
@@ -224,6 +230,30 @@ def test_the_table_gives_means_with_intervals_and_rare_class_figures_per_split()
     assert table["rare_recall_ci"] == pytest.approx(2.541, rel=1e-3)
     assert table["reached_rare_recall"] == "1/2" and pd.isna(table["labels_to_rare_recall"])
     assert interval([0.5]) == (0.5, pytest.approx(float("nan"), nan_ok=True))
+    panels = plot_panels(pd.DataFrame(rows), "c", 0.65, tmp_path / "panels.png")
+    with Image.open(panels) as image:
+        assert image.format == "PNG" and image.size == (1500, 450)
+
+
+def full_data(**support: int) -> FullData:
+    """A split's all-labels figures with ``support`` test items per class."""
+    per_class = {name: ClassMetrics(0.5, 0.5, 0.5, n) for name, n in support.items()}
+    metrics = Metrics(sum(support.values()), 0.9, 0.5, 0.5, 0.5, None, per_class, [], [])
+    return FullData(0, 100, metrics)
+
+
+def test_a_class_is_rare_only_under_half_its_even_share() -> None:
+    """A simulation of balanced classes has no rare class (it once called the first class
+    of two equal ones rare); the smallest of three under a sixth of the test items is one."""
+
+    def rarest(*splits: FullData) -> str | None:
+        return rarest_class(Simulation([], list(splits)))
+
+    assert rarest(full_data(a=50, b=50)) is None
+    assert rarest(full_data(a=30, b=50), full_data(a=30, b=50)) is None  # 37.5 % of 160
+    assert rarest(full_data(a=20, b=100)) == "a"  # 16.7 % < 25 %
+    assert rarest(full_data(a=40, b=40, c=15)) == "c"  # 15.8 % < 16.7 %
+    assert rarest(full_data(a=40, b=40, c=17)) is None  # 17.5 %
 
 
 def test_the_labels_to_the_rare_recall_are_compared_with_random(
