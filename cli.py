@@ -323,11 +323,28 @@ def pool_move(
     as_json: JsonFlag = False,
 ) -> None:
     """Point a pool at the folder its files moved to; checked before anything changes."""
-    from al_pipeline.ingest.folders import move_pool
+    from al_pipeline.ingest.pools import move_pool
 
     with workspace("al pool move") as (config, state, progress):
         result = move_pool(config, state, name, folder, progress)
     emit(result, as_json, views.pool_moved)
+
+
+@pool_app.command("remove")
+@handles_errors
+def pool_remove(
+    name: Annotated[str, typer.Argument(help="The pool to take out of the workspace.")],
+    drop_labels: Annotated[
+        bool, typer.Option("--drop-labels", help="Remove its labelled items and their labels.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Take a pool and its items out of the workspace; its files stay where they are."""
+    from al_pipeline.ingest.pools import remove_pool
+
+    with workspace("al pool remove") as (config, state, _):
+        result = remove_pool(config, state, name, drop_labels)
+    emit(result, as_json, views.pool_removed)
 
 
 @contextmanager

@@ -32,7 +32,8 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from al_pipeline.ingest.folders import IngestReport, PoolMoved
+    from al_pipeline.ingest.folders import IngestReport
+    from al_pipeline.ingest.pools import PoolMoved, PoolRemoved
     from al_pipeline.labelling.imports import LabelsImported
     from al_pipeline.labelling.labelstudio.server import ServerStatus, Stopped
     from al_pipeline.loop.rounds import RoundFinished, RoundStarted, RunReport
@@ -225,6 +226,15 @@ def pool_moved(result: PoolMoved) -> None:
         "If the embedded Label Studio is running, restart it ('al studio down', then 'al "
         "studio up') so that it serves the new folder."
     )
+
+
+def pool_removed(result: PoolRemoved) -> None:
+    gone = [f"Removed pool '{result.pool}' and its {result.items} item(s)"]
+    if result.labels:
+        gone.append(f"{result.labels} label(s) went with it")
+    if result.test:
+        gone.append(f"the test split lost {result.test} item(s)")
+    out.print(f"{'; '.join(gone)}. Its files in {result.root} were left as they are.")
 
 
 def pool_stats(rows: Sequence[PoolStats], workspace: str) -> None:

@@ -99,6 +99,21 @@ def test_pool_add_and_stats_json(
     assert taken.exit_code == 1 and "is already the folder of pool 'pool'" in taken.output
     wrong = cli.invoke(app, [*ws, "pool", "move", "fresh", str(tmp_path / "pool" / "with_mask")])
     assert wrong.exit_code == 1 and "5 of the 5 files of pool 'fresh'" in wrong.output
+    kept = cli.invoke(app, [*ws, "pool", "remove", "pool"])
+    assert kept.exit_code == 1 and "'pool' holds 7 labelled item(s)" in kept.output
+    assert "Traceback" not in kept.output and len(kept.output.strip().splitlines()) <= 3
+    removed = cli.invoke(app, [*ws, "pool", "remove", "pool", "--drop-labels"])
+    assert removed.exit_code == 0, removed.output
+    assert "Removed pool 'pool' and its 7 item(s); 7 label(s) went with it" in removed.output
+    gone = cli.invoke(app, [*ws, "pool", "remove", "fresh", "--json"])
+    assert json.loads(gone.stdout) == {
+        "pool": "fresh",
+        "root": str(tmp_path / "moved"),
+        "items": 5,
+        "labels": 0,
+        "test": 0,
+    }
+    assert json.loads(cli.invoke(app, [*ws, "pool", "stats", "--json"]).stdout) == []
 
 
 def test_missing_folder_is_a_clear_error(cli: CliRunner, workspace: Config) -> None:

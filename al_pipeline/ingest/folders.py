@@ -19,7 +19,6 @@ from al_pipeline.errors import IngestError
 from al_pipeline.ingest.images import (
     IMAGE_EXTENSIONS,
     ImageRejected,
-    file_sha256,
     file_state,
     inspect_file,
     is_image_name,
@@ -358,94 +357,6 @@ def _check_class_folders(config: Config, root: Path, paths: Iterable[Path]) -> N
         )
 
 
-# How many of a moved pool's files are compared by content (sizes are compared for all).
-HASHED_ON_MOVE = 64
-
-
-@dataclass(frozen=True)
-class PoolMoved:
-    """What ``al pool move`` changed."""
-
-    pool: str
-    old_root: Path
-    root: Path
-    files: int
-    hashed: int
-
-
-def move_pool(
-    config: Config, state: State, name: str, folder: Path, progress: Progress = silent
-) -> PoolMoved:
-    """Point pool ``name`` at ``folder``, where its files are now (the photos moved, or
-    the workspace went to another machine). Every file must be there, under the same path
-    inside it and with the size it had, and a spread of ``HASHED_ON_MOVE`` of them must
-    have the same content: a wrong folder changes nothing. Refused while a round is open,
-    since its labelling tasks show the files where they were."""
-    root = existing_folder(folder)
-    pool = _pool_to_move(config, state, name, root)
-    known = state.known_files(pool.id)
-    _check_sizes(root, known, name, progress)
-    hashed = _check_contents(state, pool, root, known, progress)
-    state.move_pool(pool.id, _portable(config, root))
-    return PoolMoved(name, config.root / pool.root, root, len(known), hashed)
-
-
-def _pool_to_move(config: Config, state: State, name: str, root: Path) -> PoolRow:
-    pool = state.pool(name)
-    if pool is None:
-        known = ", ".join(p.name for p in state.pools()) or "none yet"
-        raise IngestError(f"No pool '{name}' (pools: {known}). See 'al pool stats'.")
-    opened = state.open_round()
-    if opened is not None:
-        raise IngestError(
-            f"Round {opened.id} is open, and its labelling tasks show the files where they "
-            "were. Finish it ('al round finish'), then move the pool."
-        )
-    for other in state.pools():
-        if other.id != pool.id and (config.root / other.root).resolve() == root:
-            raise IngestError(
-                f"'{root}' is already the folder of pool '{other.name}'. Pass another one."
-            )
-    return pool
-
-
-def _check_sizes(root: Path, known: dict[str, KnownFile], name: str, progress: Progress) -> None:
-    progress("Checking files", 0, len(known))
-    wrong = []
-    for done, (relpath, registered) in enumerate(sorted(known.items()), start=1):
-        found = file_state(root / relpath)
-        if found is None or found[0] != registered.size:
-            wrong.append(relpath)
-        if done % 1000 == 0 or done == len(known):
-            progress("Checking files", done, len(known))
-    if wrong:
-        raise IngestError(
-            f"{len(wrong)} of the {len(known)} files of pool '{name}' are not in '{root}' as "
-            f"they were registered (the first: {wrong[0]}, missing or of another size). Pass "
-            "the folder that holds them now, with the same subfolders. Nothing was changed."
-        )
-
-
-def _check_contents(
-    state: State, pool: PoolRow, root: Path, known: dict[str, KnownFile], progress: Progress
-) -> int:
-    """Compare the content hash of a spread of the files; how many were compared."""
-    ordered = sorted(known.items())
-    count = min(HASHED_ON_MOVE, len(ordered))
-    sample = [ordered[i * len(ordered) // count] for i in range(count)]
-    refs = state.item_refs([registered.item_id for _, registered in sample])
-    progress("Comparing contents", 0, len(sample))
-    for done, ((relpath, _), ref) in enumerate(zip(sample, refs, strict=True), start=1):
-        if file_sha256(root / relpath) != ref.sha256:
-            raise IngestError(
-                f"'{root / relpath}' is not the file pool '{pool.name}' registered at "
-                f"'{relpath}' (its content differs). Pass the folder that holds the pool's "
-                "own files. Nothing was changed."
-            )
-        progress("Comparing contents", done, len(sample))
-    return len(sample)
-
-
 def existing_folder(folder: Path) -> Path:
     if not folder.exists():
         raise IngestError(f"'{folder}' does not exist. Pass the folder that holds the images.")
@@ -474,7 +385,7 @@ def pool_name_for(config: Config, state: State, given: str | None, root: Path) -
 
 
 def ensure_pool(config: Config, state: State, name: str, root: Path) -> PoolRow:
-    stored = _portable(config, root)
+    stored = portable(config, root)
     pool = state.pool(name)
     if pool is None:
         return state.add_pool(name, stored)
@@ -486,7 +397,7 @@ def ensure_pool(config: Config, state: State, name: str, root: Path) -> PoolRow:
     return pool
 
 
-def _portable(config: Config, root: Path) -> Path:
+def portable(config: Config, root: Path) -> Path:
     """Store roots inside the workspace relative to it, so the workspace can move."""
     try:
         return root.relative_to(config.root.resolve())

@@ -103,6 +103,19 @@ class ItemKeys:
 
 
 @dataclass(frozen=True)
+class PoolUse:
+    """What a workspace holds of one pool's items: how many there are, how many some round
+    queried, how many carry a label (a hidden oracle label does not count), and how many are
+    on the test side."""
+
+    items: int
+    queried: int
+    labelled: int
+    test: int
+    first_round: int | None = None  # the first round that queried one of them
+
+
+@dataclass(frozen=True)
 class LabelledItem:
     """A labelled item with the facts training and evaluation need."""
 
@@ -152,6 +165,63 @@ class Items(Labels):
                 (pool_id, pool_id),
             )
         return cursor.rowcount > 0
+
+    def pool_use(self, pool_id: int) -> PoolUse:
+        row = self._db.execute(
+            "SELECT COUNT(*), SUM(split = 'test') FROM items WHERE pool_id = ?", (pool_id,)
+        ).fetchone()
+        queried = self._db.execute(
+            "SELECT COUNT(DISTINCT q.item_id), MIN(q.round_id) FROM queue q"
+            " JOIN items i ON i.id = q.item_id WHERE i.pool_id = ?",
+            (pool_id,),
+        ).fetchone()
+        labelled = self._db.execute(
+            "SELECT COUNT(*) FROM current_labels l JOIN items i ON i.id = l.item_id"
+            " WHERE i.pool_id = ?",
+            (pool_id,),
+        ).fetchone()
+        return PoolUse(row[0], queried[0], labelled[0], row[1] or 0, queried[1])
+
+    def remove_pool(self, pool_id: int) -> None:
+        """Delete a pool, its items and what is recorded of them alone: near-duplicate
+        hashes, content keys, hidden and visible labels. Rounds' queues and ties refer to
+        items too; the caller makes sure that no round queried these (the foreign keys
+        refuse it otherwise). The files and the embedding cache are left as they are."""
+        with self.atomic():
+            ids = np.array(
+                [
+                    r[0]
+                    for r in self._db.execute("SELECT id FROM items WHERE pool_id = ?", (pool_id,))
+                ],
+                np.int64,
+            )
+            of_pool = "item_id IN (SELECT id FROM items WHERE pool_id = ?)"
+            for table in ("item_hashes", "oracle_labels", "labels"):
+                self._db.execute(f"DELETE FROM {table} WHERE {of_pool}", (pool_id,))
+            self._db.execute("DELETE FROM items WHERE pool_id = ?", (pool_id,))
+            self._db.execute("DELETE FROM pools WHERE id = ?", (pool_id,))
+            self._drop_keys(np.sort(ids))
+
+    def _drop_keys(self, gone: NDArray[np.int64]) -> None:
+        """Take ``gone`` (sorted ids) out of the content-key blocks; a block left empty
+        goes. A block keeps its first id as its name, so blocks stay in id order."""
+        if len(gone) == 0:
+            return
+        blocks = self._db.execute(
+            "SELECT first_id, ids, keys FROM item_keys WHERE first_id <= ?", (int(gone[-1]),)
+        ).fetchall()
+        for first, raw_ids, raw_keys in blocks:
+            ids, keys = np.frombuffer(raw_ids, np.int64), np.frombuffer(raw_keys, np.int64)
+            keep = ~np.isin(ids, gone, assume_unique=True)
+            if keep.all():
+                continue
+            if not keep.any():
+                self._db.execute("DELETE FROM item_keys WHERE first_id = ?", (first,))
+                continue
+            self._db.execute(
+                "UPDATE item_keys SET ids = ?, keys = ? WHERE first_id = ?",
+                (ids[keep].tobytes(), keys[keep].tobytes(), first),
+            )
 
     def move_pool(self, pool_id: int, root: Path) -> None:
         """Point a pool at another folder; its files keep their paths inside it."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import signal
 import sqlite3
 import struct
@@ -21,10 +20,8 @@ from PIL import Image
 
 from al_pipeline.config import Config
 from al_pipeline.errors import IngestError
-from al_pipeline.ingest.folders import IngestReport, add_folder, move_pool
+from al_pipeline.ingest.folders import IngestReport, add_folder
 from al_pipeline.ingest.images import load_rgb
-from al_pipeline.records import RoundParams
-from al_pipeline.store.rounds import QueueEntry
 from al_pipeline.store.state import State
 from cli import app
 from tests.conftest import REPO, face_like
@@ -207,48 +204,6 @@ def test_a_folder_without_images_is_refused_and_registers_no_pool(
     assert state.pools() == []
     make_images(empty / "sub", 1)
     assert add_folder(workspace, state, empty).counts()["added"] == 1
-
-
-def test_a_pool_moves_to_the_folder_that_holds_its_files_and_to_no_other(
-    workspace: Config, state: State, tmp_path: Path, make_images: Callable[..., list[Path]]
-) -> None:
-    old = tmp_path / "photos"
-    make_images(old / "a", 2)
-    make_images(old / "b", 2, start=10)
-    add_folder(workspace, state, old)
-    wrong = tmp_path / "partial"
-    shutil.copytree(old, wrong)
-    (wrong / "b" / sorted(p.name for p in (old / "b").iterdir())[0]).unlink()
-    with pytest.raises(IngestError, match=r"1 of the 4 files of pool 'photos' are not in"):
-        move_pool(workspace, state, "photos", wrong)
-    altered = tmp_path / "altered"
-    shutil.copytree(old, altered)
-    victim = sorted(altered.rglob("*.png"))[-1]
-    victim.write_bytes(victim.read_bytes()[::-1])  # the same size, another content
-    with pytest.raises(IngestError, match="its content differs"):
-        move_pool(workspace, state, "photos", altered)
-    with pytest.raises(IngestError, match=r"No pool 'nope' \(pools: photos\)"):
-        move_pool(workspace, state, "nope", old)
-    assert [p.root for p in state.pools()] == [old]
-
-    moved = tmp_path / "moved"
-    shutil.move(old, moved)  # the photos moved; mtimes need not survive a copy
-    for path in moved.rglob("*.png"):
-        os.utime(path, (1, 1))
-    tried = add_folder(workspace, state, moved)  # what a person may try first
-    assert tried.counts()["duplicate"] == 4 and "'al pool move POOL FOLDER'" in tried.notes[0]
-    assert [p.name for p in state.pools()] == ["photos"]  # no empty pool 'moved' in the way
-    entry = QueueEntry(state.items_in_pool("photos")[0].item_id, 0, None, None, None)
-    round_id = state.start_round("random", "labelstudio", RoundParams(), [entry])
-    with pytest.raises(IngestError, match=f"Round {round_id} is open"):
-        move_pool(workspace, state, "photos", moved)
-    state.close_round(round_id)
-    result = move_pool(workspace, state, "photos", moved)
-    assert (result.files, result.hashed, result.old_root, result.root) == (4, 4, old, moved)
-    refs = state.items_in_pool("photos")
-    assert all(moved in ref.path.parents and ref.path.is_file() for ref in refs)
-    again = add_folder(workspace, state, moved)
-    assert again.pool == "photos" and again.counts()["already registered"] == 4
 
 
 def test_labelled_duplicates_keep_the_first_label_and_report_conflicts(

@@ -24,7 +24,7 @@ from label_studio_sdk import LabelStudio
 from typer.testing import CliRunner
 
 from al_pipeline.config import Config
-from al_pipeline.ingest.folders import move_pool
+from al_pipeline.ingest.pools import move_pool
 from al_pipeline.labelling import labeller_for
 from al_pipeline.labelling.labelstudio.client import Annotation, LabelStudioError
 from al_pipeline.labelling.labelstudio.connection import StudioError

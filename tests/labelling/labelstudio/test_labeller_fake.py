@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from al_pipeline.config import Config
-from al_pipeline.ingest.folders import add_folder, move_pool
+from al_pipeline.ingest.folders import add_folder
+from al_pipeline.ingest.pools import move_pool
 from al_pipeline.labelling.labelstudio.client import LabelStudioError
 from al_pipeline.labelling.labelstudio.connection import Connection
 from al_pipeline.labelling.labelstudio.fields import ITEM_KEY, ROUND_KEY
