@@ -190,6 +190,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX items_held ON items(id)
         WHERE status <> 'pool' OR flag IS NOT NULL OR split IS 'test';
     """,
+    # 8: every table that refers to items, indexed by item: deleting an item (al pool
+    # remove) makes SQLite look for rows that refer to it, a scan of each table per item
+    # without these (8,000 items took 3.7 s, and the time grows as the square).
+    """
+    CREATE INDEX labels_item ON labels(item_id);
+    CREATE INDEX queue_item ON queue(item_id);
+    CREATE INDEX ties_item ON ties(item_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 APPLICATION_ID = 0x616C7070  # "alpp": written by migration 4

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +31,28 @@ def test_new_database_is_migrated_to_the_current_version(tmp_path: Path) -> None
     with sqlite3.connect(tmp_path / "s.sqlite3") as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"items", "labels", "rounds", "queue", "checkpoints", "metrics", "pools"} <= tables
+
+
+def test_every_reference_to_an_item_is_indexed(tmp_path: Path) -> None:
+    """Deleting items ('al pool remove') makes SQLite look up each table that refers to
+    items, per item: a reference without an index of its own (a partial index or the
+    second column of a key do not count) turns that into a scan, and the removal of a large
+    pool into hours."""
+    with State(tmp_path / "s.sqlite3"):
+        pass
+    with closing(sqlite3.connect(tmp_path / "s.sqlite3")) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for ref in db.execute(f"PRAGMA foreign_key_list({table})").fetchall():
+                if ref[2] != "items":
+                    continue
+                leading = [
+                    db.execute(f"PRAGMA index_info({index[1]})").fetchone()[2]
+                    for index in db.execute(f"PRAGMA index_list({table})")
+                    if not index[4]  # partial
+                ]
+                primary = [r[1] for r in db.execute(f"PRAGMA table_info({table})") if r[5] == 1]
+                assert ref[3] in leading or primary == [ref[3]], f"{table}.{ref[3]}"
 
 
 def test_newer_database_is_refused(tmp_path: Path) -> None:
