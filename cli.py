@@ -342,8 +342,8 @@ def pool_remove(
     """Take a pool and its items out of the workspace; its files stay where they are."""
     from al_pipeline.ingest.pools import remove_pool
 
-    with workspace("al pool remove") as (config, state, _):
-        result = remove_pool(config, state, name, drop_labels)
+    with workspace("al pool remove") as (config, state, progress):
+        result = remove_pool(config, state, name, drop_labels, progress)
     emit(result, as_json, views.pool_removed)
 
 

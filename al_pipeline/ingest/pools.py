@@ -122,7 +122,13 @@ class PoolRemoved:
     test: int
 
 
-def remove_pool(config: Config, state: State, name: str, drop_labels: bool = False) -> PoolRemoved:
+def remove_pool(
+    config: Config,
+    state: State,
+    name: str,
+    drop_labels: bool = False,
+    progress: Progress = silent,
+) -> PoolRemoved:
     """Take pool ``name`` and its items out of the workspace: a folder added by mistake,
     or one no longer wanted. Its image files, and their cached features, are left alone.
 
@@ -135,7 +141,9 @@ def remove_pool(config: Config, state: State, name: str, drop_labels: bool = Fal
         pool = named_pool(state, name)
         use = state.pool_use(pool.id)
         _check_removable(state, name, use, drop_labels)
+        progress("Removing items", 0, use.items)  # a pool of millions takes minutes
         state.remove_pool(pool.id)
+        progress("Removing items", use.items, use.items)
     return PoolRemoved(name, config.root / pool.root, use.items, use.labelled, use.test)
 
 
