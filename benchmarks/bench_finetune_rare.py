@@ -74,10 +74,11 @@ def figures(
 
 def one_run(
     base: Any, home: Path, split: int, seed: int, setting: str, post_taus: list[float]
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """The fine-tuned model's figures, one row per post-hoc tau (the setting is named
-    ``SETTING@TAU`` for a tau other than 0). ``seed`` seeds the training (the head's and
-    the fine-tuned layers' start, augmentation and batch order), not the splits."""
+    ``SETTING@TAU`` for a tau other than 0), and its probabilities and the true classes on
+    each side. ``seed`` seeds the training (the head's and the fine-tuned layers' start,
+    augmentation and batch order), not the splits."""
     from al_pipeline.ingest.split import redraw_test_split
     from al_pipeline.model.checkpoints import load_checkpoint
     from al_pipeline.model.network import TrainingSettings
@@ -137,6 +138,32 @@ def one_run(
             found = figures(config, probabilities, truth, prior, tau)
             row |= {f"{side}_{k}": v for k, v in found.items()}
         rows.append(row)
+    return rows, sides
+
+
+def ensembles(
+    base: Any,
+    scored_runs: dict[tuple[str, int, int], Any],
+    seconds: dict[tuple[str, int, int], float],
+) -> list[dict[str, Any]]:
+    """Per setting and split with more than one seed: the figures of the seeds' mean
+    probabilities (an ensemble of the fine-tuned models), as the setting ``SETTING+ens``."""
+    rows = []
+    keys = sorted({(setting, split) for setting, split, _ in scored_runs})
+    for setting, split in keys:
+        runs = [v for (s, p, _), v in scored_runs.items() if (s, p) == (setting, split)]
+        if len(runs) < 2:
+            continue
+        row: dict[str, Any] = {"setting": f"{setting}+ens", "split": split, "seed": "all"}
+        row |= {"seconds": sum(t for (s, p, _), t in seconds.items() if (s, p) == (setting, split))}
+        row["epoch_seconds"] = []
+        for side in ("validation", "test"):
+            truth = runs[0][side][1]
+            assert all(np.array_equal(run[side][1], truth) for run in runs)
+            mean = np.mean([run[side][0] for run in runs], axis=0)
+            found = figures(base, mean, truth, np.ones(mean.shape[1]), 0.0)
+            row |= {f"{side}_{k}": v for k, v in found.items()}
+        rows.append(row)
     return rows
 
 
@@ -178,11 +205,17 @@ def main() -> None:
 
     base = voc_workspace(voc_root(args.margin), args.margin)
     post_taus = [float(tau) for tau in args.post_taus.split(",")]
-    rows = []
+    rows: list[dict[str, Any]] = []
+    scored_runs, seconds = {}, {}
     for setting in args.configs.split(","):
         for split, seed in product(range(args.splits), (int(s) for s in args.seeds.split(","))):
-            rows += one_run(base, home, split, seed, setting, post_taus)
-            print(*rows[-len(post_taus) :], sep="\n", flush=True)
+            found, scored_runs[setting, split, seed] = one_run(
+                base, home, split, seed, setting, post_taus
+            )
+            seconds[setting, split, seed] = found[0]["seconds"]
+            rows += found
+            print(*found, sep="\n", flush=True)
+    rows += ensembles(base, scored_runs, seconds)
     summary = summarise(rows)
     best = max(summary, key=lambda row: row["validation_macro_f1_mean"])["setting"]
     print(f"chosen on validation macro-F1: {best}")
