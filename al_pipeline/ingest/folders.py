@@ -137,24 +137,30 @@ def add_folder(
             candidates.append(Candidate(path, rel.parts[0] if labelled else None, hidden=oracle))
     register(config, state, pool, candidates, report, progress)
     if not existed:
-        _drop_if_empty(state, pool, report)
+        drop_if_empty(state, pool, report)
     if test_fraction:
         report.split = assign_test_split(config, state, test_fraction, progress)
     return report
 
 
-def _drop_if_empty(state: State, pool: PoolRow, report: IngestReport) -> None:
+def drop_if_empty(
+    state: State, pool: PoolRow, report: IngestReport, moved_hint: bool = True
+) -> bool:
     """A new pool that got no item is not kept: it would hold the folder's name and root
-    for nothing (``al pool move`` could not point a moved pool there)."""
+    for nothing (``al pool move`` could not point a moved pool there). Whether it went;
+    ``moved_hint`` adds that hint where all the files were known already."""
     if report.counts()[ADDED] or not state.drop_empty_pool(pool.id):
-        return
-    if report.counts()[DUPLICATE]:
+        return False
+    if report.counts()[DUPLICATE] and moved_hint:
         report.notes.append(
             f"No file was new, so no pool '{pool.name}' was made. If these are a pool's "
             "files moved here, 'al pool move POOL FOLDER' points that pool at them."
         )
+    elif report.counts()[DUPLICATE]:
+        report.notes.append(f"No file was new, so no pool '{pool.name}' was made.")
     else:
         report.notes.append(f"No file could be registered, so no pool '{pool.name}' was made.")
+    return True
 
 
 def register(

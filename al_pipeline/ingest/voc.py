@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from xml.etree.ElementTree import Element
@@ -27,6 +28,7 @@ from al_pipeline.ingest.folders import (
     Candidate,
     FileOutcome,
     IngestReport,
+    drop_if_empty,
     ensure_pool,
     existing_folder,
     register,
@@ -134,9 +136,19 @@ def import_voc(
         for c in _write_crops(config, source, out, pairs, margin, report, progress)
     ]
     register(config, state, pool, candidates, report, progress)
+    if existing is None and drop_if_empty(state, pool, report, moved_hint=False):
+        _remove_if_empty(out)
     if test_fraction:
         report.split = assign_test_split(config, state, test_fraction, progress)
     return report
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """The crops folder of a pool that was not kept, if no crop was written into it."""
+    with suppress(OSError):
+        for sub in sorted(folder.glob("*"), reverse=True):
+            sub.rmdir()
+        folder.rmdir()
 
 
 def _pair_files(source: Path) -> list[tuple[Path, Path | None]]:

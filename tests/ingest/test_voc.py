@@ -84,6 +84,25 @@ def test_import_crops_boxes_and_reports_the_rest(tmp_path: Path) -> None:
         assert state.item_count() == 3
 
 
+def test_a_voc_folder_that_gives_no_crop_leaves_no_pool(tmp_path: Path) -> None:
+    """Annotations without their photos: every file is rejected, and neither an empty pool
+    nor its crops folder is left behind (an empty pool once stayed, listed nowhere)."""
+    config = init_workspace(tmp_path / "ws", "with_mask,without_mask").config
+    voc = tmp_path / "voc"
+    write_voc(voc, "photo1", [("with_mask", 10, 10, 50, 60)])
+    (voc / "images" / "photo1.jpg").unlink()
+    with State(config.database) as state:
+        report = import_voc(config, state, voc)
+        assert report.counts() == {"rejected": 1} and state.pools() == []
+        assert report.notes == ["No file could be registered, so no pool 'voc-crops' was made."]
+        assert not (config.pools_dir / "voc-crops").exists()
+        write_voc(voc, "photo1", [("with_mask", 10, 10, 50, 60)])
+        import_voc(config, state, voc, pool_name="first")
+        copy = import_voc(config, state, voc)  # the same crops again, under another name
+        assert copy.counts() == {"duplicate": 1} and [p.name for p in state.pools()] == ["first"]
+        assert copy.notes == ["No file was new, so no pool 'voc-crops' was made."]
+
+
 @pytest.mark.integration
 def test_real_voc_sample(tmp_path: Path) -> None:
     source = shared_or_skip(VOC)
