@@ -142,12 +142,11 @@ def one_run(
 
 
 def ensembles(
-    base: Any,
-    scored_runs: dict[tuple[str, int, int], Any],
-    seconds: dict[tuple[str, int, int], float],
+    base: Any, scored_runs: dict[tuple[str, int, int], Any], rows: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Per setting and split with more than one seed: the figures of the seeds' mean
-    probabilities (an ensemble of the fine-tuned models), as the setting ``SETTING+ens``."""
+    probabilities (an ensemble of the fine-tuned models), as the setting ``SETTING+ens``,
+    with the seconds its models took (from ``rows``: one per seed, whatever the taus)."""
     rows = []
     keys = sorted({(setting, split) for setting, split, _ in scored_runs})
     for setting, split in keys:
@@ -155,7 +154,12 @@ def ensembles(
         if len(runs) < 2:
             continue
         row: dict[str, Any] = {"setting": f"{setting}+ens", "split": split, "seed": "all"}
-        row |= {"seconds": sum(t for (s, p, _), t in seconds.items() if (s, p) == (setting, split))}
+        took = {
+            r["seed"]: r["seconds"]
+            for r in rows
+            if r["split"] == split and r["setting"].split("@")[0] == setting
+        }
+        row["seconds"] = sum(took.values())
         row["epoch_seconds"] = []
         for side in ("validation", "test"):
             truth = runs[0][side][1]
@@ -206,16 +210,15 @@ def main() -> None:
     base = voc_workspace(voc_root(args.margin), args.margin)
     post_taus = [float(tau) for tau in args.post_taus.split(",")]
     rows: list[dict[str, Any]] = []
-    scored_runs, seconds = {}, {}
+    scored_runs = {}
     for setting in args.configs.split(","):
         for split, seed in product(range(args.splits), (int(s) for s in args.seeds.split(","))):
             found, scored_runs[setting, split, seed] = one_run(
                 base, home, split, seed, setting, post_taus
             )
-            seconds[setting, split, seed] = found[0]["seconds"]
             rows += found
             print(*found, sep="\n", flush=True)
-    rows += ensembles(base, scored_runs, seconds)
+    rows += ensembles(base, scored_runs, rows)
     summary = summarise(rows)
     best = max(summary, key=lambda row: row["validation_macro_f1_mean"])["setting"]
     print(f"chosen on validation macro-F1: {best}")

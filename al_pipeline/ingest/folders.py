@@ -151,15 +151,14 @@ def drop_if_empty(
     ``moved_hint`` adds that hint where all the files were known already."""
     if report.counts()[ADDED] or not state.drop_empty_pool(pool.id):
         return False
-    if report.counts()[DUPLICATE] and moved_hint:
-        report.notes.append(
-            f"No file was new, so no pool '{pool.name}' was made. If these are a pool's "
-            "files moved here, 'al pool move POOL FOLDER' points that pool at them."
-        )
-    elif report.counts()[DUPLICATE]:
-        report.notes.append(f"No file was new, so no pool '{pool.name}' was made.")
-    else:
+    if not report.counts()[DUPLICATE]:
         report.notes.append(f"No file could be registered, so no pool '{pool.name}' was made.")
+        return True
+    note = f"No file was new, so no pool '{pool.name}' was made."
+    if moved_hint:
+        note += " If these are a pool's files moved here, 'al pool move POOL FOLDER' points"
+        note += " that pool at them."
+    report.notes.append(note)
     return True
 
 

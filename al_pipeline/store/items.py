@@ -188,19 +188,16 @@ class Items(Labels):
         items too; the caller makes sure that no round queried these (the foreign keys
         refuse it otherwise). The files and the embedding cache are left as they are."""
         with self.atomic():
-            ids = np.array(
-                [
-                    r[0]
-                    for r in self._db.execute("SELECT id FROM items WHERE pool_id = ?", (pool_id,))
-                ],
-                np.int64,
+            rows = self._db.execute(
+                "SELECT id FROM items WHERE pool_id = ? ORDER BY id", (pool_id,)
             )
+            ids = np.array([r[0] for r in rows], np.int64)
             of_pool = "item_id IN (SELECT id FROM items WHERE pool_id = ?)"
             for table in ("item_hashes", "oracle_labels", "labels"):
                 self._db.execute(f"DELETE FROM {table} WHERE {of_pool}", (pool_id,))
             self._db.execute("DELETE FROM items WHERE pool_id = ?", (pool_id,))
             self._db.execute("DELETE FROM pools WHERE id = ?", (pool_id,))
-            self._drop_keys(np.sort(ids))
+            self._drop_keys(ids)
 
     def _drop_keys(self, gone: NDArray[np.int64]) -> None:
         """Take ``gone`` (sorted ids) out of the content-key blocks; a block left empty
