@@ -6,6 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+from numpy.typing import NDArray
+
 from al_pipeline.store.labels import PulledLabel
 from al_pipeline.store.rounds import QueuedItem
 
@@ -53,4 +56,9 @@ class Labeller(Protocol):
 
     def link(self) -> str | None:
         """Where people label (a URL), for labellers that have such a place."""
+        ...
+
+    def cannot_label(self, item_ids: NDArray[np.int64]) -> str | None:
+        """Why a round that may pick any of ``item_ids`` would wait forever (some of them
+        this labeller can never label), or None when it can label them all."""
         ...

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+from numpy.typing import NDArray
+
 from al_pipeline.labelling.base import Pulled
 from al_pipeline.store.labels import PulledLabel
 from al_pipeline.store.rounds import QueuedItem
@@ -36,3 +39,24 @@ class OracleLabeller:
 
     def link(self) -> str | None:
         return None
+
+    def cannot_label(self, item_ids: NDArray[np.int64]) -> str | None:
+        """The oracle knows only hidden labels: a round must not pick an item without one.
+
+        A workspace without a Label Studio server gets the oracle by default, so this is
+        what a newcomer meets after 'al pool add DIR' of unlabelled photos and 'al run'.
+        """
+        missing = int(np.count_nonzero(~np.isin(item_ids, self.state.oracle_item_ids())))
+        if not missing:
+            return None
+        lacking = (
+            f"None of the {missing} items a round could pick has a hidden label"
+            if missing == len(item_ids)
+            else f"{missing} of the {len(item_ids)} items a round could pick have no hidden label"
+        )
+        return (
+            f"{lacking},"
+            " and the oracle labeller only reveals labels added with 'al pool add DIR"
+            " --labelled --oracle'. To label them in the browser, start Label Studio first"
+            " ('al studio up', or 'al studio connect --url URL --api-key KEY'), then run again."
+        )

@@ -108,6 +108,9 @@ def start(
         raise RoundError(
             "The pool has no unlabelled items left to select from. Add more with 'al pool add DIR'."
         )
+    refusal = labeller.cannot_label(items.ids)
+    if refusal:
+        raise RoundError(f"{refusal} Nothing was changed.")
     checkpoint = _current_model(config, state)
     backbone = checkpoint.backbone() if checkpoint else workspace_backbone(config)
     embedded = embed_pool(config, state, backbone, items, progress)

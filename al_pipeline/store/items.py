@@ -333,6 +333,13 @@ class Items(Labels):
             )
             self._reveal_test_labels()
 
+    def hold_back(self, item_ids: Sequence[int], why: str) -> None:
+        """Keep items out of every round from now on (their ``flag`` says ``why``)."""
+        with self.atomic():
+            self._db.executemany(
+                "UPDATE items SET flag = ? WHERE id = ?", [(why, item_id) for item_id in item_ids]
+            )
+
     def redraw_split(self, assignment: dict[int, str]) -> None:
         """Give items new sides, in a workspace whose every label is hidden for the oracle
         (a simulation's copy): labels revealed for the old test side are hidden again, and
@@ -465,7 +472,7 @@ class Items(Labels):
                 test - sum(r["test"] or 0 for r in rows),
                 queued - sum(r["queued"] or 0 for r in rows),
             )
-            if left[0]:
+            if left[0] or not rows:  # a pool with no items still gets its row of zeros
                 stats.append(PoolStats(pool, None, left[0], 0, left[1], left[2]))
             stats += [
                 PoolStats(

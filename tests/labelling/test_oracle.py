@@ -5,10 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from al_pipeline.config import Config
+from al_pipeline.ingest.folders import add_folder
+from al_pipeline.labelling import OracleLabeller
+from al_pipeline.loop.rounds import start
+from al_pipeline.loop.status import RoundError
+from al_pipeline.store.state import State
 from tests.conftest import REPO, copy_workspace
 
 BLOCK_LABEL_STUDIO = """
@@ -64,3 +72,25 @@ def test_oracle_rounds_run_without_the_label_studio_sdk(
     assert done.returncode == 0, done.stderr
     assert "Stopped: ran 2 rounds" in done.stdout
     assert "loaded: []" in done.stdout
+
+
+def test_no_round_starts_that_the_oracle_could_not_answer(
+    workspace: Config, state: State, tmp_path: Path, make_images: Callable[..., list[Path]]
+) -> None:
+    """Without Label Studio the oracle labels; it must refuse photos nobody labelled
+    before the round opens, instead of a round that waits forever."""
+    make_images(tmp_path / "known" / "with_mask", 3)
+    make_images(tmp_path / "known" / "without_mask", 3, start=10)
+    add_folder(workspace, state, tmp_path / "known", labelled=True, oracle=True)
+    oracle = OracleLabeller(state)
+    assert oracle.cannot_label(state.selectable().ids) is None
+    make_images(tmp_path / "new", 2, start=20)
+    add_folder(workspace, state, tmp_path / "new")
+    refusal = oracle.cannot_label(state.selectable().ids)
+    assert refusal is not None and refusal.startswith("2 of the 8 items")
+    ids = state.selectable().ids
+    unknown = oracle.cannot_label(ids[~np.isin(ids, state.oracle_item_ids())])
+    assert unknown is not None and unknown.startswith("None of the 2 items")
+    with pytest.raises(RoundError, match=r"2 of the 8 items .*'al studio up'.*Nothing was changed"):
+        start(workspace, state, oracle, strategy="margin", size=4)
+    assert state.open_round() is None and state.rounds() == []

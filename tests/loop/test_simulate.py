@@ -13,6 +13,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from al_pipeline.errors import PipelineError
+from al_pipeline.ingest.folders import add_folder
 from al_pipeline.labelling import OracleLabeller
 from al_pipeline.loop.rounds import RunPlan, run
 from al_pipeline.loop.simulate import FullData, Simulation, SimulationPlan, simulate
@@ -36,9 +37,16 @@ from tests.conftest import copy_workspace, face_like
 @pytest.mark.integration
 def test_simulation_on_real_photos(oracle_template: Path, tmp_path: Path, keras_home: Path) -> None:
     """Two strategies on two photo-grouped test splits: the second split is drawn anew in a
-    copy, the workspace is left as it was, and the table and curves say what each run did."""
+    copy, the workspace is left as it was, and the table and curves say what each run did.
+    Photos added without labels (a pool to label for real) are left out of the replay."""
     config = copy_workspace(oracle_template, tmp_path / "ws", keras_home)
+    unlabelled = tmp_path / "to-label"
+    unlabelled.mkdir()
+    for seed in range(40):
+        face_like(seed).save(unlabelled / f"{seed}.png")
     with State(config.database) as state:
+        add_folder(config, state, unlabelled)
+        selectable = len(state.selectable())
         before = [c.split for c in state.split_candidates()]
         plan = SimulationPlan(
             ["margin", "random"], 4, 10, 2, 1, TrainingSettings(epochs=10), splits=2
@@ -46,6 +54,7 @@ def test_simulation_on_real_photos(oracle_template: Path, tmp_path: Path, keras_
         result = simulate_and_report(config, state, tmp_path / "out", plan)
         assert state.open_round() is None and state.history() == []
         assert [c.split for c in state.split_candidates()] == before
+        assert len(state.selectable()) == selectable
     with State(tmp_path / "out" / "split1" / "base.sqlite3") as copy:
         assert [c.split for c in copy.split_candidates()] != before
     runs = pd.read_csv(result.csv)

@@ -292,6 +292,15 @@ def test_selectable_items_and_pool_stats_agree_with_a_join_per_item(tmp_path: Pa
     )
 
 
+def test_pool_stats_lists_a_pool_that_has_no_items(tmp_path: Path) -> None:
+    with State(tmp_path / "s.sqlite3") as state:
+        a = state.add_pool("a", tmp_path)
+        state.add_pool("empty", tmp_path)
+        state.insert_items(a.id, [_item(1, None)])
+        stats = state.pool_stats()
+    assert [(s.pool, s.class_name, s.items) for s in stats] == [("a", None, 1), ("empty", None, 0)]
+
+
 def test_migration_7_keys_the_items_a_workspace_already_has(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     with sqlite3.connect(path) as db:

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+from numpy.typing import NDArray
+
 from al_pipeline.config import Config
 from al_pipeline.labelling.base import Pulled
 from al_pipeline.labelling.labelstudio.client import (
@@ -103,6 +106,10 @@ class LabelStudioLabeller:
             return None
         tab = self.state.get_meta(self._tab_key)
         return f"{self.connection.url}/projects/{known}/data" + (f"?tab={tab}" if tab else "")
+
+    def cannot_label(self, item_ids: NDArray[np.int64]) -> str | None:
+        """People can label any image."""
+        return None
 
     def push(self, round_id: int, batch: Sequence[QueuedItem]) -> dict[int, str]:
         """One task per item, ever: an item that already has a task (this round's, from an
