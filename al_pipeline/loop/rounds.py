@@ -30,12 +30,12 @@ from al_pipeline.loop.status import (
 )
 from al_pipeline.loop.stopping import PoolExhausted, StoppingRule
 from al_pipeline.model.backbones import Backbone, workspace_backbone
-from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint
+from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint, load_checkpoint
 from al_pipeline.model.embeddings import Embedded, drop_features, embed_items, embed_pool
 from al_pipeline.model.evaluate import evaluate
 from al_pipeline.model.network import TrainingSettings, dropout_rate, sample_proba
 from al_pipeline.model.score import head_probabilities
-from al_pipeline.model.train import TrainReport, train
+from al_pipeline.model.train import TrainReport, check_classes, train
 from al_pipeline.paths import at_least
 from al_pipeline.progress import Progress, silent
 from al_pipeline.records import STARTING_POINT, HistoryRow, Metrics, RoundParams
@@ -103,6 +103,7 @@ def start(
     existing = state.open_round()
     if existing is not None:
         return _resume(state, labeller, existing)
+    check_classes(config, state.label_counts())
     items = state.selectable()
     if not len(items):
         raise RoundError(
@@ -192,9 +193,14 @@ def _push(state: State, labeller: Labeller, round_id: int) -> list[QueuedItem]:
 
 
 def _current_model(config: Config, state: State) -> Checkpoint | None:
-    if state.checkpoint() is None:
+    """The latest model, or None to cold-start: when there is none, or when it was trained
+    before a class was added to al.toml (until every class has a label, no model can be
+    trained for them all)."""
+    row = state.checkpoint()
+    if row is None:
         return None
-    return find_checkpoint(config, state, None)[1]
+    checkpoint = load_checkpoint(config.root / row.path)
+    return checkpoint if tuple(checkpoint.meta.classes) == config.classes else None
 
 
 def _probabilities(checkpoint: Checkpoint | None, embedded: Embedded) -> NDArray[np.float32] | None:
@@ -457,7 +463,8 @@ def _pool_change(
     probs = _probabilities(checkpoint, embedded)
     ids = items.ids[embedded.positions]
     classes = np.zeros(0, np.int8) if probs is None else probs.argmax(axis=1).astype(np.int8)
-    np.savez(checkpoint.path / PREDICTIONS_FILE, ids=ids, classes=classes)
+    names = np.array(config.classes)
+    np.savez(checkpoint.path / PREDICTIONS_FILE, ids=ids, classes=classes, names=names)
     before = state.checkpoint(previous) if previous else None
     earlier = config.root / before.path / PREDICTIONS_FILE if before else None
     if earlier is None or not earlier.is_file():
@@ -466,7 +473,10 @@ def _pool_change(
     common, mine, theirs = np.intersect1d(ids, old["ids"], return_indices=True)
     if len(common) == 0:
         return None
-    return float((classes[mine] != old["classes"][theirs]).mean())
+    # Compared by name: a class added to al.toml between the two models moves no index
+    # of the old ones, but one inserted before them would (files before names: as now).
+    old_names = old["names"] if "names" in old.files else names
+    return float((names[classes[mine]] != old_names[old["classes"][theirs]]).mean())
 
 
 @dataclass

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from al_pipeline.config import Config
-from al_pipeline.errors import NoLabelsError
+from al_pipeline.config import CONFIG_FILE, Config
+from al_pipeline.errors import ConfigError, NoLabelsError
 from al_pipeline.model.backbones import Backbone, backbone_spec, workspace_backbone
 from al_pipeline.model.checkpoints import CheckpointError, is_own_leftover, save_checkpoint
 from al_pipeline.model.devices import compute_device
@@ -58,9 +59,24 @@ class TrainReport:
     imbalance: str = "weights"  # how unequal classes were handled ("logit-adjust (tau 1)")
 
 
+def check_classes(config: Config, counts: Mapping[str, int]) -> None:
+    """An error when labels are of a class al.toml no longer lists: taking a class out of
+    the file (or renaming it there) leaves its labels as they are."""
+    unknown = sorted(set(counts) - set(config.classes))
+    if unknown:
+        pronoun, noun = ("it", "class") if len(unknown) == 1 else ("them", "classes")
+        raise ConfigError(
+            f"{sum(counts[c] for c in unknown)} training label(s) are of {noun} "
+            f"{', '.join(unknown)}, which the classes of {CONFIG_FILE} "
+            f"({', '.join(config.classes)}) do not list. Add {pronoun} back to classes in "
+            f"{config.root / CONFIG_FILE}: a label keeps the class it was given."
+        )
+
+
 def check_labels(config: Config, items: list[LabelledItem]) -> dict[str, int]:
     """Per-class counts of training labels; an error when a class has none."""
     counts = Counter(item.label for item in items)
+    check_classes(config, counts)
     per_class = {name: counts.get(name, 0) for name in config.classes}
     empty = [name for name, n in per_class.items() if n == 0]
     if not items:

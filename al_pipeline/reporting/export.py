@@ -79,7 +79,8 @@ def export_labels(config: Config, state: State, plan: LabelExportPlan) -> Labels
         plan.format,
         out,
         len(records),
-        {c: per_class.get(c, 0) for c in config.classes},
+        # A class taken out of al.toml keeps its labels, and they are exported too.
+        {c: per_class.get(c, 0) for c in config.classes} | dict(sorted(per_class.items())),
         len(unlabelled),
         side,
         renamed,

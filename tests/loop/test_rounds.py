@@ -18,6 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from al_pipeline.config import Config, load_config
+from al_pipeline.errors import ConfigError
 from al_pipeline.labelling import OracleLabeller, Pulled
 from al_pipeline.loop.rounds import RunPlan, finish, run, start
 from al_pipeline.loop.status import RoundError, status
@@ -186,6 +187,45 @@ def test_round_whose_labels_miss_a_class_closes_without_a_model(oracle_ws: Confi
         assert done.history.checkpoint is None and "no model" in (done.history.note or "")
         assert state.open_round() is None and state.checkpoint() is None
         assert start(config, state, OracleLabeller(state), strategy="margin", size=5).cold_start
+
+
+class NewClassLabeller(OracleLabeller):
+    """The oracle, except that the first two items of a batch show the new class."""
+
+    def pull(self, round_id: int, batch: Sequence[QueuedItem]) -> Pulled:
+        labels = super().pull(round_id, batch).labels
+        labels[:2] = [replace(label, class_name="mask_weared_incorrect") for label in labels[:2]]
+        return Pulled(labels=labels)
+
+
+def test_a_class_added_to_the_workspace_cold_starts_rounds_until_it_has_a_label(
+    oracle_ws: Config,
+) -> None:
+    """A model trained for two classes cannot score for three: rounds pick by coverage and
+    close without a model while the new class has no label, then train for all three; the
+    pool change compares classes by name, though the new one comes first and moves every
+    index; a class taken out again while labels use it is refused."""
+    config = oracle_ws
+    with State(config.database) as state:
+        oracle = OracleLabeller(state)
+        start(config, state, oracle, strategy="margin", size=10)
+        first = finish(config, state, oracle, SETTINGS)
+        assert first.history.checkpoint is not None
+        three = replace(config, classes=("mask_weared_incorrect", *config.classes))
+        started = start(three, state, oracle, strategy="margin", size=5)
+        assert started.cold_start and started.model is None
+        done = finish(three, state, oracle, SETTINGS)
+        assert done.history.checkpoint is None and "no model" in (done.history.note or "")
+        start(three, state, NewClassLabeller(state), strategy="margin", size=10)
+        trained = finish(three, state, NewClassLabeller(state), SETTINGS)
+        assert trained.history.checkpoint is not None
+        assert trained.history.pool_change is not None and trained.history.pool_change < 0.5
+        renamed = replace(config, classes=("with_mask", "no_mask"))
+        with pytest.raises(
+            ConfigError, match=r"of classes mask_weared_incorrect, without_mask, wh"
+        ):
+            start(renamed, state, oracle, strategy="margin", size=5)
+        assert state.open_round() is None
 
 
 @pytest.mark.integration

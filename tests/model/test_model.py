@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from al_pipeline.config import FINE_TUNE_RATE, Config
-from al_pipeline.errors import NoLabelsError
+from al_pipeline.errors import ConfigError, NoLabelsError
 from al_pipeline.ingest.folders import add_folder
 from al_pipeline.loop.rounds import train_and_evaluate
 from al_pipeline.model.backbones import MOBILENET_V2_MID, Weights, build_backbone
@@ -203,6 +203,13 @@ def test_training_needs_labels_in_every_class(
     add_folder(config, state, tmp_path / "pool", labelled=True)
     with pytest.raises(NoLabelsError, match=r"without_mask has none \(with_mask: 3, "):
         train_and_evaluate(config, state, TrainingSettings(epochs=1))
+    # A class taken out of al.toml (renamed by hand, say) still has its labels: say so.
+    renamed = replace(config, classes=("with_mask", "no_mask"))
+    make_images(tmp_path / "more" / "without_mask", 2, start=10)
+    add_folder(config, state, tmp_path / "more", labelled=True)
+    with pytest.raises(ConfigError, match=r"^2 training label\(s\) are of class without_mask, wh"):
+        train_and_evaluate(renamed, state, TrainingSettings(epochs=1))
+    assert state.checkpoints() == []
 
 
 def test_from_scratch_cnn_trains_end_to_end(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,16 @@ def test_export_command_prints_one_line_per_file_and_json(labelled: Labelled) ->
     shown = json.loads(done.stdout)
     assert shown["labels"] == 11 and shown["unlabelled"] == 4
     assert shown["per_class"] == {"with_mask": 6, "without_mask": 5}
+
+
+def test_labels_of_a_class_taken_out_of_the_config_are_exported_and_counted(
+    labelled: Labelled, tmp_path: Path
+) -> None:
+    config, state, _ = labelled
+    renamed = replace(config, classes=("with_mask", "no_mask"))
+    done = export_labels(renamed, state, LabelExportPlan("csv", tmp_path / "labels.csv"))
+    assert done.labels == 11
+    assert done.per_class == {"with_mask": 6, "no_mask": 0, "without_mask": 5}
 
 
 @pytest.mark.integration

@@ -25,6 +25,7 @@ from al_pipeline.labelling.labelstudio.fields import (
     ROUND_TAB_SUFFIX,
     WEBHOOK_ACTIONS,
     choice_result,
+    config_classes,
     label_config,
 )
 
@@ -69,7 +70,9 @@ class LabelStudioClient(Protocol):
 
     def create_project(self, title: str, classes: Sequence[str], description: str) -> int: ...
 
-    def project_exists(self, project: int) -> bool: ...
+    def project_classes(self, project: int) -> list[str] | None: ...
+
+    def set_classes(self, project: int, classes: Sequence[str]) -> None: ...
 
     def set_model_version(self, project: int, version: str) -> None: ...
 
@@ -174,14 +177,24 @@ class Gateway:
         )
         return int(project.id or 0)
 
-    def project_exists(self, project: int) -> bool:
+    def project_classes(self, project: int) -> list[str] | None:
+        """The classes the project's labelling interface offers; None once it is deleted."""
         try:
-            self._call(
+            found = self._call(
                 "reading the project", lambda: self._client.projects.get(id=project), project
             )
         except ProjectMissingError:
-            return False
-        return True
+            return None
+        return config_classes(found.label_config or "")
+
+    def set_classes(self, project: int, classes: Sequence[str]) -> None:
+        """Offer ``classes`` in the labelling interface (Label Studio 1.x accepts dropping a
+        class that annotations use; those annotations then count for no class)."""
+        self._call(
+            "changing the project's classes",
+            lambda: self._client.projects.update(id=project, label_config=label_config(classes)),
+            project,
+        )
 
     def set_model_version(self, project: int, version: str) -> None:
         """Predictions show and sort only when their version is the project's."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from xml.etree import ElementTree
 from xml.sax.saxutils import quoteattr
 
 CONTROL = "label"
@@ -24,6 +25,21 @@ def label_config(classes: Sequence[str]) -> str:
         f'<Choices name="{CONTROL}" toName="{OBJECT}" choice="single" showInline="true">'
         f"{choices}</Choices></View>"
     )
+
+
+def config_classes(config: str) -> list[str]:
+    """The choices of :func:`label_config`'s question in a labelling config (none when the
+    config has no such question)."""
+    try:
+        root = ElementTree.fromstring(config)
+    except ElementTree.ParseError:
+        return []
+    return [
+        str(choice.get("value"))
+        for question in root.iter("Choices")
+        if question.get("name") == CONTROL
+        for choice in question.iter("Choice")
+    ]
 
 
 def choice_result(choice: str) -> list[dict[str, Any]]:

@@ -77,12 +77,15 @@ class LabelStudioLabeller:
         known = self.state.get_meta(self._project_key)
         if known is not None:
             project = int(known)
-            if not self.gateway.project_exists(project):
+            offered = self.gateway.project_classes(project)
+            if offered is None:
                 raise LabelStudioError(
                     f"Project {project} of this workspace was deleted in Label Studio at "
                     f"{self.connection.url}. Run 'al studio reset-project' to create a new one "
                     "and push the open round's items to it."
                 )
+            if offered != list(self.config.classes):  # al.toml's classes were edited
+                self.gateway.set_classes(project, self.config.classes)
             return project
         title = self.config.name if len(self.config.name) >= 3 else f"al-{self.config.name}"
         project = self.gateway.create_project(

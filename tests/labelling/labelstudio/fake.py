@@ -78,8 +78,12 @@ class FakeLabelStudio:
         self.projects[project] = {"title": title, "classes": list(classes), "version": None}
         return project
 
-    def project_exists(self, project: int) -> bool:
-        return project in self.projects
+    def project_classes(self, project: int) -> list[str] | None:
+        return list(self.projects[project]["classes"]) if project in self.projects else None
+
+    def set_classes(self, project: int, classes: Sequence[str]) -> None:
+        self.calls.append("set_classes")
+        self.projects[project]["classes"] = list(classes)
 
     def set_model_version(self, project: int, version: str) -> None:
         self.projects[project]["version"] = version

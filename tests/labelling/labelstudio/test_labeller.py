@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,7 +29,7 @@ from al_pipeline.ingest.pools import move_pool
 from al_pipeline.labelling import labeller_for
 from al_pipeline.labelling.labelstudio.client import Annotation, LabelStudioError
 from al_pipeline.labelling.labelstudio.connection import StudioError
-from al_pipeline.labelling.labelstudio.fields import choice_result
+from al_pipeline.labelling.labelstudio.fields import choice_result, config_classes
 from al_pipeline.labelling.labelstudio.labeller import LabelStudioLabeller, verdict
 from al_pipeline.labelling.labelstudio.server import _group_alive, connect, down, up
 from al_pipeline.loop.rounds import RoundStarted, finish, start, train_and_evaluate
@@ -380,6 +381,24 @@ def test_studio_commands_report_the_running_server(studio_server: StudioServer) 
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
     # Label Studio's own database holds the key too: the whole folder is the owner's.
     assert stat.S_IMODE(studio_server.config.studio_dir.stat().st_mode) == 0o700
+
+
+@pytest.mark.integration
+def test_the_project_offers_the_classes_al_toml_lists(
+    workspace: Config, state: State, studio_server: StudioServer
+) -> None:
+    """A class added to al.toml (or taken out again) changes the labelling interface of
+    the workspace's project, which stays the same project."""
+    studio_server.connect(workspace)
+    client = sdk(studio_server)
+    project = labeller_for("labelstudio", workspace, state).project()
+    three = replace(workspace, classes=(*workspace.classes, "mask_weared_incorrect"))
+    assert labeller_for("labelstudio", three, state).project() == project
+    offered = config_classes(client.projects.get(id=project).label_config or "")
+    assert offered == ["with_mask", "without_mask", "mask_weared_incorrect"]
+    assert labeller_for("labelstudio", workspace, state).project() == project
+    offered = config_classes(client.projects.get(id=project).label_config or "")
+    assert offered == ["with_mask", "without_mask"]
 
 
 def test_majority_wins_and_ties_stay_unresolved() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,13 @@ def test_images_outside_the_served_folder_are_refused_before_any_task(
     with pytest.raises(LabelStudioError, match="outside the folder Label Studio serves"):
         labeller.push(round_id, state.queue(round_id))
     assert fake.tasks_by_id == {}
+
+
+def test_classes_added_to_al_toml_are_offered_in_the_project_once(setup: Setup) -> None:
+    labeller, fake, state = setup
+    project = labeller.project()
+    three = replace(labeller.config, classes=(*labeller.config.classes, "other"))
+    again = LabelStudioLabeller(three, state, labeller.connection, client=fake)
+    assert again.project() == project and again.project() == project
+    assert fake.projects[project]["classes"] == ["with_mask", "without_mask", "other"]
+    assert fake.calls.count("set_classes") == 1
