@@ -335,6 +335,9 @@ def predictions(results: Sequence[Prediction], faces: bool) -> None:
 
 
 def checkpoints(rows: Sequence[CheckpointRow]) -> None:
+    if not rows:
+        out.print("No checkpoints yet. Train one with 'al train'.")
+        return
     table = Table(title="Checkpoints")
     for column in ("tag", "backbone", "size", "labelled", "accuracy", "macro F1", "created"):
         table.add_column(column)

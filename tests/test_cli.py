@@ -41,7 +41,9 @@ def test_strategy_help_names_every_strategy(cli: CliRunner) -> None:
         assert "[default: auto]" in shown
 
 
-def test_init_creates_a_workspace_and_refuses_a_second(cli: CliRunner, tmp_path: Path) -> None:
+def test_init_creates_an_empty_workspace_and_refuses_a_second(
+    cli: CliRunner, tmp_path: Path
+) -> None:
     target = tmp_path / "ws"
     result = cli.invoke(app, ["init", str(target), "--classes", "with_mask,without_mask"])
     assert result.exit_code == 0, result.output
@@ -51,6 +53,8 @@ def test_init_creates_a_workspace_and_refuses_a_second(cli: CliRunner, tmp_path:
     assert again.exit_code == 1
     assert "already a workspace" in again.output
     assert "Traceback" not in again.output
+    listed = cli.invoke(app, ["-w", str(target), "checkpoints"])
+    assert listed.exit_code == 0 and "No checkpoints yet" in listed.output
 
 
 def test_user_errors_exit_1_with_a_message_and_traceback_only_when_verbose(
