@@ -105,6 +105,13 @@ class Config:
         folder.mkdir(exist_ok=True)
         return folder
 
+    def own_folders(self) -> tuple[Path, ...]:
+        """Folders the workspace writes into (models, caches, Label Studio's data, exports,
+        simulations, the report): never photos to label, even under a folder added whole.
+        The pools folder is not one: crops are registered from it."""
+        named = [self.root / name for name in ("exports", "simulation", "report")]
+        return (self.checkpoints_dir, self.cache_dir, self.studio_dir, *named)
+
     def class_index(self, name: str) -> int:
         """Return the label index of ``name`` or raise a clear error."""
         from al_pipeline.errors import UnknownClassError

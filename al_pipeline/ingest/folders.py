@@ -111,7 +111,7 @@ def add_folder(
     root = existing_folder(folder)
     name = pool_name_for(config, state, pool_name, root)
     report = IngestReport(name, root)
-    paths = list(_walk(root, report, progress))
+    paths = list(_walk(root, report, progress, config.own_folders()))
     _check_has_images(root, paths)
     if labelled:
         _check_class_folders(config, root, paths)
@@ -288,16 +288,25 @@ def _batches(items: Sequence[Candidate], size: int) -> Iterator[Sequence[Candida
         yield items[start : start + size]
 
 
-def _walk(root: Path, report: IngestReport, progress: Progress) -> Iterator[Path]:
+def _walk(
+    root: Path, report: IngestReport, progress: Progress, own: Sequence[Path] = ()
+) -> Iterator[Path]:
     """Yield every non-directory entry under root, sorted, without following directory
-    links. Hidden folders (``.git``, ``.ipynb_checkpoints``) are passed over, and names that
+    links. Hidden folders (``.git``, ``.ipynb_checkpoints``) and the workspace's ``own``
+    folders (a workspace made inside the photos' folder) are passed over, and names that
     are not valid UTF-8 are reported and skipped: they cannot be stored or shown."""
     found = 0
+    own_names = {path.name: path.resolve() for path in own}
     for folder, dirs, files in os.walk(root, followlinks=False):
         for name in sorted(dirs):
             if name.startswith(".") or not _valid_name(name):
                 dirs.remove(name)
                 _passed_over(report, root, Path(folder) / name, folder=True)
+            elif name in own_names and (Path(folder) / name).resolve() == own_names[name]:
+                dirs.remove(name)
+                shown = (Path(folder) / name).relative_to(root).as_posix() + "/"
+                why = "the workspace's own folder (models, caches, outputs)"
+                report.outcomes.append(FileOutcome(shown, IGNORED, "workspace_folder", why))
         dirs.sort()
         for name in sorted(files):
             if not _valid_name(name):

@@ -337,6 +337,22 @@ def test_hidden_folders_are_ignored_and_a_refused_labelled_pool_leaves_no_row(
     assert [p.name for p in state.pools()] == ["labelled"]
 
 
+def test_a_workspace_made_in_the_photos_folder_does_not_add_its_own_outputs(
+    workspace: Config, state: State, make_images: Callable[..., list[Path]]
+) -> None:
+    root = workspace.root
+    make_images(root, 2)
+    make_images(root / "trip" / "cache", 1, start=10)  # a photos folder named like ours
+    make_images(workspace.checkpoints_dir / "round-001", 1, start=20)
+    make_images(root / "simulation", 1, start=30)
+    make_images(root / "exports" / "with_mask", 1, start=40)
+    report = add_folder(workspace, state, root)
+    assert report.counts()["added"] == 3
+    shown = _outcomes(report)
+    for folder in ("checkpoints/", "simulation/", "exports/"):
+        assert shown[folder] == ("ignored", "workspace_folder")
+
+
 def test_a_huge_file_is_hashed_and_rejected_in_constant_memory(
     workspace: Config, tmp_path: Path
 ) -> None:
