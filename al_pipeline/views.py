@@ -598,12 +598,15 @@ def label_report(report: LabelReport) -> None:
 
 def _item_history(item: ItemLabels) -> None:
     out.print(f"Item {item.item_id}: {item.path} (label now: {item.current or 'none'})")
-    table = Table("label", "source", "annotator", "round", "recorded", "retired")
-    for e in item.history:
-        round_id = "" if e.round_id is None else str(e.round_id)
-        row = (e.class_name, e.source, e.annotator or "", round_id, e.created_at)
-        table.add_row(*row, e.retired_at or "")
-    out.print(table)
+    if item.history:
+        table = Table("label", "source", "annotator", "round", "recorded", "retired")
+        for e in item.history:
+            round_id = "" if e.round_id is None else str(e.round_id)
+            row = (e.class_name, e.source, e.annotator or "", round_id, e.created_at)
+            table.add_row(*row, e.retired_at or "")
+        out.print(table)
+    else:
+        out.print("It has never had a label.")
     if item.tied_in_rounds:
         rounds = ", ".join(map(str, item.tied_in_rounds))
         out.print(f"Annotators tied on it in round(s) {rounds}")

@@ -127,3 +127,14 @@ def test_bad_queries_are_one_clear_error(
     assert done.exit_code == 0 and json.loads(done.output)["changed"] == []
     bad = CliRunner().invoke(app, ["-w", str(workspace.root), "labels"])
     assert bad.exit_code == 1 and "exactly one" in bad.output
+
+
+def test_an_item_that_never_had_a_label_says_so(
+    workspace: Config, state: State, tmp_path: Path, make_images: Callable[..., list[Path]]
+) -> None:
+    make_images(tmp_path / "photos", 1)
+    add_folder(workspace, state, tmp_path / "photos")
+    state.close()
+    shown = CliRunner().invoke(app, ["-w", str(workspace.root), "labels", "--item", "1"])
+    assert shown.exit_code == 0, shown.output
+    assert "label now: none" in shown.output and "never had a label" in shown.output
