@@ -473,8 +473,8 @@ def _pool_change(
     common, mine, theirs = np.intersect1d(ids, old["ids"], return_indices=True)
     if len(common) == 0:
         return None
-    # Compared by name: a class added to al.toml between the two models moves no index
-    # of the old ones, but one inserted before them would (files before names: as now).
+    # Compared by name: a class added to al.toml between the two models, before the old
+    # ones, moves their indices. Files saved without names were for today's classes.
     old_names = old["names"] if "names" in old.files else names
     return float((names[classes[mine]] != old_names[old["classes"][theirs]]).mean())
 
