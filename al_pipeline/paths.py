@@ -61,6 +61,12 @@ def at_least(value: float, low: float, what: str) -> None:
         raise ConfigError(f"{what} must be at least {low:g}, got {value:g}.")
 
 
+def share(value: float, what: str) -> None:
+    """Refuse a share outside 0 to 1 (``--until-accuracy 95`` meant 0.95)."""
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{what} is a share from 0 to 1, got {value:g}; 95 % is 0.95.")
+
+
 def port_number(value: int, what: str = "--port") -> int:
     """A TCP port a server can listen on."""
     if not 1 <= value <= 65535:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from al_pipeline.paths import at_least
+from al_pipeline.paths import at_least, share
 from al_pipeline.records import HistoryRow
 from al_pipeline.store.state import State
 
@@ -94,8 +94,9 @@ def stopping_rules(
         at_least(budget, 0, "--budget")
         rules.append(LabelBudget(budget))
     if until_accuracy is not None:
-        at_least(until_accuracy, 0, "--until-accuracy")
+        share(until_accuracy, "--until-accuracy")
         rules.append(TargetAccuracy(until_accuracy))
     if min_change is not None:
+        share(min_change, "--min-change")
         rules.append(PredictionsSettle(min_change))
     return tuple(rules)
