@@ -265,7 +265,9 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
             features=_choice(model.get("features", Config.features), FEATURES, "features"),
             seed=_non_negative_int(workspace.get("seed", Config.seed), "seed"),
             max_pixels=_positive_int(ingest.get("max_pixels", Config.max_pixels), "max_pixels"),
-            near_duplicate_bits=int(ingest.get("near_duplicate_bits", Config.near_duplicate_bits)),
+            near_duplicate_bits=_hash_bits(
+                ingest.get("near_duplicate_bits", Config.near_duplicate_bits)
+            ),
             pools_dir=Path(paths.get("pools", "pools")),
             checkpoints_dir=Path(paths.get("checkpoints", "checkpoints")),
             database=Path(paths.get("database", DATABASE_FILE)),
@@ -307,6 +309,14 @@ def _fine_tuning(model: Mapping[str, Any]) -> dict[str, Any]:
         "fine_tune_epochs": _positive_int(epochs, "fine_tune_epochs"),
         "fine_tune_rate": float(rate),
     }
+
+
+def _hash_bits(value: object) -> int:
+    """A Hamming distance between 64-bit hashes: above 32 makes most photos one group."""
+    bits = _non_negative_int(value, "near_duplicate_bits")
+    if bits > 32:
+        raise ValueError(f"near_duplicate_bits must be from 0 to 32 (of 64), got {bits}")
+    return bits
 
 
 def _precision(value: object) -> str:
