@@ -16,7 +16,14 @@ from al_pipeline import __version__
 from al_pipeline.config import Config
 from al_pipeline.records import RoundParams
 from cli import app
-from tests.conftest import Trained, copy_workspace, face_like, modules_after, strict_json
+from tests.conftest import (
+    StudioServer,
+    Trained,
+    copy_workspace,
+    face_like,
+    modules_after,
+    strict_json,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -340,10 +347,12 @@ def test_history_starts_at_round_0_with_every_documented_column(
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_quickstart_works_from_an_empty_folder_outside_the_checkout(
-    tmp_path: Path, keras_home: Path
+    tmp_path: Path, keras_home: Path, studio_server: StudioServer
 ) -> None:
-    """The README's Quickstart, command by command, from an empty folder (Label Studio's
-    part runs in tests/labelling/labelstudio/test_labeller.py; here the oracle labels)."""
+    """The README's Quickstart, command by command, from an empty folder. The session's
+    Label Studio stands in for 'al studio up' (tests/labelling/labelstudio/test_server.py
+    starts one that way); without one the oracle labels, and it refuses photos nobody
+    labelled."""
     import os
     import shutil
 
@@ -361,6 +370,7 @@ def test_the_quickstart_works_from_an_empty_folder_outside_the_checkout(
     home.mkdir()
     al = str(Path(sys.executable).parent / "al")
     env = {**os.environ, "KERAS_HOME": str(keras_home), "AL_OFFLINE": "1"}
+    connect = ["studio", "connect", "--url", studio_server.url, "--api-key", studio_server.api_key]
     steps = [
         (home, ["init", "mask-ws", "--classes", "with_mask,without_mask"]),
         (home / "mask-ws", ["pool", "add", str(photos / "unlabelled")]),
@@ -380,6 +390,8 @@ def test_the_quickstart_works_from_an_empty_folder_outside_the_checkout(
         (home / "mask-ws", ["pool", "stats"]),
         (home / "mask-ws", ["train", "--epochs", "5"]),
         (home / "mask-ws", ["evaluate"]),
+        (home / "mask-ws", ["round", "start", "--size", "4", "--labeller", "oracle"]),
+        (home / "mask-ws", [*connect, "--document-root", str(studio_server.root)]),
         (home / "mask-ws", ["round", "start", "--size", "4"]),
         (home / "mask-ws", ["round", "status"]),
         (home / "mask-ws", ["history", "--plot", "curve.png"]),
@@ -389,6 +401,9 @@ def test_the_quickstart_works_from_an_empty_folder_outside_the_checkout(
         done = subprocess.run(
             [al, *command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
         )
+        if "oracle" in command:  # no hidden labels: refused before anything is written
+            assert done.returncode == 1 and "'al studio up'" in done.stderr, done.stderr
+            continue
         assert done.returncode == 0, (command, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr
     workspace = home / "mask-ws"
