@@ -147,7 +147,7 @@ def ensembles(
     """Per setting and split with more than one seed: the figures of the seeds' mean
     probabilities (an ensemble of the fine-tuned models), as the setting ``SETTING+ens``,
     with the seconds its models took (from ``rows``: one per seed, whatever the taus)."""
-    rows = []
+    ensembled = []
     keys = sorted({(setting, split) for setting, split, _ in scored_runs})
     for setting, split in keys:
         runs = [v for (s, p, _), v in scored_runs.items() if (s, p) == (setting, split)]
@@ -167,8 +167,8 @@ def ensembles(
             mean = np.mean([run[side][0] for run in runs], axis=0)
             found = figures(base, mean, truth, np.ones(mean.shape[1]), 0.0)
             row |= {f"{side}_{k}": v for k, v in found.items()}
-        rows.append(row)
-    return rows
+        ensembled.append(row)
+    return ensembled
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
