@@ -26,6 +26,14 @@ def named_pool(state: State, name: str) -> PoolRow:
     return pool
 
 
+def _refuse_while_open(state: State, why: str, then: str) -> None:
+    opened = state.open_round()
+    if opened is not None:
+        raise IngestError(
+            f"Round {opened.id} is open{why}. Finish it ('al round finish'), then {then}."
+        )
+
+
 # How many of a moved pool's files are compared by content (sizes are compared for all).
 HASHED_ON_MOVE = 64
 
@@ -60,12 +68,9 @@ def move_pool(
 
 def _pool_to_move(config: Config, state: State, name: str, root: Path) -> PoolRow:
     pool = named_pool(state, name)
-    opened = state.open_round()
-    if opened is not None:
-        raise IngestError(
-            f"Round {opened.id} is open, and its labelling tasks show the files where they "
-            "were. Finish it ('al round finish'), then move the pool."
-        )
+    _refuse_while_open(
+        state, ", and its labelling tasks show the files where they were", "move the pool"
+    )
     for other in state.pools():
         if other.id != pool.id and (config.root / other.root).resolve() == root:
             raise IngestError(
@@ -148,11 +153,7 @@ def remove_pool(
 
 
 def _check_removable(state: State, name: str, use: PoolUse, drop_labels: bool) -> None:
-    opened = state.open_round()
-    if opened is not None:
-        raise IngestError(
-            f"Round {opened.id} is open. Finish it ('al round finish'), then remove the pool."
-        )
+    _refuse_while_open(state, "", "remove the pool")
     if use.queried:
         raise IngestError(
             f"Pool '{name}' cannot be removed: rounds queried {use.queried} of its items (the "

@@ -46,7 +46,7 @@ class OracleLabeller:
         A workspace without a Label Studio server gets the oracle by default, so this is
         what a newcomer meets after 'al pool add DIR' of unlabelled photos and 'al run'.
         """
-        missing = int(np.count_nonzero(~np.isin(item_ids, self.state.oracle_item_ids())))
+        missing = len(self.unknown(item_ids))
         if not missing:
             return None
         lacking = (
@@ -60,3 +60,7 @@ class OracleLabeller:
             " --labelled --oracle'. To label them in the browser, start Label Studio first"
             " ('al studio up', or 'al studio connect --url URL --api-key KEY'), then run again."
         )
+
+    def unknown(self, item_ids: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Those of ``item_ids`` without a hidden label: the oracle cannot answer for them."""
+        return item_ids[~np.isin(item_ids, self.state.oracle_item_ids())]

@@ -30,7 +30,7 @@ from al_pipeline.loop.status import (
 )
 from al_pipeline.loop.stopping import PoolExhausted, StoppingRule
 from al_pipeline.model.backbones import Backbone, workspace_backbone
-from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint, load_checkpoint
+from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint, fits, load_checkpoint
 from al_pipeline.model.embeddings import Embedded, drop_features, embed_items, embed_pool
 from al_pipeline.model.evaluate import evaluate
 from al_pipeline.model.network import TrainingSettings, dropout_rate, sample_proba
@@ -200,7 +200,7 @@ def _current_model(config: Config, state: State) -> Checkpoint | None:
     if row is None:
         return None
     checkpoint = load_checkpoint(config.root / row.path)
-    return checkpoint if tuple(checkpoint.meta.classes) == config.classes else None
+    return checkpoint if fits(checkpoint, config) else None
 
 
 def _probabilities(checkpoint: Checkpoint | None, embedded: Embedded) -> NDArray[np.float32] | None:

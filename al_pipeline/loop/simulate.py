@@ -248,11 +248,10 @@ def _reveal(state: State, hidden: dict[int, str], item_ids: Sequence[int]) -> No
     state.record_pulled(None, [PulledLabel(i, hidden[i], "oracle", "oracle") for i in item_ids])
 
 
-def _hold_back_unknown(state: State, hidden: dict[int, str]) -> None:
+def _hold_back_unknown(state: State) -> None:
     """A run's copy replays the items with hidden labels only: photos added without one
     (a pool to label for real) would stop the oracle's rounds."""
-    selectable = state.selectable().ids
-    unknown = selectable[~np.isin(selectable, np.fromiter(hidden, np.int64, len(hidden)))]
+    unknown = OracleLabeller(state).unknown(state.selectable().ids)
     state.hold_back(unknown.tolist(), "simulation")
 
 
@@ -278,7 +277,7 @@ def _one_run(
     base, balance = parse_strategy(strategy)
     rng = np.random.default_rng(seed if split.index == 0 else [seed, split.index])
     with run_state:
-        _hold_back_unknown(run_state, split.hidden)
+        _hold_back_unknown(run_state)
         _reveal(run_state, split.hidden, _seed_items(split.hidden, plan.initial, rng))
         train_and_evaluate(run_config, run_state, seeded, tag=f"seed-labels-{seed}")
         run_plan = RunPlan(plan.rounds, base, plan.size, balance)

@@ -164,6 +164,12 @@ def _load(folder: Path) -> Checkpoint:
     return Checkpoint(folder, model, meta)
 
 
+def fits(checkpoint: Checkpoint, config: Config) -> bool:
+    """Whether ``checkpoint`` predicts the workspace's classes, in its order (a class
+    added to al.toml since it was trained makes it unfit)."""
+    return tuple(checkpoint.meta.classes) == config.classes
+
+
 def find_checkpoint(
     config: Config, state: State, tag: str | None
 ) -> tuple[CheckpointRow, Checkpoint]:
@@ -174,7 +180,7 @@ def find_checkpoint(
         what = f"No checkpoint '{tag}'" if tag else "No trained model yet"
         raise NoCheckpointError(f"{what} (checkpoints: {known}). Train one with 'al train'.")
     checkpoint = load_checkpoint(config.root / row.path)
-    if tuple(checkpoint.meta.classes) != config.classes:
+    if not fits(checkpoint, config):
         raise NoCheckpointError(
             f"Checkpoint '{row.tag}' was trained for classes {checkpoint.meta.classes}, "
             f"but the workspace has {list(config.classes)}. Train a new one with 'al train'."
