@@ -343,14 +343,24 @@ def _passed_over(report: IngestReport, root: Path, path: Path, folder: bool) -> 
         report.outcomes.append(FileOutcome(shown + "/", IGNORED, "hidden_folder", "hidden folder"))
 
 
-def _check_has_images(root: Path, paths: Sequence[Path]) -> None:
+def image_files(root: Path, own: Sequence[Path] = ()) -> list[Path]:
+    """The image files under ``root`` that ``al pool add`` would find (hidden folders and
+    the workspace's ``own`` folders passed over), sorted; a folder without one is refused."""
+    paths = list(_walk(root, IngestReport(root.name, root), silent, own))
+    _check_has_images(root, paths, then="")
+    return [path for path in paths if is_image_name(path)]
+
+
+def _check_has_images(
+    root: Path, paths: Sequence[Path], then: str = " Nothing was registered."
+) -> None:
     """A folder without one image name is a wrong path, not an empty pool to register."""
     if not any(is_image_name(p) for p in paths):
         others = f" ({len(paths)} file(s), none named as an image)" if paths else ""
         raise IngestError(
             f"'{root}' holds no image files{others}: looked for "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))}, in subfolders too. Pass the folder that "
-            "holds the images. Nothing was registered."
+            f"holds the images.{then}"
         )
 
 

@@ -174,8 +174,8 @@ def parse_weights(text: str) -> Weights:
     path = Path(text).expanduser()
     if not path.is_file():
         raise ConfigError(
-            f"--weights '{text}' is neither 'imagenet', 'none' nor an existing file. Pass the "
-            "path of a no-top .h5 weights file."
+            f"weights '{text}' (--weights, or [model] weights in al.toml) is neither "
+            "'imagenet', 'none' nor an existing file. Give the path of a no-top .h5 weights file."
         )
     return Weights("file", path.resolve())
 

@@ -16,12 +16,8 @@ from PIL import Image
 
 from al_pipeline.config import Config
 from al_pipeline.errors import PipelineError
-from al_pipeline.ingest.images import (
-    IMAGE_EXTENSIONS,
-    crop_with_margin,
-    is_image_name,
-    load_rgb,
-)
+from al_pipeline.ingest.folders import image_files
+from al_pipeline.ingest.images import crop_with_margin, load_rgb
 from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint
 from al_pipeline.model.inference import CPU_BATCH, predict_padded, scoring_batch
 from al_pipeline.model.loader import image_batches
@@ -52,18 +48,13 @@ def write_csv(results: Sequence[Prediction], path: Path) -> Path:
     )
 
 
-def expand_paths(paths: Sequence[Path]) -> list[Path]:
-    """Files as given; folders expanded (recursively) to their image files."""
+def expand_paths(paths: Sequence[Path], own: Sequence[Path] = ()) -> list[Path]:
+    """Files as given; folders expanded (recursively) to their image files, as ``al pool
+    add`` finds them: hidden folders and the workspace's ``own`` folders are passed over."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
-            if not found:
-                raise PipelineError(
-                    f"'{path}' holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}). "
-                    "Pass the folder that holds the images."
-                )
-            files += found
+            files += image_files(path, own)
         elif path.exists():
             files.append(path)
         else:
@@ -95,7 +86,7 @@ def predict_files(
     config: Config, checkpoint: Checkpoint, paths: Sequence[Path], progress: Progress = silent
 ) -> list[Prediction]:
     """Classify whole images; unreadable files are reported, never fatal."""
-    files = expand_paths(paths)
+    files = expand_paths(paths, config.own_folders())
     results: dict[int, Prediction] = {}
     size = checkpoint.meta.image_size
     batch_size = scoring_batch()
@@ -118,7 +109,7 @@ def predict_faces(
 
     detector = FaceDetector()
     size = checkpoint.meta.image_size
-    files = expand_paths(paths)
+    files = expand_paths(paths, config.own_folders())
     results: list[Prediction] = []
     for done, path in enumerate(files, start=1):
         try:
