@@ -14,7 +14,7 @@ ifeq ($(GPU),1)
 endif
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[server,dev,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[server,dev,ray,onnx]'
 	$(BIN)/python -m pip check
 	$(BIN)/al --version
 ifeq ($(GPU),1)

@@ -119,7 +119,7 @@ def _require(format: str) -> None:
     if format == "onnx" and missing:
         raise ExportError(
             f"--format onnx needs the package(s) {', '.join(missing)}. Install them with: "
-            f"pip install {' '.join(ONNX_PACKAGES)}"
+            "pip install 'al-pipeline[onnx]'"
         )
 
 
@@ -168,7 +168,11 @@ def _write_tflite(model: keras.Model, path: Path) -> None:
 
 
 def _write_onnx(model: keras.Model, path: Path) -> None:
-    model.export(path, format="onnx", verbose=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # Keras' tf2onnx shim asks for np.object
+        model.export(path, format="onnx", verbose=False)
 
 
 def _run_keras(path: Path, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
