@@ -315,7 +315,10 @@ def trained(report: TrainReport) -> None:
     if report.metrics:
         metrics(report.metrics, f"Held-out test split ({report.tag})")
     else:
-        out.print("No test split yet: add one with 'al pool add DIR --labelled --test-fraction'.")
+        out.print(
+            "No test split yet: 'al pool add DIR --test-fraction 0.2' on a pool's folder moves "
+            "that share of its labelled items into one (their labels stay)."
+        )
 
 
 def evaluated(report: EvaluationReport) -> None:
@@ -571,7 +574,12 @@ def labels_exported(result: LabelsExported) -> None:
     out.print(f"Exported {result.labels} labels ({counts}) as {result.format} to {result.out}")
     if result.renamed:
         out.print(f"{result.renamed} file(s) renamed: another file of that class had the name")
-    out.print(f"{result.unlabelled} item(s) without a label are listed in {result.unlabelled_file}")
+    if result.unlabelled:
+        out.print(
+            f"{result.unlabelled} item(s) without a label are listed in {result.unlabelled_file}"
+        )
+    else:
+        out.print(f"Every item has a label ({result.unlabelled_file} lists none).")
     if result.linked:
         out.print(
             "The files are links to the pool's photos. To add them to another workspace, "

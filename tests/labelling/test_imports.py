@@ -126,6 +126,11 @@ def test_exported_labels_import_into_a_fresh_workspace_unchanged(
         assert result.count("added") == 6
         assert result.count("rejected") == (1 if format == "jsonl" else 0)
         assert _current(other) == _current(state)
+        # The imported labels carry no split; re-adding the folder carves one from them.
+        assert not other.labelled_items("test")
+        add_folder(fresh, other, photos, test_fraction=0.5)
+        assert 0 < len(other.labelled_items("test")) < 6  # whole near-duplicate groups
+        assert _current(other) == _current(state)
 
 
 def test_the_command_reports_rows_and_json(
