@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,15 +241,16 @@ def snapshot(root: Path) -> tuple[str, dict[str, int]]:
     return dump, files
 
 
-def run_al(*args: str, cwd: Path | None = None, **env: str) -> Any:
-    """Run the real `al` in a child process; the completed process (text output)."""
+def run_al(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> Any:
+    """Run the real `al` in a child process, with ``env`` added to this one's environment;
+    the completed process (text output)."""
     import subprocess
     import sys
 
     return subprocess.run(
         [sys.executable, "-m", "cli", *args],
         cwd=cwd or REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,

@@ -77,18 +77,18 @@ def test_train_on_a_full_disk_changes_nothing_and_a_rerun_trains(
     root = init_workspace(small_disk("3M") / "ws", TWO_CLASSES).config.root
     env = {"KERAS_HOME": str(keras_home), "AL_OFFLINE": "1"}
     assert run_al("-w", str(root), "pool", "add", str(photos), "--labelled").returncode == 0
-    first = run_al("-w", str(root), "train", "--epochs", "2", **env)
+    first = run_al("-w", str(root), "train", "--epochs", "2", env=env)
     assert first.returncode == 1, first.stderr
     assert "Disk full" in first.stderr and "Traceback" not in first.stderr
     # The first try cached the backbone's features (valid rows, checksummed); from then on a
     # refused training changes nothing at all.
     before = snapshot(root)
-    second = run_al("-w", str(root), "train", "--epochs", "2", **env)
+    second = run_al("-w", str(root), "train", "--epochs", "2", env=env)
     assert second.returncode == 1 and "Disk full" in second.stderr
     assert snapshot(root) == before
     assert not list((root / "checkpoints").iterdir())
     assert _integrity(root / "state.sqlite3") == "ok"
     small_disk("128M")
-    third = run_al("-w", str(root), "train", "--epochs", "2", "--json", **env)
+    third = run_al("-w", str(root), "train", "--epochs", "2", "--json", env=env)
     assert third.returncode == 0, third.stderr
     assert [p.name for p in (root / "checkpoints").iterdir()] == ["train-001"]

@@ -105,7 +105,7 @@ def test_nothing_prints_outside_the_cli_and_its_views() -> None:
             if name == "print" or (
                 isinstance(node, ast.Import | ast.ImportFrom) and _terminal(node)
             ):
-                printing.append(f"{path.relative_to(REPO)}:{node.lineno}")
+                printing.append(f"{path.relative_to(REPO)}:{getattr(node, 'lineno', '?')}")
     assert printing == []
 
 

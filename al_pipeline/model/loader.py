@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import shutil
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import (
     Executor,
     Future,
@@ -104,8 +104,9 @@ def image_batches(
     batch_size: int = 32,
     workers: int | None = None,
     processes: bool | None = None,
-) -> Iterator[Batch]:
-    """Yield decoded batches in order, decoding ahead of the consumer.
+) -> Generator[Batch, None, None]:
+    """Yield decoded batches in order, decoding ahead of the consumer. Closing the generator
+    early stops the workers and frees the shared memory.
 
     ``processes`` None picks worker processes when there are more than two cores and at
     least :data:`PROCESS_MIN_IMAGES` paths, else threads. Threads are used too when the

@@ -69,9 +69,9 @@ def keys_match_items(state: State) -> bool:
     with closing(sqlite3.connect(state.path)) as db:
         rows = db.execute("SELECT id, sha256 FROM items ORDER BY id").fetchall()
     keys = state.item_keys()
-    return keys.ids.tolist() == [r[0] for r in rows] and keys.keys.tolist() == [
-        sha_key(r[1]) for r in rows
-    ]
+    ids: list[int] = keys.ids.tolist()
+    stored: list[int] = keys.keys.tolist()
+    return ids == [r[0] for r in rows] and stored == [sha_key(r[1]) for r in rows]
 
 
 def test_a_pool_added_by_mistake_is_removed_with_its_labels_only_when_asked(

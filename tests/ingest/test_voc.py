@@ -36,10 +36,15 @@ def write_voc(folder: Path, stem: str, boxes: list[tuple[str, int, int, int, int
 
 def test_crop_grows_by_margin_and_clamps_to_the_image() -> None:
     image = Image.new("RGB", (100, 50))
-    assert crop_box(image, Box("a", 10, 10, 30, 30), 0.5).size == (40, 40)
-    assert crop_box(image, Box("a", 0, 0, 20, 20), 0.5).size == (30, 30)
-    assert crop_box(image, Box("a", 90, 40, 100, 50), 0.5).size == (15, 15)
-    assert crop_box(image, Box("a", 5, 5, 6, 30), 0.1) is None
+
+    def size(box: Box, margin: float) -> tuple[int, int] | None:
+        crop = crop_box(image, box, margin)
+        return None if crop is None else crop.size
+
+    assert size(Box("a", 10, 10, 30, 30), 0.5) == (40, 40)
+    assert size(Box("a", 0, 0, 20, 20), 0.5) == (30, 30)
+    assert size(Box("a", 90, 40, 100, 50), 0.5) == (15, 15)
+    assert size(Box("a", 5, 5, 6, 30), 0.1) is None
 
 
 def test_import_crops_boxes_and_reports_the_rest(tmp_path: Path) -> None:

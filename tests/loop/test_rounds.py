@@ -238,7 +238,7 @@ def test_a_run_killed_after_registering_its_model_resumes_to_the_clean_row(
     env = {"KERAS_HOME": str(keras_home), "AL_OFFLINE": "1"}
     args = ["run", "--rounds", "2", "--size", "8", "--labeller", "oracle", "--epochs", "5"]
     clean = copy_workspace(oracle_template, tmp_path / "clean", keras_home)
-    assert run_al("-w", str(clean.root), *args, **env).returncode == 0
+    assert run_al("-w", str(clean.root), *args, env=env).returncode == 0
     killed = copy_workspace(oracle_template, tmp_path / "killed", keras_home)
     child = subprocess.Popen(
         [sys.executable, "-m", "cli", "-w", str(killed.root), *args],
@@ -258,7 +258,7 @@ def test_a_run_killed_after_registering_its_model_resumes_to_the_clean_row(
     child.wait()
     with State(killed.database) as state:
         assert len(state.history()) == 1 and state.open_round() is not None
-    resumed = run_al("-w", str(killed.root), "round", "finish", "--epochs", "5", **env)
+    resumed = run_al("-w", str(killed.root), "round", "finish", "--epochs", "5", env=env)
     assert resumed.returncode == 0, resumed.stderr
     rows = []
     for config in (clean, killed):

@@ -24,4 +24,5 @@ def test_a_rule_out_of_range_is_refused(options: dict[str, float], message: str)
 
 def test_each_option_names_its_rule() -> None:
     rules = stopping_rules(until_accuracy=0.95, min_change=0.01)
-    assert [type(rule) for rule in rules] == [TargetAccuracy, PredictionsSettle]
+    kinds: list[type] = [type(rule) for rule in rules]
+    assert kinds == [TargetAccuracy, PredictionsSettle]

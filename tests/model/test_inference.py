@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from al_pipeline.model.backbones import Weights, build_backbone
 from al_pipeline.model.inference import CPU_BATCH, predict_padded, scoring_batch
 from tests.conftest import face_like
 
 
-def _pixels(count: int, size: int) -> np.ndarray:
+def _pixels(count: int, size: int) -> NDArray[np.uint8]:
     return np.stack([np.asarray(face_like(i, size), np.uint8) for i in range(count)])
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from al_pipeline.errors import PipelineError
 from al_pipeline.ingest.images import is_image_name
@@ -23,8 +24,8 @@ def _odd_files(tmp_path: Path) -> list[Path]:
     return files * 3  # more files than one worker task, so batches span several tasks
 
 
-def _inline(files: list[Path], size: int) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    pixels: dict[int, np.ndarray] = {}
+def _inline(files: list[Path], size: int) -> tuple[dict[int, NDArray[np.uint8]], dict[int, str]]:
+    pixels: dict[int, NDArray[np.uint8]] = {}
     failures: dict[int, str] = {}
     for position, path in enumerate(files):
         batch = loader.decode_chunk([path], position, size)
@@ -34,7 +35,7 @@ def _inline(files: list[Path], size: int) -> tuple[dict[int, np.ndarray], dict[i
     return pixels, failures
 
 
-def _gathered(batches: list[Batch]) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+def _gathered(batches: list[Batch]) -> tuple[dict[int, NDArray[np.uint8]], dict[int, str]]:
     pixels = {i: row for b in batches for i, row in zip(b.indices, b.pixels, strict=True)}
     return pixels, {i: why for b in batches for i, why in b.failures}
 

@@ -285,7 +285,9 @@ def test_predict_faces_classifies_each_masked_face_with_its_box(trained: Trained
     """A VOC photo of three people in masks: three faces, each with a box and a class."""
     photo = shared_or_skip(VOC) / "images" / "maksssksksss81.jpg"
     env = {"KERAS_HOME": str(trained.config.keras_home), "AL_OFFLINE": "1"}
-    done = run_al("-w", str(trained.config.root), "predict", str(photo), "--faces", "--json", **env)
+    done = run_al(
+        "-w", str(trained.config.root), "predict", str(photo), "--faces", "--json", env=env
+    )
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert len(rows) == 3

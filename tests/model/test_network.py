@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from al_pipeline.config import FINE_TUNE_RATE, Config
 from al_pipeline.errors import ConfigError
@@ -100,7 +101,7 @@ def test_fine_tuning_decodes_once_and_reports_each_epoch(
     assert ("Fine-tuning", 2) in seen
 
 
-def imbalanced(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def imbalanced(seed: int = 0) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Two overlapping classes, 95:5."""
     rng = np.random.default_rng(seed)
     labels = (np.arange(1000) >= 950).astype(np.int64)
@@ -116,7 +117,9 @@ def test_logit_adjustment_shifts_the_bias_by_the_log_prior_and_finds_the_rare_cl
         heads[imbalance] = build_head(8, 2, seed=0)
         fit_head(heads[imbalance], features, labels, settings, 2)
         adjust_logits(heads[imbalance], labels, settings, 2)
-    (plain_w, plain_b), (adjusted_w, adjusted_b) = (linear_head(h) for h in heads.values())
+    plain, adjusted = (linear_head(h) for h in heads.values())
+    assert plain is not None and adjusted is not None
+    (plain_w, plain_b), (adjusted_w, adjusted_b) = plain, adjusted
     np.testing.assert_allclose(adjusted_w, plain_w, rtol=1e-5)
     np.testing.assert_allclose(adjusted_b - plain_b, -np.log([0.95, 0.05]), rtol=1e-5)
     test_features, test_labels = imbalanced(seed=1)

@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 from modAL.batch import uncertainty_batch_sampling
 from modAL.uncertainty import entropy_sampling, margin_sampling, uncertainty_sampling
+from numpy.typing import NDArray
 from sklearn.linear_model import LogisticRegression
+
+Floats = NDArray[np.float64]
 
 
 @pytest.fixture
-def fitted() -> tuple[LogisticRegression, np.ndarray]:
+def fitted() -> tuple[LogisticRegression, Floats]:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 8))
     y = (x[:, 0] + 0.3 * rng.normal(size=200) > 0).astype(int)
@@ -27,7 +30,7 @@ def fitted() -> tuple[LogisticRegression, np.ndarray]:
 
 @pytest.mark.parametrize("query", [uncertainty_sampling, margin_sampling, entropy_sampling])
 def test_uncertainty_queries_pick_the_least_certain(
-    fitted: tuple[LogisticRegression, np.ndarray], query: object
+    fitted: tuple[LogisticRegression, Floats], query: object
 ) -> None:
     model, pool = fitted
     picked = query(model, pool, n_instances=10)  # type: ignore[operator]
@@ -43,16 +46,16 @@ class Estimator:
     ranked batch reads from a learner (labelled features, and no transform)."""
 
     model: LogisticRegression
-    X_training: np.ndarray | None
+    X_training: Floats | None
     on_transformed: bool = False
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return self.model.predict_proba(x)
+    def predict_proba(self, x: Floats) -> Floats:
+        return np.asarray(self.model.predict_proba(x), np.float64)
 
 
 @pytest.mark.parametrize("labelled", [True, False])
 def test_ranked_batch_query_works_without_active_learner(
-    fitted: tuple[LogisticRegression, np.ndarray], labelled: bool
+    fitted: tuple[LogisticRegression, Floats], labelled: bool
 ) -> None:
     model, pool = fitted
     estimator = Estimator(model, pool[:5] if labelled else None)

@@ -160,7 +160,7 @@ def _refuses_unchanged(cli: CliRunner, config: Config, says: str) -> None:
     assert {p.name: p.read_bytes() for p in config.root.glob("state.sqlite3*")} == before
 
 
-def _replace_database(config: Config, build: Callable[[sqlite3.Connection], None]) -> None:
+def _replace_database(config: Config, build: Callable[[sqlite3.Connection], object]) -> None:
     for path in config.root.glob("state.sqlite3*"):
         path.unlink()
     with sqlite3.connect(config.database) as db:

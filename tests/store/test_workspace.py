@@ -54,7 +54,7 @@ def test_a_writer_refuses_at_once_behind_serve_and_after_waiting_behind_others(
         assert "Another command is using this workspace: al serve (pid" in done.stderr
         assert "Traceback" not in done.stderr
     with workspace_lock(workspace, "al train"):
-        done = run_al("-w", str(workspace.root), "train", AL_LOCK_WAIT="2")
+        done = run_al("-w", str(workspace.root), "train", env={"AL_LOCK_WAIT": "2"})
         assert done.returncode == 1, done.stderr
         assert "Waiting for al train" in done.stderr
         assert "Another command is using this workspace: al train" in done.stderr
