@@ -62,5 +62,7 @@ class OracleLabeller:
         )
 
     def unknown(self, item_ids: NDArray[np.int64]) -> NDArray[np.int64]:
-        """Those of ``item_ids`` without a hidden label: the oracle cannot answer for them."""
-        return item_ids[~np.isin(item_ids, self.state.oracle_item_ids())]
+        """Those of ``item_ids`` (selectable items) without a hidden label: the oracle
+        cannot answer for them."""
+        hidden = np.fromiter(self.state.hidden_items(), np.int64)
+        return item_ids[~np.isin(item_ids, hidden)]

@@ -6,9 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-from numpy.typing import NDArray
-
 from al_pipeline.store.db import Database, now
 
 LABEL_SOURCES = ("import", "human", "oracle")
@@ -96,11 +93,6 @@ class Labels(Database):
             " ORDER BY o.item_id"
         )
         return {int(r[0]): str(r[1]) for r in rows}
-
-    def oracle_item_ids(self) -> NDArray[np.int64]:
-        """The ids of every item with a hidden label, in order."""
-        rows = self._db.execute("SELECT item_id FROM oracle_labels ORDER BY item_id")
-        return np.array([r[0] for r in rows], dtype=np.int64)
 
     def oracle_labels(self, item_ids: Sequence[int]) -> dict[int, str]:
         sql = "SELECT item_id, class_name FROM oracle_labels WHERE item_id IN ({})"
