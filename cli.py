@@ -704,12 +704,15 @@ def export_labels(
 @export_app.command("model")
 @handles_errors
 def export_model(
-    format: Annotated[str, typer.Option(help="keras, savedmodel, tflite or onnx.")] = "keras",
+    format: Annotated[
+        str, typer.Option(help="keras, savedmodel, tflite, onnx, or backbone (fine-tuned weights).")
+    ] = "keras",
     checkpoint: CheckpointTag = None,
     out: Annotated[Path | None, typer.Option(help="Where to write; default: exports/.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """The classifier, preprocessing inside, loaded back and checked against the checkpoint."""
+    """The classifier, preprocessing inside (or its fine-tuned backbone alone), loaded back
+    and checked against the checkpoint."""
     from al_pipeline.model.export import export_model as write_model
 
     with reading() as (config, state):

@@ -637,10 +637,17 @@ def model_exported(result: ModelExported) -> None:
         f"Exported checkpoint [bold]{result.tag}[/] as {result.format} to {result.path} "
         f"(classes and input size in {result.meta_file.name})"
     )
+    what = "features" if result.format == "backbone" else "probabilities"
     out.print(
-        f"Loaded back and checked on {result.photos_checked} photos: probabilities within "
+        f"Loaded back and checked on {result.photos_checked} photos: {what} within "
         f"{result.max_difference:.1g} of the checkpoint's (allowed {result.tolerance:g})"
     )
+    if result.format == "backbone":
+        line = (
+            f"Start another workspace from it: in its al.toml, [model] weights = "
+            f"'{result.path}' (and backbone = '{result.backbone}')"
+        )
+        out.print(escape(line), soft_wrap=True)
 
 
 # -- Label Studio ---------------------------------------------------------------------------

@@ -1,11 +1,16 @@
 """[export] A checkpoint's classifier as a file that runs without al: Keras, a TensorFlow
-SavedModel, TFLite or ONNX.
+SavedModel, TFLite or ONNX; or its fine-tuned backbone, for another workspace to start from.
 
 The exported model takes raw RGB pixels in [0, 255] (float32, ``(n, size, size, 3)``):
 the backbone's preprocessing is inside it. A JSON file beside it (``<export>.json``) names
 the classes in output order and the input size. Every export is loaded back with its own
 runtime and compared with the checkpoint on real photos of the workspace; an export that
 does not match is removed.
+
+``backbone`` writes the fine-tuned backbone alone as no-top Keras weights
+(``.weights.h5``), the kind of file ``[model] weights`` in al.toml (or ``--weights``)
+loads: a backbone fine-tuned on one labelled set can start another workspace. It is
+checked by loading it as a workspace would and comparing the features.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +30,23 @@ from numpy.typing import NDArray
 
 from al_pipeline.config import Config
 from al_pipeline.errors import ConfigError, OutputError, PipelineError
+from al_pipeline.model.backbones import workspace_backbone
 from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint
 from al_pipeline.model.loader import image_batches
 from al_pipeline.paths import output_file, output_folder, write_atomically
+from al_pipeline.records import CheckpointMeta
 from al_pipeline.store.state import State
 
 # Suffix of the exported file (savedmodel is a folder), and the largest difference in any
 # probability allowed against the checkpoint: converters reorder float arithmetic.
-FORMATS = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite", "onnx": ".onnx"}
-TOLERANCE = {"keras": 1e-6, "savedmodel": 1e-5, "tflite": 1e-4, "onnx": 1e-4}
+FORMATS = {
+    "keras": ".keras",
+    "savedmodel": "",
+    "tflite": ".tflite",
+    "onnx": ".onnx",
+    "backbone": ".weights.h5",
+}
+TOLERANCE = {"keras": 1e-6, "savedmodel": 1e-5, "tflite": 1e-4, "onnx": 1e-4, "backbone": 1e-6}
 CHECK_PHOTOS = 16
 ONNX_PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
 
@@ -52,6 +65,7 @@ class ModelExported:
     meta_file: Path
     classes: list[str]
     image_size: int
+    backbone: str
     photos_checked: int
     max_difference: float
     tolerance: float
@@ -63,10 +77,16 @@ def export_model(
     """Export a checkpoint (default: the latest) and check the export against it."""
     _require(format)
     row, checkpoint = find_checkpoint(config, state, tag)
+    if format == "backbone":
+        _require_fine_tuned(checkpoint)
     path = _target(config, row.tag, format, out)
     pixels = _check_photos(config, state, checkpoint.meta.image_size)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # writers want the suffix
-    difference = _write_and_check(checkpoint.model, format, row.tag, partial, pixels)
+    stem = path.name[: len(path.name) - len(FORMATS[format])]
+    partial = path.with_name(f".{stem}.partial{FORMATS[format]}")  # writers want the suffix
+    if format == "backbone":
+        difference = _write_and_check_backbone(config, checkpoint, partial, pixels)
+    else:
+        difference = _write_and_check(checkpoint.model, format, row.tag, partial, pixels)
     _swap_in(partial, path)
     meta_file = _write_meta(path, checkpoint, format)
     return ModelExported(
@@ -76,6 +96,7 @@ def export_model(
         meta_file,
         list(checkpoint.meta.classes),
         checkpoint.meta.image_size,
+        checkpoint.meta.backbone,
         len(pixels),
         difference,
         TOLERANCE[format],
@@ -105,6 +126,73 @@ def _write_and_check(
     return difference
 
 
+def _write_and_check_backbone(
+    config: Config, checkpoint: Checkpoint, partial: Path, pixels: NDArray[np.float32]
+) -> float:
+    """Write the checkpoint's backbone as no-top weights at ``partial``, load them as a
+    workspace's ``[model] weights`` would, and return the largest difference of the
+    features; on any failure remove what was written."""
+    meta = checkpoint.meta
+    extractor = checkpoint.model.get_layer("features")
+    expected = np.asarray(extractor.predict_on_batch(pixels), np.float32)
+    _remove(partial)
+    try:
+        _save_backbone(config, meta, _network(extractor), partial)
+        features = "mid" if meta.feature_layers else "last"
+        loaded_config = _starting_from(config, meta, str(partial), features)
+        loaded = workspace_backbone(loaded_config, shared=False)
+        got = np.asarray(loaded.model.predict_on_batch(pixels), np.float32)
+        difference = float(np.abs(got - expected).max())
+    except (OSError, ValueError, RuntimeError, PipelineError) as exc:
+        _remove(partial)
+        raise ExportError(f"The backbone export of {meta.tag} failed: {exc}") from exc
+    if difference > TOLERANCE["backbone"]:
+        _remove(partial)
+        raise ExportError(
+            f"The backbone export of {meta.tag} gives features {difference:.2g} away from the "
+            f"checkpoint's on {len(pixels)} photos; nothing was written."
+        )
+    return difference
+
+
+def _save_backbone(config: Config, meta: CheckpointMeta, trained: keras.Model, path: Path) -> None:
+    """Save ``trained``'s weights as the network its constructor builds (pooled last
+    layer), which is what a workspace loads weights into, whichever layers it pools."""
+    plain_config = _starting_from(config, meta, "none", "last")
+    plain = _network(workspace_backbone(plain_config, shared=False).model)
+    for layer in plain.layers:
+        if layer.weights:
+            layer.set_weights(trained.get_layer(layer.name).get_weights())
+    plain.save_weights(path)
+
+
+def _starting_from(config: Config, meta: CheckpointMeta, weights: str, features: str) -> Config:
+    """The config of a workspace with the checkpoint's backbone, ``weights`` and
+    ``features``."""
+    return replace(
+        config,
+        backbone=meta.backbone,
+        image_size=meta.image_size,
+        precision=meta.precision,
+        features=features,
+        weights=weights,
+    )
+
+
+def _network(extractor: keras.Model) -> keras.Model:
+    """The backbone network inside a feature extractor (pixels -> preprocess -> network)."""
+    return next(layer for layer in extractor.layers if isinstance(layer, keras.Model))
+
+
+def _require_fine_tuned(checkpoint: Checkpoint) -> None:
+    if not checkpoint.meta.fine_tuned:
+        raise ExportError(
+            f"Checkpoint {checkpoint.meta.tag} did not fine-tune its backbone, so its backbone "
+            "is the one it started from. Train with --fine-tune-layers K first, then export "
+            "that checkpoint's backbone."
+        )
+
+
 def _require(format: str) -> None:
     """Refuse, before any work, a format this installation cannot write or check."""
     if format not in FORMATS:
@@ -127,7 +215,8 @@ def _target(config: Config, tag: str, format: str, out: Path | None) -> Path:
     """Where the export goes: ``out``, checked, or ``exports/model-<tag>`` in the workspace."""
     suffix = FORMATS[format]
     if out is None:
-        name = f"model-{tag}-savedmodel" if format == "savedmodel" else f"model-{tag}{suffix}"
+        kind = "backbone" if format == "backbone" else "model"
+        name = f"model-{tag}-savedmodel" if format == "savedmodel" else f"{kind}-{tag}{suffix}"
         return config.exports_dir() / name
     if format == "savedmodel":
         output_folder(out, "--out")
@@ -137,7 +226,7 @@ def _target(config: Config, tag: str, format: str, out: Path | None) -> Path:
             )
         out.parent.mkdir(parents=True, exist_ok=True)
         return out
-    if out.suffix != suffix:
+    if not out.name.endswith(suffix) or out.name == suffix:
         raise ConfigError(f"--out for --format {format} must end in {suffix}, got '{out}'.")
     return output_file(out, "--out")
 
@@ -238,7 +327,7 @@ _RUNNERS: dict[str, Runner] = {
 
 
 def _write_meta(path: Path, checkpoint: Checkpoint, format: str) -> Path:
-    meta = {
+    meta: dict[str, object] = {
         "checkpoint": checkpoint.meta.tag,
         "format": format,
         "classes": list(checkpoint.meta.classes),
@@ -247,6 +336,13 @@ def _write_meta(path: Path, checkpoint: Checkpoint, format: str) -> Path:
         "output": "class probabilities, in the order of 'classes'",
         "backbone": checkpoint.meta.backbone,
     }
+    if format == "backbone":
+        del meta["input"], meta["output"]
+        meta["fine_tuned_on"] = dict(checkpoint.meta.per_class)
+        meta["use"] = (
+            f"another workspace's al.toml: [model] backbone = '{checkpoint.meta.backbone}' "
+            f"and weights = '{path}' (or al train --weights {path})"
+        )
     text = json.dumps(meta, indent=2) + "\n"
     meta_file = path.with_name(path.name + ".json")
     return write_atomically(meta_file, lambda handle: handle.write(text.encode()), "--out")
