@@ -202,12 +202,20 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=CROP_MARGIN, help="the crops' margin")
     parser.add_argument("--tag", default="")
     parser.add_argument("--weights", type=Path, default=MOBILENET)
+    parser.add_argument(
+        "--start",
+        type=Path,
+        help="no-top backbone weights to start from instead of ImageNet's (benchmarks/"
+        "pretrain_backbone.py writes one)",
+    )
     args = parser.parse_args()
     home = keras_home_with_weights(args.weights)
 
     from benchmarks.bench_label_efficiency import voc_root, voc_workspace
 
     base = voc_workspace(voc_root(args.margin), args.margin)
+    if args.start:
+        base = replace(base, weights=str(args.start.resolve()))
     post_taus = [float(tau) for tau in args.post_taus.split(",")]
     rows: list[dict[str, Any]] = []
     scored_runs = {}
@@ -223,7 +231,7 @@ def main() -> None:
     best = max(summary, key=lambda row: row["validation_macro_f1_mean"])["setting"]
     print(f"chosen on validation macro-F1: {best}")
     result = {"environment": environment(), "splits": args.splits, "seeds": args.seeds}
-    result |= {"margin": args.margin}
+    result |= {"margin": args.margin, "start": args.start.name if args.start else "imagenet"}
     result |= {"summary": summary}
     result |= {"chosen_on_validation": best, "runs": rows}
     tag = f"_{args.tag}" if args.tag else ""

@@ -78,8 +78,20 @@ def environment() -> dict[str, Any]:
         "devices": found,
         "device": compute_device(found),
         "machine": platform.machine(),
+        "processor": processor(),
         "cpus": os.cpu_count(),
     }
+
+
+def processor() -> str:
+    """The CPU's model name (Linux), since CPU timings and even fine-tuned figures differ
+    from one processor to another."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return platform.processor()
+    names = (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    return next(names, platform.processor())
 
 
 def save(name: str, result: dict[str, Any]) -> Path:
