@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from al_pipeline.config import CROP_MARGIN
@@ -57,11 +58,13 @@ def layer_columns(backbone: Any) -> dict[str, slice]:
     return columns
 
 
-def candidate(features: np.ndarray, columns: dict[str, slice], layers: tuple[str, ...]) -> Any:
+def candidate(features: NDArray[Any], columns: dict[str, slice], layers: tuple[str, ...]) -> Any:
     return np.concatenate([features[:, columns[name]] for name in layers], axis=1)
 
 
-def features_by_item(config: Any, state: Any, home: Path, size: int) -> tuple[dict, dict]:
+def features_by_item(
+    config: Any, state: Any, home: Path, size: int
+) -> tuple[dict[int, NDArray[Any]], dict[str, slice]]:
     """The union of the candidates' layers for every item, and their columns."""
     from al_pipeline.model.backbones import Weights, build_backbone
     from al_pipeline.model.embeddings import embed_items
@@ -75,7 +78,7 @@ def features_by_item(config: Any, state: Any, home: Path, size: int) -> tuple[di
     return features, layer_columns(backbone)
 
 
-def evaluate(classes: list[str], truth: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+def evaluate(classes: list[str], truth: NDArray[Any], probs: NDArray[Any]) -> dict[str, float]:
     from sklearn.metrics import average_precision_score
 
     from benchmarks.bench_head_options import scores

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from al_pipeline.config import CROP_MARGIN
@@ -46,7 +47,7 @@ FIGURES = ("accuracy", "macro_f1", "rare_recall")
 
 def scored(
     config: Any, state: Any, checkpoint: Any, items: list[Any], labels: dict[int, str]
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[NDArray[Any], NDArray[Any]]:
     """A checkpoint's class probabilities for ``items``, and their true class indices."""
     from al_pipeline.model.embeddings import item_files
     from al_pipeline.model.score import score
@@ -57,7 +58,7 @@ def scored(
 
 
 def figures(
-    config: Any, probabilities: np.ndarray, truth: np.ndarray, prior: np.ndarray, tau: float
+    config: Any, probabilities: NDArray[Any], truth: NDArray[Any], prior: NDArray[Any], tau: float
 ) -> dict[str, float]:
     """Accuracy, macro-F1 and rare recall once the logits are shifted by ``-tau *
     log(prior)`` (post-hoc logit adjustment of the saved model; tau 0 leaves it as is)."""
@@ -74,7 +75,7 @@ def figures(
 
 def one_run(
     base: Any, home: Path, split: int, seed: int, setting: str, post_taus: list[float]
-) -> tuple[list[dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+) -> tuple[list[dict[str, Any]], dict[str, tuple[NDArray[Any], NDArray[Any]]]]:
     """The fine-tuned model's figures, one row per post-hoc tau (the setting is named
     ``SETTING@TAU`` for a tau other than 0), and its probabilities and the true classes on
     each side. ``seed`` seeds the training (the head's and the fine-tuned layers' start,
@@ -86,7 +87,7 @@ def one_run(
     from al_pipeline.store.labels import PulledLabel
     from al_pipeline.store.state import State, open_state
 
-    size, layers, epochs, imbalance, tau, *rate = setting.split(":")
+    size, layers, epochs, imbalance, head_tau, *rate = setting.split(":")
     folder = Path(tempfile.mkdtemp())
     config = replace(
         base,
@@ -111,9 +112,10 @@ def one_run(
             fine_tune_layers=int(layers),
             fine_tune_epochs=int(epochs),
             imbalance=imbalance,
-            tau=float(tau),
-            **({"fine_tune_rate": float(rate[0])} if rate else {}),
+            tau=float(head_tau),
         )
+        if rate:
+            settings = replace(settings, fine_tune_rate=float(rate[0]))
         started = time.perf_counter()
         report = train(config, state, settings, tag="finetuned")
         checkpoint = load_checkpoint(report.path)
@@ -121,7 +123,7 @@ def one_run(
         test = state.labelled_items("test")
         labels = hidden | {t.item_id: t.label for t in test}
         seconds = round(time.perf_counter() - started, 1)
-        sides = {
+        by_side = {
             name: scored(config, state, checkpoint, part, labels)
             for name, part in (("validation", validation), ("test", test))
         }
@@ -134,11 +136,11 @@ def one_run(
         row: dict[str, Any] = {"setting": name, "split": split, "seed": seed}
         row["labels"] = len(shown)
         row |= {"seconds": seconds, "epoch_seconds": report.epoch_seconds}
-        for side, (probabilities, truth) in sides.items():
+        for side, (probabilities, truth) in by_side.items():
             found = figures(config, probabilities, truth, prior, tau)
             row |= {f"{side}_{k}": v for k, v in found.items()}
         rows.append(row)
-    return rows, sides
+    return rows, by_side
 
 
 def ensembles(

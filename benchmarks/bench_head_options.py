@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (
@@ -63,7 +64,7 @@ def split_members(config: Any, state: Any, split: int) -> tuple[dict[int, str], 
             return labels, validation_sides(config, split_state, split)
 
 
-def scores(classes: list[str], truth: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+def scores(classes: list[str], truth: NDArray[Any], probs: NDArray[Any]) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, f1_score, recall_score
 
     predicted = probs.argmax(axis=1)
@@ -76,7 +77,7 @@ def scores(classes: list[str], truth: np.ndarray, probs: np.ndarray) -> dict[str
 
 
 def fit(
-    features: np.ndarray, labels: np.ndarray, option: tuple[str, float], seed: int, classes: int
+    features: NDArray[Any], labels: NDArray[Any], option: tuple[str, float], seed: int, classes: int
 ) -> Any:
     from al_pipeline.model.network import TrainingSettings, adjust_logits, build_head, fit_head
 

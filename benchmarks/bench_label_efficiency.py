@@ -96,7 +96,7 @@ def main() -> None:
     from al_pipeline.reporting.simulation import simulate_and_report
     from al_pipeline.store.state import State
 
-    runs = {
+    runs: dict[str, dict[str, Any]] = {
         "chandrikadeb7": dict(
             strategies=["margin", "entropy", "diverse", "random"], initial=10, size=10
         ),
@@ -192,15 +192,16 @@ def summarised(
         )
 
 
-def curves(runs, rare):  # type: ignore[no-untyped-def]
+def curves(runs: Any, rare: str | None) -> list[dict[str, Any]]:
     """Per strategy and label count: mean and 95 % half-width over runs."""
     from al_pipeline.reporting.simulation import interval, with_rare_share
 
     frame = runs if rare is None else with_rare_share(runs, rare)
     metrics = ("accuracy", "macro_f1", *((f"recall_{rare}", "rare_share") if rare else ()))
     out = []
-    for (strategy, labelled), part in frame.groupby(["strategy", "labelled"]):
-        row = {"strategy": strategy, "labelled": int(labelled), "runs": len(part)}
+    for (strategy, _), part in frame.groupby(["strategy", "labelled"]):
+        labelled = int(part["labelled"].iloc[0])
+        row: dict[str, Any] = {"strategy": strategy, "labelled": labelled, "runs": len(part)}
         for metric in metrics:
             row[metric], row[f"{metric}_ci"] = interval(part[metric])
         out.append(row)

@@ -14,7 +14,7 @@ logistic regression with balanced class weights on unit-length features; and, wi
 rare crops against the nearest common ones.
 
     python benchmarks/bench_rare_ceiling.py [--splits 3] [--sizes 224] [--features last,mid]
-        [--rankers head,logistic,knn] [--tag NAME]
+        [--rankers head,logistic,knn] [--start WEIGHTS_FILE] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (
@@ -44,13 +45,17 @@ HEAD = ("logit-adjust", 0.5)  # the default head for a workspace (imbalance auto
 KNN = 5  # neighbours the similarity ranker averages over
 
 
-def pool_features(config: Any, state: Any, home: Path, size: int, features: str) -> dict:
-    """Backbone features by item id, from the workspace's cache where they are there."""
+def pool_features(
+    config: Any, state: Any, home: Path, size: int, features: str, start: Path | None
+) -> dict[int, NDArray[Any]]:
+    """Backbone features by item id, from the workspace's cache where they are there; with
+    ImageNet's weights, or those in the file ``start``."""
     from al_pipeline.model.backbones import Weights, build_backbone, feature_layers
     from al_pipeline.model.embeddings import embed_items
 
     layers = feature_layers("mobilenet_v2", features)
-    backbone = build_backbone("mobilenet_v2", size, Weights("imagenet"), home, layers=layers)
+    weights = Weights("file", start.resolve()) if start else Weights("imagenet")
+    backbone = build_backbone("mobilenet_v2", size, weights, home, layers=layers)
     items = {i.item_id: i for pool in state.pools() for i in state.items_in_pool(pool.name)}
     ordered = sorted(items)
     sized = replace(config, image_size=size)
@@ -59,8 +64,8 @@ def pool_features(config: Any, state: Any, home: Path, size: int, features: str)
 
 
 def out_of_fold(
-    ranker: str, x: np.ndarray, y: np.ndarray, classes: int, folds: int, seed: int
-) -> np.ndarray:
+    ranker: str, x: NDArray[Any], y: NDArray[Any], classes: int, folds: int, seed: int
+) -> NDArray[Any]:
     """Each row's probability of the rare class (the last one) from a ranker that did not
     see its label."""
     from sklearn.linear_model import LogisticRegression
@@ -84,7 +89,7 @@ def out_of_fold(
     return found
 
 
-def _knn_score(known: np.ndarray, is_rare: np.ndarray, queried: np.ndarray) -> np.ndarray:
+def _knn_score(known: NDArray[Any], is_rare: NDArray[Any], queried: NDArray[Any]) -> NDArray[Any]:
     """Similarity ranking (as SEALS and SIMILAR rank): the mean cosine similarity to the
     ``KNN`` nearest known rare items, less that to the ``KNN`` nearest known common ones."""
     similarity = _unit(queried) @ _unit(known).T
@@ -96,11 +101,11 @@ def _knn_score(known: np.ndarray, is_rare: np.ndarray, queried: np.ndarray) -> n
     return np.asarray(nearest["rare"] - nearest["common"])
 
 
-def _unit(rows: np.ndarray) -> np.ndarray:
+def _unit(rows: NDArray[Any]) -> NDArray[Any]:
     return np.asarray(rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12))
 
 
-def ranked(truth: np.ndarray, score: np.ndarray) -> dict[str, float]:
+def ranked(truth: NDArray[Any], score: NDArray[Any]) -> dict[str, float]:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     order = np.argsort(-score, kind="stable")
@@ -120,7 +125,7 @@ def runs(config: Any, state: Any, home: Path, args: argparse.Namespace) -> list[
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         for features in args.features.split(","):
-            by_item = pool_features(config, state, home, size, features)
+            by_item = pool_features(config, state, home, size, features, args.start)
             for split in range(args.splits):
                 labels, sides = split_members(config, state, split)
                 pool = [i for i in sorted(labels) if sides[i] != "test" and i in by_item]
@@ -144,6 +149,9 @@ def main() -> None:
     parser.add_argument("--rankers", default="head,logistic", help="head, logistic, knn")
     parser.add_argument("--tag", default="", help="Suffix of the saved JSON's name.")
     parser.add_argument("--weights", type=Path, default=MOBILENET)
+    parser.add_argument(
+        "--start", type=Path, help="no-top backbone weights instead of ImageNet's (a file)"
+    )
     args = parser.parse_args()
     home = keras_home_with_weights(args.weights)
 
@@ -170,6 +178,7 @@ def main() -> None:
         "splits": args.splits,
         "folds": args.folds,
         "head": {"imbalance": HEAD[0], "tau": HEAD[1]},
+        "weights": args.start.name if args.start else "imagenet",
         "seconds": round(time.perf_counter() - started),
         "summary": summary,
         "runs": rows,

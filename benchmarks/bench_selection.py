@@ -35,6 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
+    from numpy.typing import NDArray
 
     from al_pipeline.model.backbones import Weights, build_backbone
     from al_pipeline.model.embeddings import Embedded, EmbeddingCache
@@ -73,10 +74,10 @@ def main() -> None:
     scoring = time.perf_counter() - started
     print(f"scoring with the head: {scoring:.2f} s", flush=True)
 
-    def read(positions: np.ndarray) -> np.ndarray:
+    def read(positions: NDArray[np.int64]) -> NDArray[np.float32]:
         return np.asarray(table[positions], dtype=np.float32)
 
-    rows: dict[str, object] = {
+    figures: dict[str, object] = {
         "cache_index_seconds": round(opening, 2),
         "scoring_seconds": round(scoring, 2),
     }
@@ -86,7 +87,7 @@ def main() -> None:
         picked, _ = select(get_strategy(name), pool, args.size)
         seconds = time.perf_counter() - started
         assert len(set(picked.tolist())) == args.size
-        rows[name] = {
+        figures[name] = {
             "selection_seconds": round(seconds, 3),
             "with_scoring_seconds": round(seconds + scoring, 2),
         }
@@ -97,11 +98,11 @@ def main() -> None:
     cold = Pool(None, read, args.rows, rng=np.random.default_rng(0))
     started = time.perf_counter()
     select(get_strategy("margin"), cold, args.size)
-    rows["cold_start_seconds"] = round(time.perf_counter() - started, 2)
-    rows["peak_memory_gib"] = round(peak_gib(), 2)
+    figures["cold_start_seconds"] = round(time.perf_counter() - started, 2)
+    figures["peak_memory_gib"] = round(peak_gib(), 2)
     print(
-        f"cold start (k-means on a 10,000 sample): {rows['cold_start_seconds']} s; process "
-        f"peak memory {rows['peak_memory_gib']} GiB",
+        f"cold start (k-means on a 10,000 sample): {figures['cold_start_seconds']} s; process "
+        f"peak memory {figures['peak_memory_gib']} GiB",
         flush=True,
     )
     state.close()
@@ -112,7 +113,7 @@ def main() -> None:
         "dim": dim,
         "size": args.size,
         "environment": environment(),
-        "results": rows,
+        "results": figures,
     }
     print(f"saved {save('bench_selection', result)}")
 

@@ -212,7 +212,8 @@ def _require(format: str) -> None:
 
 
 def _target(config: Config, tag: str, format: str, out: Path | None) -> Path:
-    """Where the export goes: ``out``, checked, or ``exports/model-<tag>`` in the workspace."""
+    """Where the export goes: ``out``, checked, or ``exports/model-<tag>`` (the backbone's
+    ``exports/backbone-<tag>``) in the workspace."""
     suffix = FORMATS[format]
     if out is None:
         kind = "backbone" if format == "backbone" else "model"
