@@ -93,8 +93,8 @@ def test_a_fine_tuned_backbone_starts_another_workspace(
 ) -> None:
     """``--format backbone`` writes the fine-tuned layers as no-top weights; a workspace whose
     al.toml names that file computes the checkpoint's features, not ImageNet's, whichever
-    layers it pools."""
-    config = replace(workspace_copy, image_size=96)
+    layers either pools (the checkpoint pools middle layers here)."""
+    config = replace(workspace_copy, image_size=96, features="mid")
     settings = TrainingSettings(epochs=5, fine_tune_layers=10, fine_tune_epochs=1)
     with State(config.database) as state:
         tuned = train(config, state, settings, tag="tuned")
@@ -119,11 +119,11 @@ def test_a_fine_tuned_backbone_starts_another_workspace(
     photos = sorted(trained.photos.rglob("*.jpg"))[-4:]
     pixels = np.stack([decode(p, 96) for p in photos]).astype(np.float32)
     expected = load_checkpoint(tuned.path).backbone().model.predict_on_batch(pixels)
+    mid = workspace_backbone(replace(started, features="mid"), shared=False)
+    np.testing.assert_allclose(mid.model.predict_on_batch(pixels), expected, atol=1e-5)
+    # Its last layer alone: the last part of the middle layers' features.
+    assert started.features == "last"
     features = workspace_backbone(started, shared=False).model.predict_on_batch(pixels)
-    np.testing.assert_allclose(features, expected, atol=1e-5)
+    np.testing.assert_allclose(features, expected[:, -features.shape[1] :], atol=1e-5)
     imagenet = workspace_backbone(replace(started, weights="imagenet"), shared=False)
     assert np.abs(features - imagenet.model.predict_on_batch(pixels)).max() > 1e-2
-    # Pooling middle layers too: the last layer's part is the same features.
-    mid = workspace_backbone(replace(started, features="mid"), shared=False)
-    pooled = mid.model.predict_on_batch(pixels)
-    np.testing.assert_allclose(pooled[:, -features.shape[1] :], features, atol=1e-5)
