@@ -642,12 +642,8 @@ def model_exported(result: ModelExported) -> None:
         f"Loaded back and checked on {result.photos_checked} photos: {what} within "
         f"{result.max_difference:.1g} of the checkpoint's (allowed {result.tolerance:g})"
     )
-    if result.format == "backbone":
-        line = (
-            f"Start another workspace from it: in its al.toml, [model] weights = "
-            f"'{result.path}' (and backbone = '{result.backbone}')"
-        )
-        out.print(escape(line), soft_wrap=True)
+    if result.use:
+        out.print(escape(f"Start from it {result.use}"), soft_wrap=True)
 
 
 # -- Label Studio ---------------------------------------------------------------------------

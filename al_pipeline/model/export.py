@@ -65,10 +65,10 @@ class ModelExported:
     meta_file: Path
     classes: list[str]
     image_size: int
-    backbone: str
     photos_checked: int
     max_difference: float
     tolerance: float
+    use: str = ""  # how to use the export, where al is what uses it (a backbone)
 
 
 def export_model(
@@ -83,10 +83,8 @@ def export_model(
     pixels = _check_photos(config, state, checkpoint.meta.image_size)
     stem = path.name[: len(path.name) - len(FORMATS[format])]
     partial = path.with_name(f".{stem}.partial{FORMATS[format]}")  # writers want the suffix
-    if format == "backbone":
-        difference = _write_and_check_backbone(config, checkpoint, partial, pixels)
-    else:
-        difference = _write_and_check(checkpoint.model, format, row.tag, partial, pixels)
+    model, write, run = _exporter(config, checkpoint, format)
+    difference = _write_and_check(model, write, run, format, row.tag, partial, pixels)
     _swap_in(partial, path)
     meta_file = _write_meta(path, checkpoint, format)
     return ModelExported(
@@ -96,61 +94,56 @@ def export_model(
         meta_file,
         list(checkpoint.meta.classes),
         checkpoint.meta.image_size,
-        checkpoint.meta.backbone,
         len(pixels),
         difference,
         TOLERANCE[format],
+        _usage(path, checkpoint.meta.backbone) if format == "backbone" else "",
     )
 
 
+def _exporter(
+    config: Config, checkpoint: Checkpoint, format: str
+) -> tuple[keras.Model, Callable[[Path], None], Runner]:
+    """The model an export of ``format`` must match, how to write it, and how to run it:
+    the classifier through its runtime, or the backbone through a workspace loading it."""
+    if format != "backbone":
+        model = checkpoint.model
+        return model, lambda path: _WRITERS[format](model, path), _RUNNERS[format]
+    meta, extractor = checkpoint.meta, checkpoint.model.get_layer("features")
+    features = "mid" if meta.feature_layers else "last"
+
+    def run(path: Path, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+        loaded = workspace_backbone(_starting_from(config, meta, str(path), features), shared=False)
+        return np.asarray(loaded.model.predict_on_batch(pixels), np.float32)
+
+    return extractor, lambda path: _save_backbone(config, meta, _network(extractor), path), run
+
+
 def _write_and_check(
-    model: keras.Model, format: str, tag: str, partial: Path, pixels: NDArray[np.float32]
+    model: keras.Model,
+    write: Callable[[Path], None],
+    run: Runner,
+    format: str,
+    tag: str,
+    partial: Path,
+    pixels: NDArray[np.float32],
 ) -> float:
-    """Write the export at ``partial``, run it with its own runtime, and return its largest
-    difference from ``model``; on any failure remove what was written."""
-    what = f"{format} export of {tag}"
+    """Write the export at ``partial``, run it, and return its largest difference from
+    ``model``'s outputs; on any failure remove what was written."""
+    what, tolerance = f"{format} export of {tag}", TOLERANCE[format]
     expected = np.asarray(model.predict_on_batch(pixels), np.float32)
     _remove(partial)
     try:
-        _WRITERS[format](model, partial)
-        difference = float(np.abs(_RUNNERS[format](partial, pixels) - expected).max())
-    except (OSError, ValueError, RuntimeError) as exc:
+        write(partial)
+        difference = float(np.abs(run(partial, pixels) - expected).max())
+    except (OSError, ValueError, RuntimeError, PipelineError) as exc:
         _remove(partial)
         raise ExportError(f"The {what} failed: {exc}") from exc
-    if difference > TOLERANCE[format]:
+    if difference > tolerance:
         _remove(partial)
         raise ExportError(
             f"The {what} differs from the checkpoint by {difference:.2g} on {len(pixels)} "
-            f"photos (allowed {TOLERANCE[format]:g}); nothing was written."
-        )
-    return difference
-
-
-def _write_and_check_backbone(
-    config: Config, checkpoint: Checkpoint, partial: Path, pixels: NDArray[np.float32]
-) -> float:
-    """Write the checkpoint's backbone as no-top weights at ``partial``, load them as a
-    workspace's ``[model] weights`` would, and return the largest difference of the
-    features; on any failure remove what was written."""
-    meta = checkpoint.meta
-    extractor = checkpoint.model.get_layer("features")
-    expected = np.asarray(extractor.predict_on_batch(pixels), np.float32)
-    _remove(partial)
-    try:
-        _save_backbone(config, meta, _network(extractor), partial)
-        features = "mid" if meta.feature_layers else "last"
-        loaded_config = _starting_from(config, meta, str(partial), features)
-        loaded = workspace_backbone(loaded_config, shared=False)
-        got = np.asarray(loaded.model.predict_on_batch(pixels), np.float32)
-        difference = float(np.abs(got - expected).max())
-    except (OSError, ValueError, RuntimeError, PipelineError) as exc:
-        _remove(partial)
-        raise ExportError(f"The backbone export of {meta.tag} failed: {exc}") from exc
-    if difference > TOLERANCE["backbone"]:
-        _remove(partial)
-        raise ExportError(
-            f"The backbone export of {meta.tag} gives features {difference:.2g} away from the "
-            f"checkpoint's on {len(pixels)} photos; nothing was written."
+            f"photos (allowed {tolerance:g}); nothing was written."
         )
     return difference
 
@@ -333,20 +326,25 @@ def _write_meta(path: Path, checkpoint: Checkpoint, format: str) -> Path:
         "format": format,
         "classes": list(checkpoint.meta.classes),
         "image_size": checkpoint.meta.image_size,
-        "input": "float32 RGB pixels in [0, 255], shape (n, image_size, image_size, 3)",
-        "output": "class probabilities, in the order of 'classes'",
         "backbone": checkpoint.meta.backbone,
     }
     if format == "backbone":
-        del meta["input"], meta["output"]
         meta["fine_tuned_on"] = dict(checkpoint.meta.per_class)
-        meta["use"] = (
-            f"another workspace's al.toml: [model] backbone = '{checkpoint.meta.backbone}' "
-            f"and weights = '{path}' (or al train --weights {path})"
-        )
+        meta["use"] = _usage(path, checkpoint.meta.backbone)
+    else:
+        meta["input"] = "float32 RGB pixels in [0, 255], shape (n, image_size, image_size, 3)"
+        meta["output"] = "class probabilities, in the order of 'classes'"
     text = json.dumps(meta, indent=2) + "\n"
     meta_file = path.with_name(path.name + ".json")
     return write_atomically(meta_file, lambda handle: handle.write(text.encode()), "--out")
+
+
+def _usage(path: Path, backbone: str) -> str:
+    """How another workspace starts from an exported backbone."""
+    return (
+        f"in another workspace's al.toml, under [model]: weights = '{path}' (and backbone = "
+        f"'{backbone}'), or al train --weights {path}"
+    )
 
 
 def _swap_in(partial: Path, path: Path) -> None:
