@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from al_pipeline.config import CROP_MARGIN
 from benchmarks.common import (
     MOBILENET,
+    VOC,
     environment,
     keras_home_with_weights,
     save,
@@ -43,18 +44,54 @@ from benchmarks.common import (
 
 RARE = "mask_weared_incorrect"
 FIGURES = ("accuracy", "macro_f1", "rare_recall")
+# Faces by the shorter side of their annotated box, in px: the README of the VOC set cuts
+# at 32, and the 123 incorrect-mask boxes split 28 / 40 / 55 across these bins.
+SIZE_BINS = ((0, 16, "lt16"), (16, 32, "16to31"), (32, 10**6, "ge32"))
+# A model's probabilities on one side, the true class indices and the faces' box sides.
+Scored = tuple[NDArray[Any], NDArray[Any], NDArray[Any]]
+
+
+def box_side(path: str) -> float:
+    """The shorter side of the annotated box a crop was cut from: its file is named
+    ``<photo stem>_<box index>.png`` by ``al pool import-voc``."""
+    from al_pipeline.ingest.voc import parse_annotation
+
+    stem, index = Path(path).stem.rsplit("_", 1)
+    box = parse_annotation(VOC / "annotations" / f"{stem}.xml")[int(index)]
+    return min(box.xmax - box.xmin, box.ymax - box.ymin)
 
 
 def scored(
     config: Any, state: Any, checkpoint: Any, items: list[Any], labels: dict[int, str]
-) -> tuple[NDArray[Any], NDArray[Any]]:
-    """A checkpoint's class probabilities for ``items``, and their true class indices."""
+) -> Scored:
+    """A checkpoint's class probabilities for ``items``, their true class indices, and the
+    shorter side of each one's box."""
     from al_pipeline.model.embeddings import item_files
     from al_pipeline.model.score import score
 
     result = score(config, state, checkpoint, item_files(config, items))
     truth = np.array([config.class_index(labels[items[p].item_id]) for p in result.positions])
-    return result.probabilities, truth
+    sides = np.array([box_side(items[p].path) for p in result.positions])
+    return result.probabilities, truth, sides
+
+
+def by_size(
+    config: Any, probabilities: NDArray[Any], truth: NDArray[Any], sides: NDArray[Any]
+) -> dict[str, int]:
+    """Per size bin and class: how many faces there are (``n``) and how many the model
+    calls right (``hit``), and how many it calls incorrect-mask (``called``). Counts, not
+    rates, so that runs can be pooled: a split holds a dozen incorrect-mask faces a bin."""
+    predicted = probabilities.argmax(axis=1)
+    rare = config.class_index(RARE)
+    counts: dict[str, int] = {}
+    for low, high, name in SIZE_BINS:
+        inside = (sides >= low) & (sides < high)
+        counts[f"{name}_called"] = int((inside & (predicted == rare)).sum())
+        for index, label in enumerate(config.classes):
+            member = inside & (truth == index)
+            counts[f"{name}_{label}_n"] = int(member.sum())
+            counts[f"{name}_{label}_hit"] = int((member & (predicted == index)).sum())
+    return counts
 
 
 def figures(
@@ -75,11 +112,11 @@ def figures(
 
 def one_run(
     base: Any, home: Path, split: int, seed: int, setting: str, post_taus: list[float]
-) -> tuple[list[dict[str, Any]], dict[str, tuple[NDArray[Any], NDArray[Any]]]]:
+) -> tuple[list[dict[str, Any]], dict[str, Scored]]:
     """The fine-tuned model's figures, one row per post-hoc tau (the setting is named
-    ``SETTING@TAU`` for a tau other than 0), and its probabilities and the true classes on
-    each side. ``seed`` seeds the training (the head's and the fine-tuned layers' start,
-    augmentation and batch order), not the splits."""
+    ``SETTING@TAU`` for a tau other than 0), and its probabilities, the true classes and
+    the faces' sizes on each side. ``seed`` seeds the training (the head's and the
+    fine-tuned layers' start, augmentation and batch order), not the splits."""
     from al_pipeline.ingest.split import redraw_test_split
     from al_pipeline.model.checkpoints import load_checkpoint
     from al_pipeline.model.network import TrainingSettings
@@ -136,9 +173,11 @@ def one_run(
         row: dict[str, Any] = {"setting": name, "split": split, "seed": seed}
         row["labels"] = len(shown)
         row |= {"seconds": seconds, "epoch_seconds": report.epoch_seconds}
-        for side, (probabilities, truth) in by_side.items():
+        for side, (probabilities, truth, _) in by_side.items():
             found = figures(config, probabilities, truth, prior, tau)
             row |= {f"{side}_{k}": v for k, v in found.items()}
+        if not tau:
+            row["test_by_size"] = by_size(config, *by_side["test"])
         rows.append(row)
     return rows, by_side
 
@@ -169,6 +208,7 @@ def ensembles(
             mean = np.mean([run[side][0] for run in runs], axis=0)
             found = figures(base, mean, truth, np.ones(mean.shape[1]), 0.0)
             row |= {f"{side}_{k}": v for k, v in found.items()}
+        row["test_by_size"] = by_size(base, mean, truth, runs[0]["test"][2])
         ensembled.append(row)
     return ensembled
 
@@ -189,6 +229,35 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         summary.append(row)
         print(setting, {k: round(v, 3) for k, v in row.items() if isinstance(v, float)})
     return summary
+
+
+def size_summary(config: Any, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per setting and size bin, the test counts pooled over the runs (splits x seeds) and
+    what they give: each class's recall, and the precision of the incorrect-mask calls."""
+    pooled: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if "test_by_size" in row:
+            into = pooled.setdefault(row["setting"], {"runs": 0})
+            into["runs"] += 1
+            for key, count in row["test_by_size"].items():
+                into[key] = into.get(key, 0) + count
+    for setting, counts in pooled.items():
+        print(
+            f"{setting}, test faces by the shorter side of their box, pooled over "
+            f"{counts['runs']} runs:"
+        )
+        for _, _, name in SIZE_BINS:
+            for label in config.classes:
+                found, n = counts[f"{name}_{label}_hit"], counts[f"{name}_{label}_n"]
+                counts[f"{name}_{label}_recall"] = found / n if n else None
+            rare_hit, called = counts[f"{name}_{RARE}_hit"], counts[f"{name}_called"]
+            counts[f"{name}_{RARE}_precision"] = rare_hit / called if called else None
+            recalls = ", ".join(
+                f"{label} {counts[f'{name}_{label}_hit']}/{counts[f'{name}_{label}_n']}"
+                for label in config.classes
+            )
+            print(f"  {name}: {recalls}; {RARE} precision {rare_hit}/{called}")
+    return pooled
 
 
 def main() -> None:
@@ -230,11 +299,12 @@ def main() -> None:
             print(*found, sep="\n", flush=True)
     rows += ensembles(base, scored_runs, rows)
     summary = summarise(rows)
+    sizes = size_summary(base, rows)
     best = max(summary, key=lambda row: row["validation_macro_f1_mean"])["setting"]
     print(f"chosen on validation macro-F1: {best}")
     result = {"environment": environment(), "splits": args.splits, "seeds": args.seeds}
     result |= {"margin": args.margin, "start": args.start.name if args.start else "imagenet"}
-    result |= {"summary": summary}
+    result |= {"summary": summary, "test_by_size": sizes}
     result |= {"chosen_on_validation": best, "runs": rows}
     tag = f"_{args.tag}" if args.tag else ""
     print(f"saved {save(f'bench_finetune_rare{tag}', result)}")
