@@ -285,6 +285,9 @@ def pool_import_voc(
     margin: Annotated[
         float, typer.Option(help="Grow each box by this share of its size on every side.")
     ] = CROP_MARGIN,
+    min_side: Annotated[
+        float, typer.Option(help="Leave out boxes whose shorter side is under this many px.")
+    ] = 0,
     test_fraction: Annotated[
         float | None,
         typer.Option(help="Move this share of crops into the test set, by source photo."),
@@ -296,7 +299,9 @@ def pool_import_voc(
     """Crop every Pascal VOC box into a labelled pool (one class per box)."""
     from al_pipeline.ingest.voc import import_voc
 
-    run = functools.partial(import_voc, folder=path, pool_name=pool, margin=margin)
+    run = functools.partial(
+        import_voc, folder=path, pool_name=pool, margin=margin, min_side=min_side
+    )
     ingest("al pool import-voc", report, as_json, run, test_fraction, oracle)
 
 

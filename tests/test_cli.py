@@ -133,6 +133,17 @@ def test_missing_folder_is_a_clear_error(cli: CliRunner, workspace: Config) -> N
     assert "'/no/such/folder' does not exist" in result.output
 
 
+def test_bad_voc_import_options_are_explained(cli: CliRunner, workspace: Config) -> None:
+    for flags, says in (
+        (["--margin", "2"], "--margin must be between 0 and 1, got 2.0. Try 0.15."),
+        (["--min-side", "-3"], "--min-side must be 0 px or more, got -3.0. Try 16."),
+    ):
+        ws = ["-w", str(workspace.root)]
+        bad = cli.invoke(app, [*ws, "pool", "import-voc", str(workspace.root), *flags])
+        assert bad.exit_code == 1 and bad.output.strip() == f"Error: {says}", bad.output
+        assert list(workspace.pools_dir.iterdir()) == []
+
+
 def test_info_json_reports_backend_and_devices(workspace: Config) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cli", "-w", str(workspace.root), "info", "--json"],

@@ -105,14 +105,19 @@ def import_voc(
     *,
     pool_name: str | None = None,
     margin: float = CROP_MARGIN,
+    min_side: float = 0,
     test_fraction: float | None = None,
     oracle: bool = False,
     progress: Progress = silent,
 ) -> IngestReport:
     """Crop every VOC box under ``folder`` into a labelled pool of face crops (labels hidden
-    for the oracle with ``oracle``; see :func:`al_pipeline.ingest.folders.add_folder`)."""
+    for the oracle with ``oracle``; see :func:`al_pipeline.ingest.folders.add_folder`).
+    Boxes whose shorter side is under ``min_side`` px are left out and reported: faces too
+    small for a person to judge only spend the labelling budget."""
     if not 0 <= margin <= 1:
         raise IngestError(f"--margin must be between 0 and 1, got {margin}. Try {CROP_MARGIN}.")
+    if not 0 <= min_side < float("inf"):
+        raise IngestError(f"--min-side must be 0 px or more, got {min_side}. Try 16.")
     source = existing_folder(folder)
     name = plain_name(pool_name, "--pool") if pool_name else name_from(f"{source.name}-crops")
     out = config.pools_dir / name
@@ -133,7 +138,7 @@ def import_voc(
     report = IngestReport(name, out)
     candidates = [
         replace(c, hidden=oracle)
-        for c in _write_crops(config, source, out, pairs, margin, report, progress)
+        for c in _write_crops(config, source, out, pairs, (margin, min_side), report, progress)
     ]
     register(config, state, pool, candidates, report, progress)
     if existing is None and drop_if_empty(state, pool, report, moved_hint=False):
@@ -170,10 +175,11 @@ def _write_crops(
     source: Path,
     out: Path,
     pairs: Sequence[tuple[Path, Path | None]],
-    margin: float,
+    rule: tuple[float, float],
     report: IngestReport,
     progress: Progress,
 ) -> Iterator[Candidate]:
+    """The crops of each pair's boxes; ``rule`` is the margin and the least shorter side."""
     for done, (xml, image_path) in enumerate(pairs, start=1):
         rel_xml = xml.relative_to(source).as_posix()
         if image_path is None:
@@ -200,7 +206,7 @@ def _write_crops(
         photo = image_path.relative_to(source).as_posix()
         for index, box in enumerate(boxes):
             candidate = _crop_candidate(
-                config, out, image, box, margin, f"{xml.stem}_{index}", photo, report
+                config, out, image, box, rule, f"{xml.stem}_{index}", photo, report
             )
             if candidate is not None:
                 yield candidate
@@ -212,21 +218,23 @@ def _crop_candidate(
     out: Path,
     image: Image.Image,
     box: Box,
-    margin: float,
+    rule: tuple[float, float],
     stem: str,
     photo: str,
     report: IngestReport,
 ) -> Candidate | None:
     where = f"{photo}#{stem.rsplit('_', 1)[1]}"
+    margin, min_side = rule
+    side = min(box.xmax - box.xmin, box.ymax - box.ymin)
     if box.label not in config.classes:
-        report.outcomes.append(
-            FileOutcome(
-                where,
-                IGNORED,
-                "class_not_in_workspace",
-                f"class '{box.label}' is not a workspace class",
-            )
-        )
+        why = "class_not_in_workspace", f"class '{box.label}' is not a workspace class"
+    elif side < min_side:
+        short = f"{side:g} px on its shorter side, under --min-side {min_side:g}"
+        why = "box_too_small", f"{box} is {short}"
+    else:
+        why = None
+    if why is not None:
+        report.outcomes.append(FileOutcome(where, IGNORED, *why))
         return None
     target = out / box.label / f"{stem}.png"
     if not target.exists():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from al_pipeline.errors import IngestError
 from al_pipeline.ingest.voc import Box, crop_box, import_voc
 from al_pipeline.store.state import State
 from al_pipeline.store.workspace import init_workspace
@@ -87,6 +88,33 @@ def test_import_crops_boxes_and_reports_the_rest(tmp_path: Path) -> None:
         again = import_voc(config, state, voc)
         assert again.counts()["already registered"] == 3
         assert state.item_count() == 3
+
+
+def test_min_side_leaves_out_small_boxes_and_reports_them(tmp_path: Path) -> None:
+    """Boxes under --min-side on their shorter side are reported as ignored, not cropped;
+    a bad value is refused before anything is written."""
+    config = init_workspace(tmp_path / "ws", "with_mask,without_mask").config
+    voc = tmp_path / "voc"
+    boxes = [
+        ("with_mask", 10, 10, 50, 60),
+        ("without_mask", 100, 20, 150, 35),
+        ("with_mask", 160, 10, 176, 40),
+    ]
+    write_voc(voc, "photo1", boxes)
+    with State(config.database) as state:
+        for bad in (-1, float("nan")):
+            with pytest.raises(IngestError, match="--min-side must be 0 px or more"):
+                import_voc(config, state, voc, min_side=bad)
+        assert state.pools() == [] and not config.pools_dir.joinpath("voc-crops").exists()
+        report = import_voc(config, state, voc, min_side=16)
+        ignored = {o.path: o.detail for o in report.outcomes if o.reason == "box_too_small"}
+        assert report.counts()["added"] == 2
+        assert ignored == {
+            "images/photo1.jpg#1": "without_mask box (100,20)-(150,35) is 15 px on its "
+            "shorter side, under --min-side 16"
+        }
+        assert sorted(c.label for c in state.split_candidates()) == ["with_mask", "with_mask"]
+        assert not (config.pools_dir / "voc-crops" / "without_mask").exists()
 
 
 def test_a_voc_folder_that_gives_no_crop_leaves_no_pool(tmp_path: Path) -> None:
