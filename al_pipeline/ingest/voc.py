@@ -179,7 +179,7 @@ def _write_crops(
     report: IngestReport,
     progress: Progress,
 ) -> Iterator[Candidate]:
-    """The crops of each pair's boxes; ``rule`` is the margin and the least shorter side."""
+    """The crops of each pair's boxes; ``rule`` is the margin and ``min_side``."""
     for done, (xml, image_path) in enumerate(pairs, start=1):
         rel_xml = xml.relative_to(source).as_posix()
         if image_path is None:
