@@ -92,8 +92,7 @@ def photos(limit: int | None) -> Iterator[tuple[int, Image.Image, list[Any]]]:
 
 
 def size_bucket(box: Any) -> str:
-    side = min(box.xmax - box.xmin, box.ymax - box.ymin)
-    return next(name for low, high, name in SIZES if low <= side < high)
+    return next(name for low, high, name in SIZES if low <= box.shorter_side < high)
 
 
 def evaluate(name: str, limit: int | None) -> dict[str, Any]:

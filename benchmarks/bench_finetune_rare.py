@@ -19,6 +19,7 @@ setting ``SETTING@TAU``.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import time
@@ -51,14 +52,20 @@ SIZE_BINS = ((0, 16, "lt16"), (16, 32, "16to31"), (32, 10**6, "ge32"))
 Scored = tuple[NDArray[Any], NDArray[Any], NDArray[Any]]
 
 
+@functools.cache
+def photo_boxes(stem: str) -> list[Any]:
+    """The annotated boxes of one VOC photo (read once: a photo holds several faces, and
+    each run scores every face twice)."""
+    from al_pipeline.ingest.voc import parse_annotation
+
+    return parse_annotation(VOC / "annotations" / f"{stem}.xml")
+
+
 def box_side(path: str) -> float:
     """The shorter side of the annotated box a crop was cut from: its file is named
     ``<photo stem>_<box index>.png`` by ``al pool import-voc``."""
-    from al_pipeline.ingest.voc import parse_annotation
-
     stem, index = Path(path).stem.rsplit("_", 1)
-    box = parse_annotation(VOC / "annotations" / f"{stem}.xml")[int(index)]
-    return min(box.xmax - box.xmin, box.ymax - box.ymin)
+    return float(photo_boxes(stem)[int(index)].shorter_side)
 
 
 def scored(
@@ -208,7 +215,8 @@ def ensembles(
             mean = np.mean([run[side][0] for run in runs], axis=0)
             found = figures(base, mean, truth, np.ones(mean.shape[1]), 0.0)
             row |= {f"{side}_{k}": v for k, v in found.items()}
-        row["test_by_size"] = by_size(base, mean, truth, runs[0]["test"][2])
+            if side == "test":
+                row["test_by_size"] = by_size(base, mean, truth, runs[0][side][2])
         ensembled.append(row)
     return ensembled
 

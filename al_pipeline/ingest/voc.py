@@ -52,6 +52,10 @@ class Box:
     xmax: float
     ymax: float
 
+    @property
+    def shorter_side(self) -> float:
+        return min(self.xmax - self.xmin, self.ymax - self.ymin)
+
     def __str__(self) -> str:
         return f"{self.label} box ({self.xmin:g},{self.ymin:g})-({self.xmax:g},{self.ymax:g})"
 
@@ -225,11 +229,10 @@ def _crop_candidate(
 ) -> Candidate | None:
     where = f"{photo}#{stem.rsplit('_', 1)[1]}"
     margin, min_side = rule
-    side = min(box.xmax - box.xmin, box.ymax - box.ymin)
     if box.label not in config.classes:
         why = "class_not_in_workspace", f"class '{box.label}' is not a workspace class"
-    elif side < min_side:
-        short = f"{side:g} px on its shorter side, under --min-side {min_side:g}"
+    elif box.shorter_side < min_side:
+        short = f"{box.shorter_side:g} px on its shorter side, under --min-side {min_side:g}"
         why = "box_too_small", f"{box} is {short}"
     else:
         why = None
