@@ -27,6 +27,7 @@ from al_pipeline.views import BarProgress, emit
 
 if TYPE_CHECKING:
     from al_pipeline.ingest.folders import IngestReport
+    from al_pipeline.loop.simulate import SimulationPlan
     from al_pipeline.model.network import TrainingSettings
     from al_pipeline.progress import Progress
     from al_pipeline.store.state import State
@@ -731,18 +732,24 @@ def simulation_config(
     classes: str | None,
     test_fraction: float,
     progress: Progress,
+    plan_for: Callable[[Config], SimulationPlan],
     **given: Any,
 ) -> tuple[Config, Path]:
     """The workspace's config and the results' folder (by default simulation/ in the
     workspace); with ``--dataset``, those of a workspace made for it in that folder (by
-    default ./simulation)."""
-    from al_pipeline.loop.simulate import dataset_workspace
+    default ./simulation), once the plan is checked against it."""
+    from al_pipeline.loop.simulate import check_plan, dataset_workspace
 
     if dataset is None:
         config = config_for(**given)
         return config, out_dir or config.root / "simulation"
     folder = out_dir or Path("simulation")
-    return dataset_workspace(dataset, folder, classes, test_fraction, progress, **given), folder
+
+    def check(config: Config) -> None:
+        check_plan(config, folder.absolute(), plan_for(config))
+
+    config = dataset_workspace(dataset, folder, classes, test_fraction, progress, check, **given)
+    return config, folder
 
 
 @app.command()
@@ -800,12 +807,17 @@ def simulate(
     names = [s.strip() for s in strategies.split(",")]
     given = {"imbalance": imbalance, "tau": tau, "features": features}
     given |= fine_tuning(fine_tune_layers, fine_tune_epochs, fine_tune_rate)
-    with BarProgress() as progress:
-        config, out = simulation_config(dataset, out_dir, classes, test_fraction, progress, **given)
+
+    def plan_for(config: Config) -> SimulationPlan:
         settings = TrainingSettings.for_workspace(config, epochs=epochs)
-        plan = SimulationPlan(names, initial, size, rounds, seeds, settings, splits, image_size)
+        return SimulationPlan(names, initial, size, rounds, seeds, settings, splits, image_size)
+
+    with BarProgress() as progress:
+        config, out = simulation_config(
+            dataset, out_dir, classes, test_fraction, progress, plan_for, **given
+        )
         with opened(config, "al simulate", views.note) as state:
-            result = simulate_and_report(config, state, out, plan, progress)
+            result = simulate_and_report(config, state, out, plan_for(config), progress)
     emit(result, as_json, views.simulated, views.simulation_data)
 
 

@@ -104,7 +104,7 @@ def simulate(
     under ``out`` (under ``out/splitK`` for split K > 0). A relative ``out`` is taken from
     the current folder, like any path a person names, not from the workspace."""
     out = out.absolute()  # a run's config would resolve it against the workspace root
-    _check_plan(config, out, plan)
+    check_plan(config, out, plan)
     if plan.image_size is not None:
         config = replace(config, image_size=plan.image_size)
     runs: list[SimulationRun] = []
@@ -129,7 +129,10 @@ class _Split:
     hidden: dict[int, str]
 
 
-def _check_plan(config: Config, out: Path, plan: SimulationPlan) -> None:
+def check_plan(config: Config, out: Path, plan: SimulationPlan) -> None:
+    """Refuse flags the workspace cannot run, before anything is written."""
+    from al_pipeline.model.backbones import backbone_spec, check_image_size
+
     output_folder(out, "--out")
     for name in plan.strategies:
         parse_strategy(name)
@@ -141,7 +144,7 @@ def _check_plan(config: Config, out: Path, plan: SimulationPlan) -> None:
     ):
         at_least(value, 1, flag)
     if plan.image_size is not None:
-        at_least(plan.image_size, 32, "--image-size")
+        check_image_size(backbone_spec(config.backbone), plan.image_size)
     if plan.initial < len(config.classes):
         raise PipelineError(
             f"--initial {plan.initial} is too few: every class needs a seed label, so use at "
@@ -291,26 +294,25 @@ def dataset_workspace(
     classes: str | None,
     test_fraction: float,
     progress: Progress = silent,
+    check: Callable[[Config], None] | None = None,
     **overrides: Any,
 ) -> Config:
     """A workspace under ``out`` for a labelled folder: labels hidden for the oracle, a
     grouped test split visible. Re-running reuses it (ingestion skips what it has).
-    ``overrides`` are flag values for its config, as for any workspace."""
-    from al_pipeline.config import CONFIG_FILE, load_config, resolve_config
+    ``check`` is given the workspace's config before anything is written (the simulation's
+    flags, say); ``overrides`` are flag values for its config, as for any workspace."""
+    from al_pipeline.config import resolve_config
     from al_pipeline.ingest.folders import add_folder
     from al_pipeline.store.workspace import init_workspace
 
     if not dataset.is_dir():
         raise PipelineError(f"--dataset '{dataset}' is not a folder of class subfolders.")
     output_folder(out, "--out")
-    root = out / "workspace"
-    if (root / CONFIG_FILE).is_file():
-        config = load_config(root)
-    else:
-        names = classes or ",".join(
-            sorted(p.name for p in dataset.iterdir() if p.is_dir() and not p.name.startswith("."))
-        )
-        config = init_workspace(root, names, f"simulation of {dataset.name}").config
+    config, existing = _dataset_config(dataset, out / "workspace", classes)
+    if check is not None:
+        check(config)
+    if not existing:
+        config = init_workspace(config.root, ",".join(config.classes), config.name).config
     with open_state(config.database) as state:
         add_folder(
             config,
@@ -323,3 +325,16 @@ def dataset_workspace(
         )
     # With the environment's settings and the flags, as any workspace.
     return resolve_config(config.root, **overrides)
+
+
+def _dataset_config(dataset: Path, root: Path, classes: str | None) -> tuple[Config, bool]:
+    """The config of a dataset's workspace at ``root``, and whether it is there yet (a new
+    one's classes are ``classes``, else the dataset's subfolders)."""
+    from al_pipeline.config import CONFIG_FILE, load_config, new_config, parse_classes
+
+    if (root / CONFIG_FILE).is_file():
+        return load_config(root), True
+    names = classes or ",".join(
+        sorted(p.name for p in dataset.iterdir() if p.is_dir() and not p.name.startswith("."))
+    )
+    return new_config(root, parse_classes(names), f"simulation of {dataset.name}"), False

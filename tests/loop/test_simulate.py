@@ -199,6 +199,32 @@ def test_simulate_command_on_a_dataset_folder(
     assert bad.exit_code == 1 and "Unknown strategy 'foo'" in bad.output
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--image-size", "5000"], "at most 1024"),
+        (["--image-size", "8"], "at least 32"),
+        (["--splits", "0"], "--splits must be at least 1"),
+        (["--initial", "1"], "--initial 1 is too few"),
+        (["--strategies", "nope"], "Unknown strategy 'nope'"),
+    ],
+)
+def test_bad_flags_on_a_dataset_leave_no_workspace_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], message: str
+) -> None:
+    """The flags are checked before the dataset's workspace is made and its photos hashed:
+    a typo must not leave ./simulation behind."""
+    monkeypatch.chdir(tmp_path)
+    dataset = tmp_path / "data"
+    for cls in ("cats", "dogs"):
+        (dataset / cls).mkdir(parents=True)
+        face_like(len(cls), 64).save(dataset / cls / "1.png")
+    result = CliRunner().invoke(app, ["simulate", "--dataset", str(dataset), *flags])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
 def test_ratio_is_a_lower_bound_when_random_never_gets_there() -> None:
     runs = margin_and_random(margin=[0.90, 0.985, 0.99], random=[0.90, 0.95, 0.97])
     table = efficiency_table(runs, full_accuracy=0.99).set_index("strategy")

@@ -11,6 +11,7 @@ import pytest
 from al_pipeline.errors import ConfigError
 from al_pipeline.model.backbones import (
     BACKBONES,
+    MAX_IMAGE_SIZE,
     MOBILENET_V2_MID,
     Weights,
     WeightsUnavailableError,
@@ -45,6 +46,13 @@ def test_unknown_backbone_lists_the_choices() -> None:
 def test_too_small_input_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="at least 75"):
         build_backbone("inception_v3", 64, Weights("none"), tmp_path)
+
+
+def test_too_large_input_is_refused_before_any_photo_is_decoded(tmp_path: Path) -> None:
+    """100,000 px once reached the decoder, which asked for 894 GiB and died in a traceback."""
+    with pytest.raises(ConfigError, match=r"100000 \(--image-size, or \[model\] image_size"):
+        build_backbone("mobilenet_v2", 100_000, Weights("none"), tmp_path)
+    assert build_backbone("mobilenet_v2", MAX_IMAGE_SIZE, Weights("none"), tmp_path).dim > 0
 
 
 def test_missing_weights_offline_name_the_file_and_the_fixes(tmp_path: Path) -> None:
