@@ -60,11 +60,11 @@ class FaceDetector:
     def find(self, image: Image.Image) -> list[Face]:
         """Faces in an RGB photo, most confident first."""
         scale = min(1.0, MAX_SIDE / max(image.size))
-        if scale < 1.0:
-            size = (round(image.width * scale), round(image.height * scale))
-            image = image.resize(size, Image.Resampling.BILINEAR)
-        if min(image.size) < 12:  # MTCNN's smallest window
+        size = (round(image.width * scale), round(image.height * scale))
+        if min(size) < 12:  # MTCNN's smallest window (a strip of 20,000 x 1 px rounds to 0)
             return []
+        if scale < 1.0:
+            image = image.resize(size, Image.Resampling.BILINEAR)
         found = self._mtcnn.detect_faces(
             np.asarray(image),
             min_face_size=self._min_face_side,

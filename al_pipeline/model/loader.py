@@ -71,16 +71,25 @@ def decode(path: Path, size: int) -> NDArray[np.uint8]:
     return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
+# What decoding a file the user named can raise: it is reported with the file, not raised.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def decode_error(exc: BaseException) -> str:
+    """The reason a user reads for a file that could not be decoded."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file"
+    return f"cannot decode ({exc})"
+
+
 def _decode_rows(paths: Sequence[Path], offset: int, size: int, out: NDArray[np.uint8]) -> Failures:
     """Decode ``paths`` into ``out[offset + i]``; return the failures by position."""
     failures: Failures = []
     for row, path in enumerate(paths, start=offset):
         try:
             out[row] = decode(path, size)
-        except UnidentifiedImageError:
-            failures.append((row, "not an image file"))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            failures.append((row, f"cannot decode ({exc})"))
+        except DECODE_ERRORS as exc:
+            failures.append((row, decode_error(exc)))
     return failures
 
 

@@ -20,7 +20,7 @@ from al_pipeline.ingest.folders import image_files
 from al_pipeline.ingest.images import crop_with_margin, load_rgb
 from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint
 from al_pipeline.model.inference import CPU_BATCH, predict_padded, scoring_batch
-from al_pipeline.model.loader import image_batches
+from al_pipeline.model.loader import DECODE_ERRORS, decode_error, image_batches
 from al_pipeline.paths import write_csv as write_csv_file
 from al_pipeline.progress import Progress, silent
 from al_pipeline.store.state import State
@@ -114,8 +114,8 @@ def predict_faces(
     for done, path in enumerate(files, start=1):
         try:
             image = load_rgb(path)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            results.append(Prediction(str(path), None, None, error=f"{type(exc).__name__}: {exc}"))
+        except DECODE_ERRORS as exc:
+            results.append(Prediction(str(path), None, None, error=decode_error(exc)))
             continue
         boxes = [face.box for face in detector.find(image)]
         if not boxes:

@@ -66,6 +66,9 @@ def test_a_large_photo_is_scaled_down_and_boxes_come_back_in_its_pixels(
 def test_images_too_small_or_blank_give_no_faces(detector: FaceDetector) -> None:
     assert detector.find(Image.new("RGB", (5, 5))) == []
     assert detector.find(Image.new("RGB", (11, 400))) == []
+    # Scaled down to 1,600 px wide, this strip is 0 px high: it once reached Pillow's resize.
+    assert detector.find(Image.new("RGB", (20_000, 1))) == []
+    assert detector.find(Image.new("RGB", (20_000, 100))) == []
     assert detector.find(Image.new("RGB", (640, 480), (128, 128, 128))) == []
 
 

@@ -259,16 +259,21 @@ def test_fine_tuning_on_real_photos(trained: Trained, tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_predict_reports_a_fifo_instead_of_hanging(trained: Trained, tmp_path: Path) -> None:
     """A FIFO named .jpg would block the reader until someone writes to it. Run in a
-    thread, so a regression fails the test instead of hanging it."""
+    thread, so a regression fails the test instead of hanging it. A text file named .jpg
+    gets the same reason with or without --faces."""
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
     photo = sorted((trained.photos / "with_mask").iterdir())[0]
     for faces in (False, True):
         found: list[list[Prediction]] = []
 
         def predict(faces: bool = faces, found: list[list[Prediction]] = found) -> None:
             with State(trained.config.database) as state:
-                found.append(predict_paths(trained.config, state, [fifo, photo], faces=faces))
+                found.append(
+                    predict_paths(trained.config, state, [fifo, text, photo], faces=faces)
+                )
 
         worker = threading.Thread(target=predict, daemon=True)
         worker.start()
@@ -277,6 +282,7 @@ def test_predict_reports_a_fifo_instead_of_hanging(trained: Trained, tmp_path: P
         rows = {row.path: row for row in found[0]}
         error = rows[str(fifo)].error
         assert error is not None and "not a regular file" in error
+        assert rows[str(text)].error == "not an image file"
         assert any(row.label for path, row in rows.items() if path != str(fifo)) or faces
 
 
