@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from al_pipeline.errors import ConfigError, WorkspaceExistsError, WorkspaceNotFoundError
+from al_pipeline.paths import server_url
 
 CONFIG_FILE = "al.toml"
 DATABASE_FILE = "state.sqlite3"
@@ -379,7 +380,7 @@ def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
     if env.get("AL_OFFLINE", "").lower() in ("1", "true", "yes"):
         values["offline"] = True
     if env.get("LABEL_STUDIO_URL"):
-        values["studio_url"] = env["LABEL_STUDIO_URL"]
+        values["studio_url"] = server_url(env["LABEL_STUDIO_URL"], "$LABEL_STUDIO_URL")
     if env.get("LABEL_STUDIO_API_KEY"):
         values["studio_api_key"] = env["LABEL_STUDIO_API_KEY"]
     if env.get("AL_LOCK_WAIT"):

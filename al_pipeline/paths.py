@@ -74,6 +74,23 @@ def port_number(value: int, what: str = "--port") -> int:
     return value
 
 
+def server_url(value: str, what: str = "--url") -> str:
+    """An http(s) address of a server, without a trailing slash. A malformed one would
+    otherwise surface later as a network error that sends the user looking for the server,
+    or as a traceback from the HTTP client."""
+    from urllib.parse import urlsplit
+
+    fix = "Give the server's address as http://HOST:PORT, such as http://127.0.0.1:8080."
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - parsing it raises on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"{what} {value!r} is not a valid address ({exc}). {fix}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what} {value!r} is not an http:// or https:// address. {fix}")
+    return value.strip().rstrip("/")
+
+
 def output_file(path: Path, what: str) -> Path:
     """Check that a file can be written at ``path`` (before any work is done)."""
     if path.is_dir():

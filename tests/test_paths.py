@@ -143,12 +143,37 @@ def test_unwritable_history_outputs_are_refused(
         (["run", "--rounds", "0"], "--rounds must be at least 1"),
         (["serve", "--port", "99999"], "--port must be a port number from 1 to 65535"),
         (["studio", "up", "--port", "-1"], "--port must be a port number from 1 to 65535"),
+        (
+            ["studio", "connect", "--url", "http://[::1", "--api-key", "k"],
+            "--url 'http://[::1' is not a valid address (Invalid IPv6 URL)",
+        ),
+        (
+            ["studio", "connect", "--url", "localhost:8080", "--api-key", "k"],
+            "is not an http:// or https:// address",
+        ),
+        (
+            ["studio", "connect", "--url", "http://h:99999", "--api-key", "k"],
+            "Port out of range",
+        ),
+        (["studio", "connect", "--url", "http://h:8080", "--api-key", " "], "--api-key is empty"),
     ],
 )
 def test_numbers_that_make_no_sense(
     cli: CliRunner, workspace: Config, args: list[str], says: str
 ) -> None:
     refused(cli, workspace, *args, says=says)
+
+
+def test_a_malformed_label_studio_url_in_the_environment_is_one_line(
+    cli: CliRunner, workspace: Config
+) -> None:
+    """It once reached the HTTP client, which raised InvalidURL in a traceback."""
+    before = snapshot(workspace.root)
+    env = {"LABEL_STUDIO_URL": "http://[::1", "LABEL_STUDIO_API_KEY": "k"}
+    result = cli.invoke(app, ["-w", str(workspace.root), "round", "start"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "$LABEL_STUDIO_URL 'http://[::1' is not a valid address" in result.output
+    assert snapshot(workspace.root) == before
 
 
 def test_outputs_left_unnamed_go_into_the_workspace(

@@ -271,9 +271,7 @@ def test_predict_reports_a_fifo_instead_of_hanging(trained: Trained, tmp_path: P
 
         def predict(faces: bool = faces, found: list[list[Prediction]] = found) -> None:
             with State(trained.config.database) as state:
-                found.append(
-                    predict_paths(trained.config, state, [fifo, text, photo], faces=faces)
-                )
+                found.append(predict_paths(trained.config, state, [fifo, text, photo], faces=faces))
 
         worker = threading.Thread(target=predict, daemon=True)
         worker.start()

@@ -106,6 +106,15 @@ def health(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _one_line(detail: object, limit: int = 300) -> str:
+    """A server's error detail as one short line: another web server at that address
+    answers with a whole HTML page."""
+    text = " ".join(str(detail).split())
+    if text.lower().startswith(("<!doctype", "<html")):
+        return "a web page, not Label Studio's API: is that the address of Label Studio?"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Gateway:
     """One Label Studio server, reached with one API key."""
 
@@ -136,7 +145,7 @@ class Gateway:
 
     def _api_error(self, exc: ApiError, what: str, project: int | None) -> LabelStudioError:
         body = exc.body if isinstance(exc.body, dict) else {"detail": exc.body}
-        detail = body.get("validation_errors") or body.get("detail")
+        detail = _one_line(body.get("validation_errors") or body.get("detail"))
         refused = exc.status_code == 401 or (
             exc.status_code == 403 and "token" in str(detail).lower()
         )

@@ -29,7 +29,7 @@ from al_pipeline.labelling.labelstudio.connection import (
     save_connection,
     stored_connection,
 )
-from al_pipeline.paths import port_number
+from al_pipeline.paths import port_number, server_url
 from al_pipeline.progress import Progress, silent
 from al_pipeline.store.state import State
 
@@ -88,9 +88,14 @@ def connect(
     config: Config, url: str, api_key: str, document_root: Path | None = None
 ) -> ServerStatus:
     """Check that ``url`` answers and accepts ``api_key``, then store the connection."""
+    if not api_key.strip():
+        raise StudioError(
+            "--api-key is empty. Copy the key from Label Studio (Account & Settings, "
+            "Access Token) and pass it."
+        )
     value = Connection(
-        url.rstrip("/"),
-        api_key,
+        server_url(url),
+        api_key.strip(),
         embedded=False,
         document_root=str(document_root.resolve()) if document_root else None,
     )
