@@ -104,6 +104,8 @@ def _check(
     name = str(row.path or row.sha256 or "?")
     if row.problem is not None:
         return RowOutcome(row.number, name, row.label, REJECTED, row.problem), None
+    if row.label is None:
+        return RowOutcome(row.number, name, None, REJECTED, "no label given"), None
     if row.label not in config.classes:
         why = f"unknown class '{row.label}' (the classes are {', '.join(config.classes)})"
         return RowOutcome(row.number, name, row.label, REJECTED, why), None
@@ -187,9 +189,11 @@ def _csv_rows(config: Config, file: Path, text: str) -> Iterator[Row]:
     reader = csv.DictReader(text.splitlines())
     columns = set(reader.fieldnames or ())
     if "label" not in columns or not columns & {"path", "sha256"}:
+        other = any(mark in column for column in columns for mark in ";\t")
         raise IngestError(
             f"{file} needs a header row with a 'label' column and a 'path' (or 'sha256') "
             f"column; it has: {', '.join(sorted(columns)) or 'none'}."
+            + (" Separate the columns with commas." if other else "")
         )
     for number, record in enumerate(reader, start=2):
         yield _record_row(config, number, record)
@@ -215,8 +219,18 @@ def _record_row(config: Config, number: int, record: Mapping[str, object]) -> Ro
     )
 
 
+def _mapping(value: object) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: an export edited by hand (or by
+    another tool) may hold null or a list where Label Studio writes an object."""
+    return value if isinstance(value, dict) else {}
+
+
+def _items(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _task_row(number: int, task: Any, root: Path) -> Row:
-    data = task.get("data", {}) if isinstance(task, dict) else {}
+    data = _mapping(_mapping(task).get("data"))
     label, annotator = _annotation(task)
     row = Row(
         number,
@@ -235,19 +249,16 @@ def _task_row(number: int, task: Any, root: Path) -> Row:
 
 def _annotation(task: Any) -> tuple[str | None, str | None]:
     """The class of the task's latest annotation that was not skipped, and its author."""
-    annotations = task.get("annotations", []) if isinstance(task, dict) else []
-    for annotation in reversed(annotations if isinstance(annotations, list) else []):
-        if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
+    for annotation in map(_mapping, reversed(_items(_mapping(task).get("annotations")))):
+        if not annotation or annotation.get("was_cancelled"):
             continue
-        for result in annotation.get("result") or []:
-            choices = (
-                (result.get("value") or {}).get("choices") if isinstance(result, dict) else None
-            )
-            if choices:
+        for result in _items(annotation.get("result")):
+            choices = _items(_mapping(_mapping(result).get("value")).get("choices"))
+            if choices and isinstance(choices[0], str):
                 author = annotation.get("completed_by")
                 if isinstance(author, dict):
                     author = author.get("email")
-                return str(choices[0]), None if author is None else str(author)
+                return choices[0], None if author is None else str(author)
     return None, None
 
 

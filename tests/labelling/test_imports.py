@@ -86,6 +86,7 @@ def test_csv_rows_are_checked_one_by_one_and_bad_ones_change_nothing(
     ("name", "text", "words"),
     [
         ("labels.csv", "file,class\na.png,with_mask\n", "needs a header row"),
+        ("labels.csv", "path;label\na.png;with_mask\n", "Separate the columns with commas"),
         ("labels.json", "{not json", "not valid JSON"),
         ("labels.json", '{"data": {}}', "JSON list of tasks"),
         ("labels.txt", "a,b\n", "reads a Label Studio .json export, a .jsonl or a .csv"),
@@ -99,6 +100,38 @@ def test_a_file_that_cannot_be_read_is_one_error_and_changes_nothing(
     with pytest.raises(IngestError, match=words):
         import_labels(workspace, state, tmp_path / name)
     assert snapshot(workspace.root) == before
+
+
+def test_tasks_shaped_unlike_label_studio_s_are_rejected_row_by_row(
+    workspace: Config, state: State, make_images: Callable[..., list[Path]], tmp_path: Path
+) -> None:
+    """An export edited by hand or written by another tool: null, lists or strings where
+    Label Studio writes objects once raised AttributeError in a traceback."""
+    [photo] = make_images(workspace.root / "raw", 1)
+    add_folder(workspace, state, workspace.root / "raw")
+    chosen = {"value": {"choices": ["with_mask"]}}
+    image = {"image": f"file://{photo}"}
+    tasks = [
+        {"data": None, "annotations": [{"result": [chosen]}]},
+        {"data": [], "annotations": [{"result": [chosen]}]},
+        {"data": image, "annotations": "done"},
+        {"data": image, "annotations": [{"result": 5}]},
+        {"data": image, "annotations": [{"result": [{"value": []}]}]},
+        {"data": image, "annotations": [{"result": [{"value": None}]}]},
+        {"data": image, "annotations": [{"result": [chosen, 1]}]},
+        {"data": image, "annotations": [{"result": [{"value": {"choices": [None]}}]}]},
+    ]
+    file = tmp_path / "export.json"
+    file.write_text(json.dumps(tasks))
+    result = import_labels(workspace, state, file)
+    assert [r.status for r in result.rows] == ["rejected"] * 6 + ["added", "rejected"]
+    assert result.rows[0].reason == "image 'None' is not a file this machine can read"
+    assert {r.reason for r in result.rows[2:6]} == {"no annotation with a choice"}
+    assert [(r.path.name, r.label) for r in state.label_records()] == [(photo.name, "with_mask")]
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text(f'path,label\n"{photo},with_mask\n')
+    [row] = import_labels(workspace, state, csv_file).rows
+    assert (row.status, row.reason) == ("rejected", "no label given")
 
 
 @pytest.mark.parametrize("format", ["csv", "jsonl", "label-studio"])
