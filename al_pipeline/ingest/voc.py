@@ -217,6 +217,19 @@ def _write_crops(
         progress("Cropping boxes", done, len(pairs))
 
 
+def _left_out(config: Config, box: Box, min_side: float) -> tuple[str, str, str] | None:
+    """Why a box gets no crop, as (status, reason, detail), before its photo is cropped."""
+    if box.label not in config.classes:
+        return IGNORED, "class_not_in_workspace", f"class '{box.label}' is not a workspace class"
+    if box.shorter_side < MIN_SIDE:
+        inverted = " (a max below its min)" if box.shorter_side < 0 else ""
+        return REJECTED, "degenerate_box", f"{box} is under {MIN_SIDE} px on a side{inverted}"
+    if box.shorter_side < min_side:
+        short = f"{box.shorter_side:g} px on its shorter side, under --min-side {min_side:g}"
+        return IGNORED, "box_too_small", f"{box} is {short}"
+    return None
+
+
 def _crop_candidate(
     config: Config,
     out: Path,
@@ -229,28 +242,16 @@ def _crop_candidate(
 ) -> Candidate | None:
     where = f"{photo}#{stem.rsplit('_', 1)[1]}"
     margin, min_side = rule
-    if box.label not in config.classes:
-        why = "class_not_in_workspace", f"class '{box.label}' is not a workspace class"
-    elif box.shorter_side < min_side:
-        short = f"{box.shorter_side:g} px on its shorter side, under --min-side {min_side:g}"
-        why = "box_too_small", f"{box} is {short}"
-    else:
-        why = None
-    if why is not None:
-        report.outcomes.append(FileOutcome(where, IGNORED, *why))
+    outcome = _left_out(config, box, min_side)
+    if outcome is not None:
+        report.outcomes.append(FileOutcome(where, *outcome))
         return None
     target = out / box.label / f"{stem}.png"
     if not target.exists():
         crop = crop_box(image, box, margin)
         if crop is None:
-            report.outcomes.append(
-                FileOutcome(
-                    where,
-                    REJECTED,
-                    "degenerate_box",
-                    f"{box} is under {MIN_SIDE} px on a side",
-                )
-            )
+            why = f"{box} lies outside the photo, or under {MIN_SIDE} px of it inside"
+            report.outcomes.append(FileOutcome(where, REJECTED, "degenerate_box", why))
             return None
         target.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(target, lambda handle: crop.save(handle, format="PNG"), "the crop")

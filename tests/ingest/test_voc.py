@@ -59,6 +59,8 @@ def test_import_crops_boxes_and_reports_the_rest(tmp_path: Path) -> None:
             ("with_mask", 5, 5, 40, 40),
             ("mask_weared_incorrect", 60, 5, 90, 40),
             ("without_mask", 120, 50, 121, 52),
+            ("with_mask", 60, 60, 20, 20),  # inverted: once reported as under --min-side 0
+            ("with_mask", 500, 500, 540, 540),  # outside the 200 x 100 photo
         ],
     )
     (voc / "annotations" / "bomb.xml").write_text(BILLION_LAUGHS, encoding="utf-8")
@@ -72,9 +74,14 @@ def test_import_crops_boxes_and_reports_the_rest(tmp_path: Path) -> None:
         assert ("photo2.jpg#1", "ignored", "class_not_in_workspace") in {
             (o.path.split("/")[-1], o.status, o.reason) for o in report.outcomes
         }
-        assert ("photo2.jpg#2", "rejected", "degenerate_box") in {
-            (o.path.split("/")[-1], o.status, o.reason) for o in report.outcomes
-        }
+        by_box = {o.path.split("/")[-1]: o for o in report.outcomes}
+        for index in (2, 3, 4):
+            assert (by_box[f"photo2.jpg#{index}"].status, by_box[f"photo2.jpg#{index}"].reason) == (
+                "rejected",
+                "degenerate_box",
+            )
+        assert "a max below its min" in by_box["photo2.jpg#3"].detail
+        assert "outside the photo" in by_box["photo2.jpg#4"].detail
         assert ("annotations/bomb.xml", "rejected", "bad_annotation") in outcomes
         assert ("annotations/orphan.xml", "rejected", "no_image") in outcomes
         labelled = state.split_candidates()
