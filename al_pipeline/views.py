@@ -238,6 +238,9 @@ def pool_removed(result: PoolRemoved) -> None:
 
 
 def pool_stats(rows: Sequence[PoolStats], workspace: str) -> None:
+    if not rows:
+        out.print(f"Workspace '{workspace}' has no pools yet. Add photos with 'al pool add DIR'.")
+        return
     table = Table(title=f"Workspace '{workspace}'")
     for column in ("pool", "class", "items", "train", "test", "queued"):
         table.add_column(column, justify="left" if column in ("pool", "class") else "right")
@@ -403,7 +406,8 @@ def round_finished(done: RoundFinished) -> None:
 
 
 def ran(report: RunReport, strategy: str) -> None:
-    history(report.rows, f"{len(report.rows)} round(s) by {strategy}")
+    if report.rows:
+        history(report.rows, f"{len(report.rows)} round(s) by {strategy}")
     out.print(f"Stopped: {report.stopped_because}")
 
 
@@ -431,6 +435,12 @@ def _too_wide(table: Table) -> bool:
 def history(rows: Sequence[HistoryRow], title: str) -> None:
     from al_pipeline.reporting.history import COLUMNS, history_frame
 
+    if not rows:
+        out.print(
+            "No rounds yet: the history starts with 'al train' (round 0) and gets a row per "
+            "round that 'al run' or 'al round finish' closes."
+        )
+        return
     frame = history_frame(rows)
     recalls = [c for c in frame.columns if c.startswith("recall_")]
     base = [c for c in COLUMNS if c != "batch_size"]
@@ -578,7 +588,7 @@ def labels_exported(result: LabelsExported) -> None:
         out.print(
             f"{result.unlabelled} item(s) without a label are listed in {result.unlabelled_file}"
         )
-    else:
+    elif result.labels:
         out.print(f"Every item has a label ({result.unlabelled_file} lists none).")
     if result.linked:
         out.print(

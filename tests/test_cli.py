@@ -186,6 +186,22 @@ def test_model_commands_on_a_trained_workspace(cli: CliRunner, trained: Trained)
     assert missing.exit_code == 1 and "No checkpoint 'nope'" in missing.output
 
 
+def test_an_empty_workspace_says_what_to_do_next(cli: CliRunner, workspace: Config) -> None:
+    """A newcomer's first commands: no empty tables, and no 'every item has a label' when
+    there is no item."""
+
+    def said(*args: str) -> str:
+        result = cli.invoke(app, ["-w", str(workspace.root), *args])
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    assert "has no pools yet. Add photos with 'al pool add DIR'" in said("pool", "stats")
+    history = said("history")
+    assert "No rounds yet" in history and "acc, F1" not in history
+    exported = said("export", "labels")
+    assert "Exported 0 labels" in exported and "Every item has a label" not in exported
+
+
 def test_train_without_labels_is_a_clear_error(cli: CliRunner, workspace: Config) -> None:
     result = cli.invoke(
         app,
