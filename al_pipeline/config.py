@@ -24,6 +24,7 @@ DATABASE_FILE = "state.sqlite3"
 WORKSPACE_ENV = "AL_WORKSPACE"
 FINE_TUNE_RATE = 1e-4  # fine-tuning's learning rate, chosen on validation: docs/benchmarks.md
 _CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+CLASS_NAME_MAX = 64  # a folder name in pools and exports, and a Label Studio choice
 
 
 @dataclass(frozen=True)
@@ -136,14 +137,21 @@ def parse_classes(text: str) -> tuple[str, ...]:
             "Pass them comma-separated, e.g. --classes with_mask,without_mask"
         )
     for name in classes:
-        if not _CLASS_NAME.match(name):
+        if not _CLASS_NAME.match(name) or len(name) > CLASS_NAME_MAX:
             raise ConfigError(
-                f"Class name '{name}' is not allowed: use letters, digits, '_' and '-', "
-                "starting with a letter or digit."
+                f"Class name '{name}' is not allowed: use ASCII letters, digits, '_' and '-' "
+                f"(at most {CLASS_NAME_MAX}), starting with a letter or digit."
             )
     duplicates = sorted({c for c in classes if classes.count(c) > 1})
     if duplicates:
         raise ConfigError(f"Class names repeat: {', '.join(duplicates)}. List each class once.")
+    folded = [c.casefold() for c in classes]
+    alike = sorted({c for c in classes if folded.count(c.casefold()) > 1})
+    if alike:
+        raise ConfigError(
+            f"Class names {', '.join(alike)} differ only in case: their folders (in pools and "
+            "exports) would be one folder on macOS and Windows. Rename one."
+        )
     return classes
 
 

@@ -48,7 +48,15 @@ def test_flags_override_the_file(workspace: Config) -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("a", "at least 2"), ("a,a", "repeat"), ("a,b c", "not allowed"), ("a,../x", "not allowed")],
+    [
+        ("a", "at least 2"),
+        ("a,a", "repeat"),
+        ("a,b c", "not allowed"),
+        ("a,../x", "not allowed"),
+        ("маска,b", "use ASCII letters"),
+        ("a," + "b" * 65, "at most 64"),
+        ("Mask,b,mask", "Mask, mask differ only in case"),
+    ],
 )
 def test_bad_class_lists(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
