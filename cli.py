@@ -726,6 +726,27 @@ def export_model(
     emit(exported, as_json, views.model_exported)
 
 
+def simulation_plan(
+    strategies: str,
+    initial: int,
+    size: int,
+    rounds: int,
+    seeds: int,
+    epochs: int,
+    splits: int,
+    image_size: int | None,
+    config: Config,
+) -> SimulationPlan:
+    """The simulation the flags ask for, training as ``config`` says (with --dataset the
+    workspace is made after the flags are checked, so the plan waits for its config)."""
+    from al_pipeline.loop.simulate import SimulationPlan
+    from al_pipeline.model.network import TrainingSettings
+
+    names = [s.strip() for s in strategies.split(",")]
+    settings = TrainingSettings.for_workspace(config, epochs=epochs)
+    return SimulationPlan(names, initial, size, rounds, seeds, settings, splits, image_size)
+
+
 def simulation_config(
     dataset: Path | None,
     out_dir: Path | None,
@@ -799,19 +820,14 @@ def simulate(
     as_json: JsonFlag = False,
 ) -> None:
     """Prove label efficiency: strategies against random, with the oracle, over seeds."""
-    from al_pipeline.loop.simulate import SimulationPlan
-    from al_pipeline.model.network import TrainingSettings
     from al_pipeline.reporting.simulation import simulate_and_report
     from al_pipeline.store.workspace import opened
 
-    names = [s.strip() for s in strategies.split(",")]
+    plan_for = functools.partial(
+        simulation_plan, strategies, initial, size, rounds, seeds, epochs, splits, image_size
+    )
     given = {"imbalance": imbalance, "tau": tau, "features": features}
     given |= fine_tuning(fine_tune_layers, fine_tune_epochs, fine_tune_rate)
-
-    def plan_for(config: Config) -> SimulationPlan:
-        settings = TrainingSettings.for_workspace(config, epochs=epochs)
-        return SimulationPlan(names, initial, size, rounds, seeds, settings, splits, image_size)
-
     with BarProgress() as progress:
         config, out = simulation_config(
             dataset, out_dir, classes, test_fraction, progress, plan_for, **given
