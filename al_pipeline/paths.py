@@ -95,6 +95,13 @@ def output_file(path: Path, what: str) -> Path:
     """Check that a file can be written at ``path`` (before any work is done)."""
     if path.is_dir():
         raise OutputError(f"{what} {path} is a folder; give a file name.")
+    if path.exists() and not path.is_file():
+        # Written through a temporary file and a rename, /dev/stdout or a FIFO would be
+        # replaced by a plain file (as root, even /dev/full was).
+        raise OutputError(
+            f"{what} {path} is not a regular file (a device, pipe or socket). Name a "
+            "regular file to write."
+        )
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{what} {path}: the folder {parent} does not exist. Create it first.")
@@ -121,7 +128,10 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], object], what: str = "file") -> Path:
-    """Write ``path`` through a temporary file beside it and a rename (all or nothing)."""
+    """Write ``path`` through a temporary file beside it and a rename (all or nothing). A
+    symbolic link is followed: the file it points to is replaced, the link stays."""
+    if path.is_symlink():
+        path = path.resolve()
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with temporary.open("wb") as handle:

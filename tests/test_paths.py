@@ -3,6 +3,9 @@ one line, exit 1, and the workspace left exactly as it was."""
 
 from __future__ import annotations
 
+import os
+import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,6 +115,50 @@ def test_unwritable_report_path_is_refused_before_anything_is_registered(
             str(report),
             says="--report",
         )
+
+
+def test_outputs_that_are_not_regular_files_are_refused_and_links_are_followed(
+    cli: CliRunner, workspace: Config, tmp_path: Path
+) -> None:
+    """Written through a temporary file and a rename, a FIFO or a device (/dev/stdout, and
+    as root even /dev/full) was replaced by a plain file. A link to a file is written
+    through: the file gets the table, the link stays a link."""
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    for args in (["history", "--csv", str(fifo)], ["export", "labels", "--out", str(fifo)]):
+        refused(cli, workspace, *args, says="is not a regular file (a device, pipe or socket)")
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    target = tmp_path / "history.csv"
+    target.write_text("old")
+    link = tmp_path / "latest.csv"
+    link.symlink_to(target)
+    result = cli.invoke(app, ["-w", str(workspace.root), "history", "--csv", str(link)])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and target.read_text().startswith("round,")
+
+
+def test_inputs_that_are_fifos_are_refused_instead_of_waiting_for_a_writer(
+    cli: CliRunner, workspace: Config, tmp_path: Path
+) -> None:
+    """Opening a FIFO to read blocks until another program writes to it: 'al labels --path'
+    and 'al pool import-labels' once hung. Run in a thread, so a regression fails."""
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    listing = tmp_path / "labels.csv"
+    listing.write_text(f"path,label\n{fifo},with_mask\n")
+    outputs: list[str] = []
+
+    def run() -> None:
+        outputs.append(refused(cli, workspace, "labels", "--path", str(fifo), says="FIFO"))
+        outputs.append(refused(cli, workspace, "pool", "import-labels", str(fifo), says="FIFO"))
+        result = cli.invoke(app, ["-w", str(workspace.root), "pool", "import-labels", str(listing)])
+        outputs.append(result.output)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "a command hung on a FIFO"
+    assert len(outputs) == 3 and "not a regular file" in " ".join(outputs[2].split())
 
 
 def test_unwritable_history_outputs_are_refused(

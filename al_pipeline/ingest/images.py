@@ -6,6 +6,7 @@ and palette, alpha, greyscale, CMYK and 16-bit images become 8-bit RGB.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -81,7 +82,7 @@ def require_regular_file(path: Path) -> Path:
     """Refuse FIFOs, sockets and devices before opening them: reading a FIFO blocks until
     some other program writes to it."""
     if not stat.S_ISREG(os.stat(path).st_mode):
-        raise ValueError("not a regular file (a FIFO, socket or device)")
+        raise ValueError("not a regular file: a FIFO, socket or device")
     return path
 
 
@@ -150,7 +151,12 @@ def _sha256(handle: BinaryIO) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """The content hash items are known by (raises OSError when the file cannot be read)."""
+    """The content hash items are known by (raises OSError when the file cannot be read,
+    or is a FIFO, socket or device: opening a FIFO blocks until another program writes)."""
+    try:
+        require_regular_file(path)
+    except ValueError as exc:
+        raise OSError(errno.EINVAL, str(exc)) from exc
     with path.open("rb") as handle:
         return _sha256(handle)
 

@@ -106,7 +106,13 @@ def _check_contents(
     refs = state.item_refs([registered.item_id for _, registered in sample])
     progress("Comparing contents", 0, len(sample))
     for done, ((relpath, _), ref) in enumerate(zip(sample, refs, strict=True), start=1):
-        if file_sha256(root / relpath) != ref.sha256:
+        try:
+            sha = file_sha256(root / relpath)
+        except OSError as exc:
+            raise IngestError(
+                f"Cannot read '{root / relpath}' ({exc.strerror}). Nothing was changed."
+            ) from exc
+        if sha != ref.sha256:
             raise IngestError(
                 f"'{root / relpath}' is not the file pool '{pool.name}' registered at "
                 f"'{relpath}' (its content differs). Pass the folder that holds the pool's "

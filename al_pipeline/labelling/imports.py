@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from al_pipeline.config import Config
 from al_pipeline.errors import IngestError
-from al_pipeline.ingest.images import file_sha256
+from al_pipeline.ingest.images import file_sha256, require_regular_file
 from al_pipeline.labelling.labelstudio.connection import connection, has_connection
 from al_pipeline.labelling.labelstudio.server import document_root
 from al_pipeline.paths import output_file, write_csv
@@ -140,8 +140,8 @@ def _find(state: State, row: Row) -> tuple[int | None, str]:
 def _read(config: Config, state: State, file: Path) -> Iterator[Row]:
     """The rows of a ``.json`` Label Studio export, a ``.jsonl`` or a ``.csv`` file."""
     try:
-        text = file.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = require_regular_file(file).read_text(encoding="utf-8-sig")
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise IngestError(
             f"Cannot read {file}: {exc}. Pass a readable .json, .jsonl or .csv file."
         ) from exc
