@@ -129,9 +129,8 @@ def _nearest_existing(path: Path) -> Path:
 
 def write_atomically(path: Path, write: Callable[[IO[bytes]], object], what: str = "file") -> Path:
     """Write ``path`` through a temporary file beside it and a rename (all or nothing). A
-    symbolic link is followed: the file it points to is replaced, the link stays."""
-    if path.is_symlink():
-        path = path.resolve()
+    symbolic link at ``path`` is replaced, never followed: a link planted inside the
+    workspace must not redirect a write outside it."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with temporary.open("wb") as handle:

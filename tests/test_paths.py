@@ -117,24 +117,25 @@ def test_unwritable_report_path_is_refused_before_anything_is_registered(
         )
 
 
-def test_outputs_that_are_not_regular_files_are_refused_and_links_are_followed(
+def test_outputs_that_are_not_regular_files_are_refused_and_links_are_not_followed(
     cli: CliRunner, workspace: Config, tmp_path: Path
 ) -> None:
     """Written through a temporary file and a rename, a FIFO or a device (/dev/stdout, and
-    as root even /dev/full) was replaced by a plain file. A link to a file is written
-    through: the file gets the table, the link stays a link."""
+    as root even /dev/full) was replaced by a plain file. A link is replaced, not written
+    through: a link planted in the workspace must not send a write elsewhere."""
     fifo = tmp_path / "pipe.csv"
     os.mkfifo(fifo)
     for args in (["history", "--csv", str(fifo)], ["export", "labels", "--out", str(fifo)]):
         refused(cli, workspace, *args, says="is not a regular file (a device, pipe or socket)")
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
-    target = tmp_path / "history.csv"
+    target = tmp_path / "elsewhere.csv"
     target.write_text("old")
     link = tmp_path / "latest.csv"
     link.symlink_to(target)
     result = cli.invoke(app, ["-w", str(workspace.root), "history", "--csv", str(link)])
     assert result.exit_code == 0, result.output
-    assert link.is_symlink() and target.read_text().startswith("round,")
+    assert target.read_text() == "old"
+    assert not link.is_symlink() and link.read_text().startswith("round,")
 
 
 def test_inputs_that_are_fifos_are_refused_instead_of_waiting_for_a_writer(
