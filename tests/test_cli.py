@@ -135,8 +135,8 @@ def test_missing_folder_is_a_clear_error(cli: CliRunner, workspace: Config) -> N
 
 def test_bad_voc_import_options_are_explained(cli: CliRunner, workspace: Config) -> None:
     for flags, says in (
-        (["--margin", "2"], "--margin must be between 0 and 1, got 2.0. Try 0.15."),
-        (["--min-side", "-3"], "--min-side must be 0 px or more, got -3.0. Try 16."),
+        (["--margin", "2"], "--margin must be between 0 and 1, got 2. Try 0.15."),
+        (["--min-side", "-3"], "--min-side must be 0 px or more, got -3. Try 16."),
     ):
         ws = ["-w", str(workspace.root)]
         bad = cli.invoke(app, [*ws, "pool", "import-voc", str(workspace.root), *flags])

@@ -119,9 +119,9 @@ def import_voc(
     Boxes whose shorter side is under ``min_side`` px are left out and reported: faces too
     small for a person to judge only spend the labelling budget."""
     if not 0 <= margin <= 1:
-        raise IngestError(f"--margin must be between 0 and 1, got {margin}. Try {CROP_MARGIN}.")
+        raise IngestError(f"--margin must be between 0 and 1, got {margin:g}. Try {CROP_MARGIN}.")
     if not 0 <= min_side < float("inf"):
-        raise IngestError(f"--min-side must be 0 px or more, got {min_side}. Try 16.")
+        raise IngestError(f"--min-side must be 0 px or more, got {min_side:g}. Try 16.")
     source = existing_folder(folder)
     name = plain_name(pool_name, "--pool") if pool_name else name_from(f"{source.name}-crops")
     out = config.pools_dir / name
