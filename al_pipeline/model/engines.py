@@ -79,8 +79,11 @@ class EmbedPlan:
             raise EngineError(f"--engine {self.engine!r} is unknown: use local or ray.")
         if self.workers < 1:
             raise EngineError(f"--workers {self.workers} must be at least 1.")
-        if self.gpus_per_worker < 0:
-            raise EngineError(f"--gpus-per-worker {self.gpus_per_worker} cannot be negative.")
+        if not 0 <= self.gpus_per_worker < float("inf"):  # NaN fails this too
+            raise EngineError(
+                f"--gpus-per-worker {self.gpus_per_worker:g} must be 0 or more, such as 1 or "
+                "0.5 (two workers share a GPU)."
+            )
         if self.batch_size is not None and self.batch_size < 1:
             raise EngineError(f"--batch-size {self.batch_size} must be at least 1.")
 

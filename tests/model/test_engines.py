@@ -39,7 +39,8 @@ def tiny(config: Config) -> Config:
     [
         (EmbedPlan(engine="spark"), "--engine 'spark' is unknown"),
         (EmbedPlan(workers=0), "--workers 0 must be at least 1"),
-        (EmbedPlan(gpus_per_worker=-1), "--gpus-per-worker -1 cannot be negative"),
+        (EmbedPlan(gpus_per_worker=-1), "--gpus-per-worker -1 must be 0 or more"),
+        (EmbedPlan(gpus_per_worker=float("nan")), "--gpus-per-worker nan must be 0 or more"),
         (EmbedPlan(batch_size=0), "--batch-size 0 must be at least 1"),
     ],
 )
