@@ -56,8 +56,8 @@ def name_from(text: str) -> str:
 
 
 def at_least(value: float, low: float, what: str) -> None:
-    """Refuse a number below ``low`` (``--epochs 0``, a negative ``--seed``)."""
-    if value < low:
+    """Refuse a number below ``low`` (``--epochs 0``, a negative ``--seed``), or NaN."""
+    if not value >= low:
         raise ConfigError(f"{what} must be at least {low:g}, got {value:g}.")
 
 

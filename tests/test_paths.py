@@ -188,6 +188,7 @@ def test_unwritable_history_outputs_are_refused(
         (["train", "--seed", "-1"], "--seed must be at least 0, got -1"),
         (["round", "finish", "--min-labelled", "-1"], "--min-labelled must be at least 1"),
         (["run", "--poll-seconds", "-1"], "--poll-seconds must be at least 0.1"),
+        (["run", "--poll-seconds", "nan"], "--poll-seconds must be at least 0.1, got nan"),
         (["run", "--rounds", "0"], "--rounds must be at least 1"),
         (["serve", "--port", "99999"], "--port must be a port number from 1 to 65535"),
         (["studio", "up", "--port", "-1"], "--port must be a port number from 1 to 65535"),

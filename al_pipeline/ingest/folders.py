@@ -107,7 +107,7 @@ def add_folder(
             round queries an item (simulation); test-split labels stay visible.
         progress: Progress callback.
     """
-    _check_fraction(test_fraction)
+    check_test_fraction(test_fraction)
     root = existing_folder(folder)
     name = pool_name_for(config, state, pool_name, root)
     report = IngestReport(name, root)
@@ -389,7 +389,8 @@ def existing_folder(folder: Path) -> Path:
     return folder.resolve()
 
 
-def _check_fraction(test_fraction: float | None) -> None:
+def check_test_fraction(test_fraction: float | None) -> None:
+    """Refuse a share of the labelled items for the test split outside 0 to 1 (or NaN)."""
     if test_fraction is not None and not 0 < test_fraction < 1:
         raise IngestError(
             f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}. "

@@ -302,12 +302,13 @@ def dataset_workspace(
     ``check`` is given the workspace's config before anything is written (the simulation's
     flags, say); ``overrides`` are flag values for its config, as for any workspace."""
     from al_pipeline.config import resolve_config
-    from al_pipeline.ingest.folders import add_folder
+    from al_pipeline.ingest.folders import add_folder, check_test_fraction
     from al_pipeline.store.workspace import init_workspace
 
     if not dataset.is_dir():
         raise PipelineError(f"--dataset '{dataset}' is not a folder of class subfolders.")
     output_folder(out, "--out")
+    check_test_fraction(test_fraction)
     config, existing = _dataset_config(dataset, out / "workspace", classes)
     if check is not None:
         check(config)

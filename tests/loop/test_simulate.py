@@ -207,6 +207,7 @@ def test_simulate_command_on_a_dataset_folder(
         (["--splits", "0"], "--splits must be at least 1"),
         (["--initial", "1"], "--initial 1 is too few"),
         (["--strategies", "nope"], "Unknown strategy 'nope'"),
+        (["--test-fraction", "nan"], "--test-fraction must be between 0 and 1"),
     ],
 )
 def test_bad_flags_on_a_dataset_leave_no_workspace_behind(
