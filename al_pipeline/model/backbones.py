@@ -314,7 +314,7 @@ def _load_file(spec: BackboneSpec, network: keras.Model, path: Path) -> None:
         network.load_weights(path)
     except (ValueError, OSError) as exc:
         raise ConfigError(
-            f"Cannot load weights from '{path}' into {spec.name}: {exc}. Pass a no-top "
+            f"Cannot load weights from '{path}' into {spec.name}: {str(exc).rstrip('.')}. Pass a no-top "
             f"weights file made for {spec.name}."
         ) from exc
 
