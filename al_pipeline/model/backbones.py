@@ -313,8 +313,9 @@ def _load_file(spec: BackboneSpec, network: keras.Model, path: Path) -> None:
     try:
         network.load_weights(path)
     except (ValueError, OSError) as exc:
+        reason = str(exc).rstrip(".")
         raise ConfigError(
-            f"Cannot load weights from '{path}' into {spec.name}: {str(exc).rstrip('.')}. Pass a no-top "
+            f"Cannot load weights from '{path}' into {spec.name}: {reason}. Pass a no-top "
             f"weights file made for {spec.name}."
         ) from exc
 
