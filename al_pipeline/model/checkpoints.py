@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,7 +161,12 @@ def _load(folder: Path) -> Checkpoint:
     try:
         model = keras.saving.load_model(model_file, custom_objects={"Preprocess": Preprocess})
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"Cannot load the checkpoint in '{folder}': {exc}.") from exc
+        damaged = not zipfile.is_zipfile(model_file)  # Keras says "File not found"
+        reason = "it is damaged (not a whole .keras zip file)" if damaged else str(exc)
+        raise CheckpointError(
+            f"Cannot load {model_file}: {reason.rstrip('.')}. Train again with 'al train' or "
+            "pick another checkpoint (al checkpoints)."
+        ) from exc
     return Checkpoint(folder, model, meta)
 
 

@@ -302,6 +302,22 @@ def test_predict_faces_classifies_each_masked_face_with_its_box(trained: Trained
 
 
 @pytest.mark.integration
+def test_a_damaged_checkpoint_is_named_with_the_fix(trained: Trained, tmp_path: Path) -> None:
+    """A truncated model.keras: Keras itself says 'File not found' about a file that is
+    there, so the error says what is wrong with it instead."""
+    folder = tmp_path / "damaged"
+    shutil.copytree(trained.report.path, folder)
+    model_file = folder / "model.keras"
+    model_file.write_bytes(model_file.read_bytes()[:1000])
+    forget_loaded()
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(folder)
+    message = str(error.value)
+    assert f"Cannot load {model_file}: it is damaged" in message
+    assert "'al train'" in message and "File not found" not in message
+
+
+@pytest.mark.integration
 def test_an_existing_tag_is_replaced_only_with_force(trained: Trained, tmp_path: Path) -> None:
     config = copy_workspace(trained.config.root, tmp_path / "ws", trained.config.keras_home)
     tag = trained.report.tag
