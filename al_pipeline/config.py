@@ -272,7 +272,7 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
             **_fine_tuning(model),
             image_size=_positive_int(model.get("image_size", Config.image_size), "image_size"),
             features=_choice(model.get("features", Config.features), FEATURES, "features"),
-            seed=_non_negative_int(workspace.get("seed", Config.seed), "seed"),
+            seed=_seed(workspace.get("seed", Config.seed)),
             max_pixels=_positive_int(ingest.get("max_pixels", Config.max_pixels), "max_pixels"),
             near_duplicate_bits=_hash_bits(
                 ingest.get("near_duplicate_bits", Config.near_duplicate_bits)
@@ -290,6 +290,7 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 IMBALANCES = ("auto", "weights", "oversample", "logit-adjust", "none")
 FEATURES = ("last", "mid")
+SEED_MAX = 2**32 - 1  # NumPy's global seed, which Keras sets for training, takes no more
 TAU_MAX = 5  # the strongest logit adjustment allowed (tau from 0 to this)
 CROP_MARGIN = 0.15  # VOC boxes grow by this share of their size on each side when cropped
 
@@ -338,6 +339,13 @@ def _positive_int(value: object, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def _seed(value: object) -> int:
+    seed = _non_negative_int(value, "seed")
+    if seed > SEED_MAX:
+        raise ValueError(f"seed must be at most {SEED_MAX} (2**32 - 1), got {seed}")
+    return seed
 
 
 def _non_negative_int(value: object, name: str) -> int:

@@ -152,6 +152,7 @@ def test_al_toml_that_is_not_utf8_or_has_a_scalar_table_is_one_line(
         (b'[workspace]\nname = "caf\xe9"\n', "is not UTF-8 text"),
         (b"workspace = 3\n", "[workspace] must be a table"),
         (good.replace(b"seed = 0", b"seed = -4"), "seed must be an integer of 0 or more"),
+        (good.replace(b"seed = 0", b"seed = 4294967296"), "seed must be at most 4294967295"),
         (
             good.replace(b"near_duplicate_bits = 6", b"near_duplicate_bits = 100"),
             "near_duplicate_bits must be from 0 to 32 (of 64), got 100",

@@ -185,7 +185,11 @@ def test_unwritable_history_outputs_are_refused(
     [
         (["train", "--epochs", "0"], "--epochs must be at least 1, got 0"),
         (["train", "--epochs", "-3"], "--epochs must be at least 1, got -3"),
-        (["train", "--seed", "-1"], "--seed must be at least 0, got -1"),
+        (["train", "--seed", "-1"], "--seed must be from 0 to 4294967295, got -1"),
+        # NumPy's seed, which Keras sets, takes at most 2**32 - 1.
+        (["train", "--seed", str(2**32)], "--seed must be from 0 to 4294967295, got 4294967296"),
+        (["labels", "--item", str(2**64)], f"--item {2**64}: no such item"),
+        (["labels", "--path", "."], "Cannot read --path . (a folder, not a file)"),
         (["round", "finish", "--min-labelled", "-1"], "--min-labelled must be at least 1"),
         (["run", "--poll-seconds", "-1"], "--poll-seconds must be at least 0.1"),
         (["run", "--poll-seconds", "nan"], "--poll-seconds must be at least 0.1, got nan"),

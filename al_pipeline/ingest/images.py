@@ -81,7 +81,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def require_regular_file(path: Path) -> Path:
     """Refuse FIFOs, sockets and devices before opening them: reading a FIFO blocks until
     some other program writes to it."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise ValueError("a folder, not a file")
+    if not stat.S_ISREG(mode):
         raise ValueError("not a regular file: a FIFO, socket or device")
     return path
 

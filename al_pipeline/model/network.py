@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.utils.class_weight import compute_class_weight
 
-from al_pipeline.config import FINE_TUNE_RATE, IMBALANCES, TAU_MAX, Config
+from al_pipeline.config import FINE_TUNE_RATE, IMBALANCES, SEED_MAX, TAU_MAX, Config
 from al_pipeline.errors import ConfigError, PipelineError
 from al_pipeline.model.backbones import Backbone
 from al_pipeline.model.inference import predict_padded
@@ -71,7 +71,8 @@ class TrainingSettings:
                 f"--fine-tune-rate {self.fine_tune_rate:g} is out of range. "
                 "Use a learning rate above 0 and at most 1, such as 1e-4."
             )
-        at_least(self.seed, 0, "--seed")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"--seed must be from 0 to {SEED_MAX}, got {self.seed}.")
         if self.imbalance not in IMBALANCES:
             raise ConfigError(
                 f"--imbalance '{self.imbalance}' is not an option. Choose one of: "
