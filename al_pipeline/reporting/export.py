@@ -67,8 +67,9 @@ def export_labels(config: Config, state: State, plan: LabelExportPlan) -> Labels
     _check(plan)
     _check_round(state, plan.since_round)
     out = plan.out or config.exports_dir() / f"labels{FORMATS[plan.format]}"
-    side = out.with_name(f"{out.name.removesuffix(FORMATS[plan.format])}.unlabelled.csv")
     _check_out(out, plan.format)
+    out = out if out.name else out.absolute()  # '--out .' names the folder by its path
+    side = out.with_name(f"{out.name.removesuffix(FORMATS[plan.format])}.unlabelled.csv")
     output_file(side, "The list of unlabelled items")
     records = state.label_records(plan.split, plan.source, plan.since_round)
     renamed = _WRITERS[plan.format](config, state, records, out, plan)

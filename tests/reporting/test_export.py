@@ -113,6 +113,22 @@ def test_imagefolder_links_each_file_under_its_class(labelled: Labelled, tmp_pat
     assert linked == expected
 
 
+def test_an_imagefolder_export_into_the_current_folder(
+    labelled: Labelled, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--out .`` (or an empty ``--out ''``) is the folder the user stands in: its name
+    comes from its path, for the temporary folder and the list of unlabelled items."""
+    config, state, _ = labelled
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    result = export_labels(config, state, LabelExportPlan("imagefolder", Path(".")))
+    assert result.out == here and result.unlabelled_file == tmp_path / "here.unlabelled.csv"
+    assert len([p for p in here.rglob("*") if p.is_file()]) == 11
+    beside = {p.name for p in tmp_path.iterdir()} - {config.root.name}
+    assert beside == {"here", "here.unlabelled.csv"}  # no temporary folder left
+
+
 def test_an_imagefolder_copy_has_every_file_and_adds_again_with_its_labels(
     labelled: Labelled, tmp_path: Path
 ) -> None:
