@@ -9,11 +9,13 @@ split (read only for the chosen setting). Each setting is one ``--configs`` entr
 ``SIZE:LAYERS:EPOCHS:IMBALANCE:TAU``, optionally ``:RATE``, the fine-tuning learning rate
 (default: ``al train``'s). With ``--post-taus``, each fine-tuned model is also scored with
 its logits shifted by ``-tau * log(prior)`` (the training labels' class shares), as the
-setting ``SETTING@TAU``.
+setting ``SETTING@TAU``. With ``--labels N``, only N of the training side's items, drawn at
+random (the same N for every setting and seed of a split), are labelled: a workspace
+part way through its labelling. A LAYERS of 0 is the head alone, without fine-tuning.
 
     python benchmarks/bench_finetune_rare.py [--splits 3] [--seeds 0,1]
         [--configs 96:30:5:weights:1,96:30:15:weights:1:1e-4] [--post-taus 0,0.5]
-        [--margin 0.15] [--tag NAME]
+        [--margin 0.15] [--labels N] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -118,7 +120,13 @@ def figures(
 
 
 def one_run(
-    base: Any, home: Path, split: int, seed: int, setting: str, post_taus: list[float]
+    base: Any,
+    home: Path,
+    split: int,
+    seed: int,
+    setting: str,
+    post_taus: list[float],
+    budget: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Scored]]:
     """The fine-tuned model's figures, one row per post-hoc tau (the setting is named
     ``SETTING@TAU`` for a tau other than 0), and its probabilities, the true classes and
@@ -149,6 +157,9 @@ def one_run(
         hidden = state.hidden_items()
         items = {i.item_id: i for p in state.pools() for i in state.items_in_pool(p.name)}
         shown = [i for i in hidden if sides.get(i) == "train"]
+        if budget is not None:
+            drawn = np.random.default_rng([split, budget]).permutation(len(shown))[:budget]
+            shown = [shown[i] for i in sorted(drawn)]
         state.record_pulled(None, [PulledLabel(i, hidden[i], "oracle", "oracle") for i in shown])
         settings = TrainingSettings(
             seed=seed,
@@ -282,6 +293,9 @@ def main() -> None:
     parser.add_argument("--tag", default="")
     parser.add_argument("--weights", type=Path, default=MOBILENET)
     parser.add_argument(
+        "--labels", type=int, help="label only this many training items, drawn at random"
+    )
+    parser.add_argument(
         "--start",
         type=Path,
         help="no-top backbone weights to start from instead of ImageNet's (benchmarks/"
@@ -301,7 +315,7 @@ def main() -> None:
     for setting in args.configs.split(","):
         for split, seed in product(range(args.splits), (int(s) for s in args.seeds.split(","))):
             found, scored_runs[setting, split, seed] = one_run(
-                base, home, split, seed, setting, post_taus
+                base, home, split, seed, setting, post_taus, args.labels
             )
             rows += found
             print(*found, sep="\n", flush=True)
@@ -312,6 +326,7 @@ def main() -> None:
     print(f"chosen on validation macro-F1: {best}")
     result = {"environment": environment(), "splits": args.splits, "seeds": args.seeds}
     result |= {"margin": args.margin, "start": args.start.name if args.start else "imagenet"}
+    result |= {"labels": args.labels or "all"}
     result |= {"summary": summary, "test_by_size": sizes}
     result |= {"chosen_on_validation": best, "runs": rows}
     tag = f"_{args.tag}" if args.tag else ""
