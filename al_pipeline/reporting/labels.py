@@ -71,8 +71,7 @@ def _item_of(state: State, path: Path | None) -> int:
 
 
 def _item_labels(state: State, item_id: int) -> ItemLabels:
-    # SQLite's integers are 64-bit: a larger id is no item, not an OverflowError.
-    path = state.item_path(item_id) if 0 < item_id < 2**63 else None
+    path = state.item_path(item_id)
     if path is None:
         raise ConfigError(f"--item {item_id}: no such item ('al export labels' lists the ids).")
     tied = sorted(t.round_id for t in state.tie_records() if t.item_id == item_id)

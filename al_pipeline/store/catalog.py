@@ -114,10 +114,16 @@ class Catalog(Labels):
         ]
 
     def item_path(self, item_id: int) -> Path | None:
-        row = self._db.execute(
-            "SELECT p.root, i.relpath FROM items i JOIN pools p ON p.id = i.pool_id WHERE i.id = ?",
-            (item_id,),
-        ).fetchone()
+        """The item's file, or None when there is no such item (an id beyond SQLite's
+        64-bit integers included: ``al labels --item`` passes what the user typed)."""
+        try:
+            row = self._db.execute(
+                "SELECT p.root, i.relpath FROM items i JOIN pools p ON p.id = i.pool_id "
+                "WHERE i.id = ?",
+                (item_id,),
+            ).fetchone()
+        except OverflowError:
+            return None
         return None if row is None else Path(row["root"]) / row["relpath"]
 
     def tie_records(self) -> list[Tie]:
