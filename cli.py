@@ -105,8 +105,9 @@ Imbalance = Annotated[
 Features = Annotated[
     str | None,
     typer.Option(
-        help="last (the backbone's pooled output) or mid (middle layers' too, for small "
-        "objects) (default: al.toml)."
+        help="last (the backbone's pooled output), mid (middle layers' too, for small "
+        "objects) or halves (the last layer's upper and lower half pooled apart) "
+        "(default: al.toml)."
     ),
 ]
 Tau = Annotated[

@@ -37,8 +37,9 @@ class Config:
         classes: Class names, in label-index order.
         backbone: Name of the backbone in the backbone registry.
         image_size: Square input size in pixels fed to the backbone.
-        features: ``last`` (the backbone's pooled last layer) or ``mid`` (middle layers'
-            pooled outputs too, concatenated: they keep small details; see backbones).
+        features: ``last`` (the backbone's pooled last layer), ``mid`` (middle layers'
+            pooled outputs too, concatenated: they keep small details) or ``halves`` (the
+            last layer pooled over its upper and lower half apart); see backbones.
         seed: Seed for every random choice (test split, selection, training).
         max_pixels: Images with more pixels are rejected as decompression bombs.
         near_duplicate_bits: Perceptual-hash Hamming distance at or below which two
@@ -289,7 +290,7 @@ def _config_from_mapping(root: Path, data: Mapping[str, Any], source: str) -> Co
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 IMBALANCES = ("auto", "weights", "oversample", "logit-adjust", "none")
-FEATURES = ("last", "mid")
+FEATURES = ("last", "mid", "halves")
 SEED_MAX = 2**32 - 1  # NumPy's global seed, which Keras sets for training, takes no more
 TAU_MAX = 5  # the strongest logit adjustment allowed (tau from 0 to this)
 CROP_MARGIN = 0.15  # VOC boxes grow by this share of their size on each side when cropped
@@ -449,7 +450,8 @@ def render_toml(config: Config) -> str:
         "[model]\n"
         f"backbone = {text(config.backbone)}\n"
         f"image_size = {config.image_size}\n"
-        "# last: the backbone's pooled output; mid: middle layers' too (small faces)\n"
+        "# last: the backbone's pooled output; mid: middle layers' too (small faces);\n"
+        "# halves: the last layer's upper and lower half pooled apart (where a mask sits)\n"
         f"features = {text(config.features)}\n"
         "# imagenet, none, or the path of a no-top .h5 weights file\n"
         f"weights = {text(config.weights)}\n"

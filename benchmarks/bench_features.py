@@ -3,14 +3,17 @@ chosen on validation splits carved from the training side.
 
 The VOC face crops (3 classes; mask_weared_incorrect is about 3 %), cropped with each
 ``--margins`` value. For each input size, the pooled outputs of a few layers are computed
-once; each candidate below is a set of them, concatenated. The workspace's default head
-(logit adjustment, tau 0.5) is trained on the training side
-of each of ``--splits`` photo-grouped test splits (all of it, and a random ``--budget``
-of it) with ``--seeds`` seeds, and scored on a validation quarter of it, grouped by
-photo: the choice is made there. The test split's figures are saved too, to be read for
+once; each candidate below is a set of them, concatenated. ``@top`` and ``@bottom`` are
+the upper and the lower half of the last layer's map, pooled apart (``features =
+"halves"``): global pooling averages away where on the face a mask sits. The workspace's
+default head (logit adjustment, tau 0.5) is trained on the training side of each of
+``--splits`` photo-grouped test splits (all of it, and a random ``--budget`` of it) with
+``--seeds`` seeds, and scored on a validation quarter of it, grouped by photo: the choice
+is made there. The test split's figures are saved too, to be read for
 the chosen candidate only.
 
     python benchmarks/bench_features.py [--splits 3] [--seeds 1] [--sizes 112,160]
+        [--candidates last,halves,...] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ CANDIDATES = {
     "last": ("out_relu",),
     "13+15+last": ("block_13_expand_relu", "block_15_expand_relu", "out_relu"),
     "12+13+15": ("block_12_expand_relu", "block_13_expand_relu", "block_15_expand_relu"),
+    "halves": ("@top", "@bottom"),
+    "last+halves": ("out_relu", "@top", "@bottom"),
 }
 HEADS = (("logit-adjust", 0.5),)  # the default head for a workspace (imbalance auto)
 RARE = "mask_weared_incorrect"
@@ -50,9 +55,10 @@ def layer_columns(backbone: Any) -> dict[str, slice]:
     from al_pipeline.model.network import _network_of
 
     network = _network_of(backbone)
+    pooled = network.get_layer("pooled").input if len(backbone.layers) > 1 else [network.output]
     columns, start = {}, 0
-    for name in backbone.layers:
-        width = int(network.get_layer(name).output.shape[-1])
+    for name, part in zip(backbone.layers, pooled, strict=True):
+        width = int(part.shape[-1])
         columns[name] = slice(start, start + width)
         start += width
     return columns
@@ -63,13 +69,13 @@ def candidate(features: NDArray[Any], columns: dict[str, slice], layers: tuple[s
 
 
 def features_by_item(
-    config: Any, state: Any, home: Path, size: int
+    config: Any, state: Any, home: Path, size: int, candidates: dict[str, tuple[str, ...]]
 ) -> tuple[dict[int, NDArray[Any]], dict[str, slice]]:
     """The union of the candidates' layers for every item, and their columns."""
     from al_pipeline.model.backbones import Weights, build_backbone
     from al_pipeline.model.embeddings import embed_items
 
-    layers = tuple(dict.fromkeys(name for c in CANDIDATES.values() for name in c))
+    layers = tuple(dict.fromkeys(name for c in candidates.values() for name in c))
     backbone = build_backbone("mobilenet_v2", size, Weights("imagenet"), home, layers=layers)
     items = {i.item_id: i for pool in state.pools() for i in state.items_in_pool(pool.name)}
     ordered = sorted(items)
@@ -96,7 +102,8 @@ def runs_for_size(
     from benchmarks.bench_head_options import fit, split_members
 
     classes = list(config.classes)
-    features, columns = features_by_item(config, state, home, size)
+    candidates = {name: CANDIDATES[name] for name in args.candidates.split(",")}
+    features, columns = features_by_item(config, state, home, size, candidates)
     rows = []
     for split in range(args.splits):
         labels, sides = split_members(config, state, split)
@@ -110,7 +117,7 @@ def runs_for_size(
             rng = np.random.default_rng([seed, split])
             budget = rng.choice(len(part["train"]), size=args.budget, replace=False)
             for regime, chosen in (("all", np.arange(len(part["train"]))), ("budget", budget)):
-                for (name, layers), head_option in product(CANDIDATES.items(), HEADS):
+                for (name, layers), head_option in product(candidates.items(), HEADS):
                     x = {side: candidate(stacked[side], columns, layers) for side in part}
                     train = x["train"][chosen]
                     head = fit(train, truth["train"][chosen], head_option, seed, len(classes))
@@ -132,6 +139,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="112,160")
     parser.add_argument("--margins", default=f"{CROP_MARGIN:g},0")
     parser.add_argument("--budget", type=int, default=400)
+    parser.add_argument(
+        "--candidates", default="last,13+15+last,12+13+15", help=", ".join(CANDIDATES)
+    )
+    parser.add_argument("--tag", default="", help="Suffix of the saved JSON's name.")
     parser.add_argument("--weights", type=Path, default=MOBILENET)
     args = parser.parse_args()
     home = keras_home_with_weights(args.weights)
@@ -162,13 +173,14 @@ def summarise(rows: list[dict[str, Any]], args: argparse.Namespace, started: flo
         "seeds": args.seeds,
         "budget": args.budget,
         "heads": [{"imbalance": i, "tau": t} for i, t in HEADS],
-        "candidates": {name: list(layers) for name, layers in CANDIDATES.items()},
+        "candidates": {name: list(CANDIDATES[name]) for name in args.candidates.split(",")},
         "seconds": round(time.perf_counter() - started),
         "summary": summary.to_dict("records"),
         "chosen_on_validation": chosen,
         "runs": rows,
     }
-    print(f"saved {save('bench_features_voc', result)}")
+    name = "bench_features_voc" + (f"_{args.tag}" if args.tag else "")
+    print(f"saved {save(name, result)}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from al_pipeline.config import CROP_MARGIN, Config
+from al_pipeline.config import CROP_MARGIN, FEATURES, Config
 from benchmarks.common import (
     CHANDRIKADEB7,
     MOBILENET,
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--fine-tune-layers", type=int, default=0, help="every round's model")
     parser.add_argument("--fine-tune-epochs", type=int, default=Config.fine_tune_epochs)
     parser.add_argument("--fine-tune-rate", type=float, default=Config.fine_tune_rate)
-    parser.add_argument("--features", default="last", choices=("last", "mid"))
+    parser.add_argument("--features", default="last", choices=FEATURES)
     parser.add_argument("--margin", type=float, default=CROP_MARGIN, help="VOC crops' margin")
     parser.add_argument("--tag", default="", help="suffix of the results' names")
     parser.add_argument(

@@ -9,7 +9,10 @@ Features are the pooled output of the last layer (``features = "last"``), or wit
 middle layers still see the small parts of a face that tell a badly worn mask from a worn
 one; by the last layer they are averaged into the whole face. Of the layer sets
 ``benchmarks/bench_features.py`` compares on validation splits of the VOC face crops,
-this one scored best with all labels (docs/benchmarks.md).
+this one scored best with all labels (docs/benchmarks.md). With ``features = "halves"``
+the last layer's map is pooled over its upper and its lower half apart: pooling the whole
+map averages away where on a face a mask sits, which is what tells a mask worn below the
+nose from one worn properly.
 """
 
 from __future__ import annotations
@@ -116,19 +119,37 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+# ``LAYER@REGION`` pools one region of a layer's map; an empty LAYER is the map the
+# network itself pools last. With an odd number of rows the middle row is in both halves.
+HALVES = ("@top", "@bottom")
+
+
 def feature_layers(name: str, features: str) -> tuple[str, ...]:
-    """The layers whose pooled outputs make the features: none named means the network's
-    own pooled output."""
+    """The layers (or regions of them) whose pooled outputs make the features: none named
+    means the network's own pooled output."""
     if features == "last":
         return ()
     spec = backbone_spec(name)
+    if features == "halves" and spec.pretrained:
+        return HALVES
     if features not in FEATURES or not spec.mid_layers:
         having = ", ".join(n for n, s in BACKBONES.items() if s.mid_layers)
         raise ConfigError(
-            f"features = {features!r} is not available for {name}: use 'last', or 'mid' "
-            f"with {having}."
+            f"features = {features!r} is not available for {name}: use 'last', 'halves' "
+            f"with a pretrained backbone, or 'mid' with {having}."
         )
     return spec.mid_layers
+
+
+def features_named(name: str, layers: tuple[str, ...]) -> str:
+    """The ``features`` setting that pools ``layers`` of backbone ``name``."""
+    for features in FEATURES:
+        try:
+            if feature_layers(name, features) == layers:
+                return features
+        except ConfigError:
+            continue
+    raise PipelineError(f"No features setting of {name} pools the layers {', '.join(layers)}.")
 
 
 def backbone_spec(name: str) -> BackboneSpec:
@@ -254,12 +275,21 @@ def build_backbone(
 def _pooled(network: keras.Model, layers: tuple[str, ...]) -> keras.Model:
     """The network with its output replaced by the average-pooled outputs of ``layers``,
     concatenated; it keeps its name, so fine-tuning finds it as before."""
-    outputs = [
-        keras.layers.GlobalAveragePooling2D(name=f"pool_{name}")(network.get_layer(name).output)
-        for name in layers
-    ]
+    outputs = [_pool(network, name) for name in layers]
     joined = keras.layers.Concatenate(name="pooled")(outputs) if len(outputs) > 1 else outputs[0]
     return keras.Model(network.inputs, joined, name=network.name)
+
+
+def _pool(network: keras.Model, name: str) -> Any:
+    """The average of one layer's map, or of the region ``name`` names (see HALVES)."""
+    layer, _, region = name.partition("@")
+    values = network.get_layer(layer).output if layer else network.layers[-1].input
+    label = f"{layer or 'last'}_{region}" if region else layer
+    if region:
+        half = int(values.shape[1]) // 2
+        rows = (0, half) if region == "top" else (half, 0)
+        values = keras.layers.Cropping2D((rows, (0, 0)), name=f"crop_{label}")(values)
+    return keras.layers.GlobalAveragePooling2D(name=f"pool_{label}")(values)
 
 
 def _network(

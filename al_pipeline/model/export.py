@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 
 from al_pipeline.config import Config
 from al_pipeline.errors import ConfigError, OutputError, PipelineError
-from al_pipeline.model.backbones import workspace_backbone
+from al_pipeline.model.backbones import features_named, workspace_backbone
 from al_pipeline.model.checkpoints import Checkpoint, find_checkpoint
 from al_pipeline.model.loader import image_batches
 from al_pipeline.paths import output_file, output_folder, write_atomically
@@ -110,7 +110,7 @@ def _exporter(
         model = checkpoint.model
         return model, lambda path: _WRITERS[format](model, path), _RUNNERS[format]
     meta, extractor = checkpoint.meta, checkpoint.model.get_layer("features")
-    features = "mid" if meta.feature_layers else "last"
+    features = features_named(meta.backbone, tuple(meta.feature_layers))
 
     def run(path: Path, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
         loaded = workspace_backbone(_starting_from(config, meta, str(path), features), shared=False)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
-from al_pipeline.errors import ConfigError
+from al_pipeline.config import FEATURES
+from al_pipeline.errors import ConfigError, PipelineError
 from al_pipeline.model.backbones import (
     BACKBONES,
+    HALVES,
     MAX_IMAGE_SIZE,
     MOBILENET_V2_MID,
     Weights,
@@ -18,6 +21,7 @@ from al_pipeline.model.backbones import (
     backbone_spec,
     build_backbone,
     feature_layers,
+    features_named,
     parse_weights,
 )
 from tests.conftest import MOBILENET_FILE
@@ -128,5 +132,59 @@ def test_mid_features_add_middle_layers_to_the_last(keras_home: Path) -> None:
 def test_mid_features_are_refused_where_no_layers_are_chosen() -> None:
     with pytest.raises(ConfigError, match="features = 'mid' is not available for basic_cnn"):
         feature_layers("basic_cnn", "mid")
-    with pytest.raises(ConfigError, match="use 'last', or 'mid' with mobilenet_v2"):
+    with pytest.raises(ConfigError, match="'halves' with a pretrained backbone, or 'mid' with mo"):
         feature_layers("resnet50", "deep")
+    with pytest.raises(ConfigError, match="features = 'halves' is not available for basic_cnn"):
+        feature_layers("basic_cnn", "halves")
+
+
+@pytest.mark.integration
+def test_halves_pool_the_upper_and_the_lower_half_of_the_last_map(keras_home: Path) -> None:
+    """features = "halves": the last map's upper half pooled, then its lower half. With an
+    even number of rows (4 at 128 px) their mean is exactly the whole map's pool; the image's
+    upper half moves the upper half's features more than the lower's."""
+    rng = np.random.default_rng(3)
+    pixels = rng.uniform(0, 255, (2, 128, 128, 3)).astype("float32")
+    last = build_backbone("mobilenet_v2", 128, Weights("imagenet"), keras_home, offline=True)
+    halves = build_backbone(
+        "mobilenet_v2", 128, Weights("imagenet"), keras_home, offline=True, layers=HALVES
+    )
+    assert halves.layers == HALVES and halves.dim == 2 * 1280
+    features = np.asarray(halves.model.predict_on_batch(pixels))
+    whole = np.asarray(last.model.predict_on_batch(pixels))
+    top, bottom = features[:, :1280], features[:, 1280:]
+    np.testing.assert_allclose((top + bottom) / 2, whole, atol=1e-5)
+    assert np.abs(top - bottom).mean() > 0.05
+    changed = pixels.copy()
+    changed[:, :32] = 0  # the top quarter of the image only
+    moved = np.asarray(halves.model.predict_on_batch(changed)) - features
+    assert np.abs(moved[:, :1280]).mean() > 1.3 * np.abs(moved[:, 1280:]).mean()
+
+
+def test_halves_work_on_any_pretrained_backbone(tmp_path: Path) -> None:
+    """The regions are of the map the network pools last, whatever it is named."""
+    keras.utils.set_random_seed(5)  # both built with the same random weights
+    last = build_backbone("efficientnet_b0", 64, Weights("none"), tmp_path)
+    layers = feature_layers("efficientnet_b0", "halves")
+    keras.utils.set_random_seed(5)
+    halves = build_backbone("efficientnet_b0", 64, Weights("none"), tmp_path, layers=layers)
+    pixels = np.random.default_rng(4).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    features = np.asarray(halves.model.predict_on_batch(pixels))
+    whole = np.asarray(last.model.predict_on_batch(pixels))
+    assert features.shape == (2, 2 * last.dim)
+    np.testing.assert_allclose(
+        (features[:, : last.dim] + features[:, last.dim :]) / 2, whole, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet50", "basic_cnn"])
+def test_features_named_inverts_feature_layers(name: str) -> None:
+    """A checkpoint records layers; exporting its backbone needs the setting back."""
+    for features in FEATURES:
+        try:
+            layers = feature_layers(name, features)
+        except ConfigError:
+            continue
+        assert features_named(name, layers) == features
+    with pytest.raises(PipelineError, match="No features setting of"):
+        features_named(name, ("block_1_expand",))

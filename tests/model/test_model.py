@@ -18,7 +18,7 @@ from al_pipeline.config import FINE_TUNE_RATE, Config
 from al_pipeline.errors import ConfigError, NoLabelsError
 from al_pipeline.ingest.folders import add_folder
 from al_pipeline.loop.rounds import train_and_evaluate
-from al_pipeline.model.backbones import MOBILENET_V2_MID, Weights, build_backbone
+from al_pipeline.model.backbones import HALVES, MOBILENET_V2_MID, Weights, build_backbone
 from al_pipeline.model.checkpoints import (
     CheckpointError,
     find_checkpoint,
@@ -88,21 +88,27 @@ def test_backbone_change_invalidates_the_cache(trained: Trained, tmp_path: Path)
 
 
 @pytest.mark.integration
-def test_mid_features_train_and_the_checkpoint_scores_from_the_same_cache(
-    trained: Trained, tmp_path: Path
+@pytest.mark.parametrize(
+    ("features", "layers", "dim"),
+    [("mid", MOBILENET_V2_MID, 576 + 960 + 1280), ("halves", HALVES, 2 * 1280)],
+)
+def test_layered_features_train_and_the_checkpoint_scores_from_the_same_cache(
+    trained: Trained, tmp_path: Path, features: str, layers: tuple[str, ...], dim: int
 ) -> None:
-    """A workspace with features = "mid" trains on them; its checkpoint names the layers,
-    and scoring with it finds every feature in the cache training filled."""
+    """A workspace with features = "mid" or "halves" trains on them; its checkpoint names
+    the layers, loads them back from model.keras, and scoring with it finds every feature
+    in the cache training filled."""
     config = copy_workspace(trained.config.root, tmp_path / "ws", trained.config.keras_home)
-    config = replace(config, features="mid", image_size=96)
+    config = replace(config, features=features, image_size=96)
     with State(config.database) as state:
-        report = train_and_evaluate(config, state, TrainingSettings(epochs=10), tag="mid")
+        report = train_and_evaluate(config, state, TrainingSettings(epochs=10), tag=features)
+        forget_loaded()
         checkpoint = load_checkpoint(report.path)
         test = [(i.sha256, config.root / i.path) for i in state.labelled_items("test")]
         scored = score(config, state, checkpoint, test)
-    assert checkpoint.meta.feature_layers == list(MOBILENET_V2_MID)
-    assert checkpoint.backbone().layers == MOBILENET_V2_MID
-    assert checkpoint.head.input_shape[-1] == 576 + 960 + 1280
+    assert checkpoint.meta.feature_layers == list(layers)
+    assert checkpoint.backbone().layers == layers
+    assert checkpoint.head.input_shape[-1] == dim
     assert report.features_computed == 300 and scored.computed == 0
     assert report.metrics is not None and report.metrics.accuracy >= 0.85
 
