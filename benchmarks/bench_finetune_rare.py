@@ -15,7 +15,7 @@ part way through its labelling. A LAYERS of 0 is the head alone, without fine-tu
 
     python benchmarks/bench_finetune_rare.py [--splits 3] [--seeds 0,1]
         [--configs 96:30:5:weights:1,96:30:15:weights:1:1e-4] [--post-taus 0,0.5]
-        [--margin 0.15] [--labels N] [--tag NAME]
+        [--margin 0.15] [--labels N] [--features last|mid|halves] [--tag NAME]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from al_pipeline.config import CROP_MARGIN
+from al_pipeline.config import CROP_MARGIN, FEATURES
 from benchmarks.common import (
     MOBILENET,
     VOC,
@@ -301,12 +301,15 @@ def main() -> None:
         help="no-top backbone weights to start from instead of ImageNet's (benchmarks/"
         "pretrain_backbone.py writes one)",
     )
+    parser.add_argument(
+        "--features", default="last", choices=FEATURES, help="the model's pooled features"
+    )
     args = parser.parse_args()
     home = keras_home_with_weights(args.weights)
 
     from benchmarks.bench_label_efficiency import voc_root, voc_workspace
 
-    base = voc_workspace(voc_root(args.margin), args.margin)
+    base = replace(voc_workspace(voc_root(args.margin), args.margin), features=args.features)
     if args.start:
         base = replace(base, weights=str(args.start.resolve()))
     post_taus = [float(tau) for tau in args.post_taus.split(",")]
@@ -326,7 +329,7 @@ def main() -> None:
     print(f"chosen on validation macro-F1: {best}")
     result = {"environment": environment(), "splits": args.splits, "seeds": args.seeds}
     result |= {"margin": args.margin, "start": args.start.name if args.start else "imagenet"}
-    result |= {"labels": args.labels or "all"}
+    result |= {"labels": args.labels or "all", "features": args.features}
     result |= {"summary": summary, "test_by_size": sizes}
     result |= {"chosen_on_validation": best, "runs": rows}
     tag = f"_{args.tag}" if args.tag else ""

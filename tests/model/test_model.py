@@ -236,9 +236,13 @@ def test_from_scratch_cnn_trains_end_to_end(
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_fine_tuning_on_real_photos(trained: Trained, tmp_path: Path) -> None:
-    """Unfreeze the top layers, train on augmented images, and evaluate with fresh features."""
-    config = replace(trained.config, image_size=96)
+@pytest.mark.parametrize(("features", "layers"), [("last", ()), ("halves", HALVES)])
+def test_fine_tuning_on_real_photos(
+    trained: Trained, tmp_path: Path, features: str, layers: tuple[str, ...]
+) -> None:
+    """Unfreeze the top layers, train on augmented images, and evaluate with fresh features.
+    With halves the fine-tuned network keeps pooling the two halves apart."""
+    config = replace(trained.config, image_size=96, features=features)
     workspace = tmp_path / "ws"
     shutil.copytree(config.root, workspace)
     config = replace(
@@ -256,9 +260,12 @@ def test_fine_tuning_on_real_photos(trained: Trained, tmp_path: Path) -> None:
             TrainingSettings(epochs=10, fine_tune_layers=20, fine_tune_epochs=1),
             tag="tuned",
         )
-    meta = load_checkpoint(report.path).meta
+    checkpoint = load_checkpoint(report.path)
+    meta = checkpoint.meta
     assert meta.fine_tuned and meta.features_digest.startswith("weights:")
     assert meta.fine_tune_epochs == 1 and meta.fine_tune_rate == FINE_TUNE_RATE
+    assert meta.feature_layers == list(layers)
+    assert checkpoint.head.input_shape[-1] == 1280 * max(1, len(layers))
     assert report.metrics is not None and report.metrics.accuracy >= 0.8
 
 
