@@ -102,8 +102,7 @@ def runs_for_size(
     from benchmarks.bench_head_options import fit, split_members
 
     classes = list(config.classes)
-    candidates = {name: CANDIDATES[name] for name in args.candidates.split(",")}
-    features, columns = features_by_item(config, state, home, size, candidates)
+    features, columns = features_by_item(config, state, home, size, args.candidates)
     rows = []
     for split in range(args.splits):
         labels, sides = split_members(config, state, split)
@@ -117,7 +116,7 @@ def runs_for_size(
             rng = np.random.default_rng([seed, split])
             budget = rng.choice(len(part["train"]), size=args.budget, replace=False)
             for regime, chosen in (("all", np.arange(len(part["train"]))), ("budget", budget)):
-                for (name, layers), head_option in product(candidates.items(), HEADS):
+                for (name, layers), head_option in product(args.candidates.items(), HEADS):
                     x = {side: candidate(stacked[side], columns, layers) for side in part}
                     train = x["train"][chosen]
                     head = fit(train, truth["train"][chosen], head_option, seed, len(classes))
@@ -132,6 +131,14 @@ def runs_for_size(
     return rows
 
 
+def candidates_named(names: str) -> dict[str, tuple[str, ...]]:
+    """The ``--candidates`` given, by name, each checked once."""
+    unknown = [name for name in names.split(",") if name not in CANDIDATES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown: {', '.join(unknown)}")
+    return {name: CANDIDATES[name] for name in names.split(",")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--splits", type=int, default=3)
@@ -140,7 +147,10 @@ def main() -> None:
     parser.add_argument("--margins", default=f"{CROP_MARGIN:g},0")
     parser.add_argument("--budget", type=int, default=400)
     parser.add_argument(
-        "--candidates", default="last,13+15+last,12+13+15", help=", ".join(CANDIDATES)
+        "--candidates",
+        type=candidates_named,
+        default="last,13+15+last,12+13+15",
+        help=", ".join(CANDIDATES),
     )
     parser.add_argument("--tag", default="", help="Suffix of the saved JSON's name.")
     parser.add_argument("--weights", type=Path, default=MOBILENET)
@@ -173,7 +183,7 @@ def summarise(rows: list[dict[str, Any]], args: argparse.Namespace, started: flo
         "seeds": args.seeds,
         "budget": args.budget,
         "heads": [{"imbalance": i, "tau": t} for i, t in HEADS],
-        "candidates": {name: list(CANDIDATES[name]) for name in args.candidates.split(",")},
+        "candidates": {name: list(layers) for name, layers in args.candidates.items()},
         "seconds": round(time.perf_counter() - started),
         "summary": summary.to_dict("records"),
         "chosen_on_validation": chosen,

@@ -236,23 +236,16 @@ def test_from_scratch_cnn_trains_end_to_end(
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.parametrize(("features", "layers"), [("last", ()), ("halves", HALVES)])
+@pytest.mark.parametrize(
+    ("features", "layers", "dim"), [("last", (), 1280), ("halves", HALVES, 2 * 1280)]
+)
 def test_fine_tuning_on_real_photos(
-    trained: Trained, tmp_path: Path, features: str, layers: tuple[str, ...]
+    trained: Trained, tmp_path: Path, features: str, layers: tuple[str, ...], dim: int
 ) -> None:
     """Unfreeze the top layers, train on augmented images, and evaluate with fresh features.
     With halves the fine-tuned network keeps pooling the two halves apart."""
-    config = replace(trained.config, image_size=96, features=features)
-    workspace = tmp_path / "ws"
-    shutil.copytree(config.root, workspace)
-    config = replace(
-        config,
-        root=workspace,
-        database=workspace / "state.sqlite3",
-        checkpoints_dir=workspace / "checkpoints",
-        cache_dir=workspace / "cache",
-        pools_dir=workspace / "pools",
-    )
+    config = copy_workspace(trained.config.root, tmp_path / "ws", trained.config.keras_home)
+    config = replace(config, image_size=96, features=features)
     with State(config.database) as state:
         report = train_and_evaluate(
             config,
@@ -265,7 +258,7 @@ def test_fine_tuning_on_real_photos(
     assert meta.fine_tuned and meta.features_digest.startswith("weights:")
     assert meta.fine_tune_epochs == 1 and meta.fine_tune_rate == FINE_TUNE_RATE
     assert meta.feature_layers == list(layers)
-    assert checkpoint.head.input_shape[-1] == 1280 * max(1, len(layers))
+    assert checkpoint.head.input_shape[-1] == dim
     assert report.metrics is not None and report.metrics.accuracy >= 0.8
 
 
